@@ -1,0 +1,168 @@
+"""Command line: flags over the environment -> Settings -> logging -> serve. Or an exec probe."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import NoReturn
+
+from sidecar import __version__
+from sidecar.config import ConfigError, Settings
+
+PROG = "health-sidecar"
+# Every setting's long flag; the variable is SIDECAR_ + the flag in upper snake case.
+SETTING_FLAGS = (
+    ("--database-url", "a postgresql:// DSN (prefer the _FILE form: argv is visible in ps)"),
+    ("--database-url-file", "a file holding the DSN, e.g. a mounted Secret"),
+    ("--host", "listen address (default 0.0.0.0)"),
+    ("--port", "listen port (default 8081)"),
+    ("--check-interval", "seconds between checks while healthy (default 5)"),
+    ("--check-timeout", "seconds one check may take, connect and query (default 2)"),
+    ("--backoff-max", "cap of the retry delay while failing, seconds (default 30)"),
+    ("--failure-threshold", "failures in a row before not ready (default 1)"),
+    ("--success-threshold", "successes in a row before ready again (default 1)"),
+    ("--drain-seconds", "seconds to keep answering after SIGTERM (default 5)"),
+    ("--log-level", "debug, info, warning, error (default info)"),
+    ("--log-format", "json or console (default json)"),
+)
+
+
+def env_name(flag: str) -> str:
+    return "SIDECAR_" + flag.removeprefix("--").upper().replace("-", "_")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{PROG}: {message} (see {PROG} --help)\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG,
+        description="Answer kubelet probes from cached PostgreSQL state. "
+        "Every flag is also an environment variable (--check-interval is "
+        "SIDECAR_CHECK_INTERVAL); flags win.",
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    for flag, help_text in SETTING_FLAGS:
+        parser.add_argument(flag, metavar="VALUE", help=f"{help_text} [{env_name(flag)}]")
+    return parser
+
+
+def _probe_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=f"{PROG} probe",
+        description="Exit 0 when the sidecar's endpoint answers 200, else 1.",
+    )
+    parser.add_argument("endpoint", choices=("ready", "health", "startup"))
+    parser.add_argument("--host", help="sidecar address [SIDECAR_HOST, default 127.0.0.1]")
+    parser.add_argument("--port", help="sidecar port [SIDECAR_PORT, default 8081]")
+    parser.add_argument("--timeout", default="2", help="seconds to wait (default 2)")
+    return parser
+
+
+def _fail(problems: Sequence[str]) -> int:
+    for problem in problems:
+        print(f"{PROG}: bad setting: {problem}", file=sys.stderr)
+    return 2
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    env = dict(os.environ if environ is None else environ)
+    if args[:1] == ["probe"]:
+        return _probe(args[1:], env)
+    return _serve(args, env)
+
+
+def _serve(args: list[str], env: dict[str, str]) -> int:
+    options = vars(_parser().parse_args(args))
+    for flag, _ in SETTING_FLAGS:
+        value = options.get(flag.removeprefix("--").replace("-", "_"))
+        if value is not None:
+            env[env_name(flag)] = value
+    try:
+        settings = Settings.from_environ(env)
+    except ConfigError as exc:
+        return _fail(exc.problems)
+
+    # Imported late: `probe` and config errors should not pay for aiohttp and asyncpg.
+    import structlog
+
+    from sidecar import logs
+    from sidecar.app import create_app
+    from sidecar.server import serve
+
+    logs.configure(
+        level=settings.log_level, fmt=settings.log_format, secrets=settings.database.secrets()
+    )
+    log = structlog.get_logger("sidecar")
+    log.info(
+        "sidecar.starting",
+        version=__version__,
+        check_interval=settings.check_interval,
+        check_timeout=settings.check_timeout,
+        backoff_max=settings.backoff_max,
+        failure_threshold=settings.failure_threshold,
+        success_threshold=settings.success_threshold,
+        drain_seconds=settings.drain_seconds,
+        event_loop="uvloop" if _loop_factory() else "asyncio",
+    )
+    try:
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(serve(create_app(settings), settings))
+    except OSError as exc:
+        # The usual cause: the port is taken. One line, no traceback.
+        log.error(
+            "sidecar.listen_failed",
+            host=settings.host,
+            port=settings.port,
+            error=exc.strerror or type(exc).__name__,
+        )
+        return 1
+    except KeyboardInterrupt:  # a signal before our handlers were installed
+        return 130
+    return 0
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+def _probe(args: list[str], env: dict[str, str]) -> int:
+    from sidecar.probe import probe
+
+    options = _probe_parser().parse_args(args)
+    problems = []
+    host = options.host or env.get("SIDECAR_HOST", "").strip() or "127.0.0.1"
+    raw_port = options.port or env.get("SIDECAR_PORT", "").strip() or "8081"
+    name = "--port" if options.port else "SIDECAR_PORT"
+    port = int(raw_port) if raw_port.isdigit() else 0
+    if not 1 <= port <= 65535:
+        problems.append(f"{name}: must be a port between 1 and 65535, got {raw_port!r}")
+    try:
+        timeout = float(options.timeout)
+    except ValueError:
+        timeout = 0.0
+    if not 0 < timeout <= 300:
+        problems.append(
+            f"--timeout: must be a number of seconds in (0, 300], got {options.timeout!r}"
+        )
+    if problems:
+        return _fail(problems)
+    ok, detail = probe(options.endpoint, host=host, port=port, timeout=timeout)
+    print(detail, file=sys.stdout if ok else sys.stderr)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,274 @@
+"""Settings: parsed once from the environment (and flags), frozen, all problems reported at once."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final, Literal
+from urllib.parse import unquote, urlsplit
+
+DSN_SCHEMES: Final = ("postgresql", "postgres")
+LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
+LOG_FORMATS: Final = ("json", "console")
+# A DSN file is a mounted Secret holding one line; anything bigger is a wrong mount.
+MAX_DSN_FILE_BYTES: Final = 64 * 1024
+LIBPQ_VARIABLES: Final = ("PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE")
+
+
+class ConfigError(Exception):
+    """One or more settings are wrong; `problems` holds one line per setting."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseTarget:
+    """Where and how to connect. `repr` never shows the DSN or the password."""
+
+    dsn: str | None = field(default=None, repr=False)
+    # libpq-style parameters, used when no DSN is given (PGHOST, PGPORT, ...).
+    host: str | None = None
+    port: int | None = None
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    database: str | None = None
+    # Where the target came from, for logs: "SIDECAR_DATABASE_URL", "..._FILE" or "libpq".
+    source: str = "libpq"
+    file_path: str | None = None
+
+    def secrets(self) -> tuple[str, ...]:
+        """Every string that must never reach a log, a body or a metric."""
+        found: list[str] = []
+        if self.password:
+            found.append(self.password)
+        if self.dsn:
+            found.append(self.dsn)
+            found.extend(_dsn_passwords(self.dsn))
+        return tuple(s for s in found if s)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    database: DatabaseTarget = field(default_factory=DatabaseTarget)
+    host: str = "0.0.0.0"  # noqa: S104 -- a sidecar must be reachable by kubelet on the pod IP
+    port: int = 8081
+    check_interval: float = 5.0
+    check_timeout: float = 2.0
+    backoff_max: float = 30.0
+    failure_threshold: int = 1
+    success_threshold: int = 1
+    drain_seconds: float = 5.0
+    log_level: str = "info"
+    log_format: Literal["json", "console"] = "json"
+
+    @property
+    def freshness_seconds(self) -> float:
+        """A result older than this no longer makes the pod ready (see README, /ready)."""
+        return 2 * (self.check_interval + self.check_timeout)
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> Settings:
+        """Build settings from a mapping of variables; raise ConfigError listing every problem."""
+        problems: list[str] = []
+
+        def get(name: str) -> str | None:
+            value = environ.get(name)
+            if value is None:
+                return None
+            value = value.strip()
+            return value or None
+
+        def number(
+            name: str,
+            default: float,
+            *,
+            minimum: float,
+            maximum: float,
+            allow_equal_min: bool = True,
+        ) -> float:
+            raw = get(name)
+            if raw is None:
+                return default
+            try:
+                value = float(raw)
+            except ValueError:
+                problems.append(f"{name}: not a number: {raw!r}")
+                return default
+            too_low = value < minimum if allow_equal_min else value <= minimum
+            if not math.isfinite(value) or too_low or value > maximum:
+                low = "at least" if allow_equal_min else "greater than"
+                problems.append(
+                    f"{name}: must be {low} {minimum:g} and at most {maximum:g}, got {raw!r}"
+                )
+                return default
+            return value
+
+        def integer(name: str, default: int, *, minimum: int, maximum: int) -> int:
+            raw = get(name)
+            if raw is None:
+                return default
+            try:
+                value = int(raw, 10)
+            except ValueError:
+                problems.append(f"{name}: not a whole number: {raw!r}")
+                return default
+            if not minimum <= value <= maximum:
+                problems.append(f"{name}: must be between {minimum} and {maximum}, got {raw!r}")
+                return default
+            return value
+
+        def choice(name: str, default: str, allowed: tuple[str, ...]) -> str:
+            raw = get(name)
+            if raw is None:
+                return default
+            if raw.lower() not in allowed:
+                problems.append(f"{name}: must be one of {', '.join(allowed)}, got {raw!r}")
+                return default
+            return raw.lower()
+
+        interval = number(
+            "SIDECAR_CHECK_INTERVAL", 5.0, minimum=0, maximum=3600, allow_equal_min=False
+        )
+        timeout = number(
+            "SIDECAR_CHECK_TIMEOUT", 2.0, minimum=0, maximum=600, allow_equal_min=False
+        )
+        backoff_max = number(
+            "SIDECAR_BACKOFF_MAX", 30.0, minimum=0, maximum=3600, allow_equal_min=False
+        )
+        drain = number("SIDECAR_DRAIN_SECONDS", 5.0, minimum=0, maximum=3600)
+        failure_threshold = integer("SIDECAR_FAILURE_THRESHOLD", 1, minimum=1, maximum=1000)
+        success_threshold = integer("SIDECAR_SUCCESS_THRESHOLD", 1, minimum=1, maximum=1000)
+        port = integer("SIDECAR_PORT", 8081, minimum=1, maximum=65535)
+        host = get("SIDECAR_HOST") or "0.0.0.0"  # noqa: S104 -- see Settings.host
+        if any(ch.isspace() for ch in host) or "/" in host:
+            problems.append(f"SIDECAR_HOST: not a host name or address: {host!r}")
+        log_level = choice("SIDECAR_LOG_LEVEL", "info", LOG_LEVELS)
+        log_format = choice("SIDECAR_LOG_FORMAT", "json", LOG_FORMATS)
+        database = _database_target(environ, get, problems)
+
+        if problems:
+            raise ConfigError(problems)
+        return cls(
+            database=database,
+            host=host,
+            port=port,
+            check_interval=interval,
+            check_timeout=timeout,
+            backoff_max=backoff_max,
+            failure_threshold=failure_threshold,
+            success_threshold=success_threshold,
+            drain_seconds=drain,
+            log_level=log_level,
+            log_format="console" if log_format == "console" else "json",
+        )
+
+
+def _database_target(
+    environ: Mapping[str, str], get: Callable[[str], str | None], problems: list[str]
+) -> DatabaseTarget:
+    url = get("SIDECAR_DATABASE_URL")
+    url_file = get("SIDECAR_DATABASE_URL_FILE")
+    if url and url_file:
+        problems.append(
+            "SIDECAR_DATABASE_URL_FILE: set together with SIDECAR_DATABASE_URL; set only one"
+        )
+        return DatabaseTarget()
+    if url:
+        problem = dsn_problem(url)
+        if problem:
+            problems.append(f"SIDECAR_DATABASE_URL: {problem}")
+            return DatabaseTarget()
+        return DatabaseTarget(dsn=url, source="SIDECAR_DATABASE_URL")
+    if url_file:
+        try:
+            dsn = read_dsn_file(url_file)
+        except ValueError as exc:
+            problems.append(f"SIDECAR_DATABASE_URL_FILE: {exc}")
+            return DatabaseTarget()
+        return DatabaseTarget(dsn=dsn, source="SIDECAR_DATABASE_URL_FILE", file_path=url_file)
+
+    port: int | None = None
+    raw_port = get("PGPORT")
+    if raw_port is not None:
+        try:
+            port = int(raw_port, 10)
+        except ValueError:
+            port = -1
+        if not 1 <= port <= 65535:
+            problems.append(f"PGPORT: must be a port between 1 and 65535, got {raw_port!r}")
+            port = None
+    return DatabaseTarget(
+        host=get("PGHOST"),
+        port=port,
+        user=get("PGUSER"),
+        # Not stripped: a password may legitimately begin or end with spaces.
+        password=environ.get("PGPASSWORD") or None,
+        database=get("PGDATABASE"),
+        source="libpq",
+    )
+
+
+def dsn_problem(dsn: str) -> str | None:
+    """Why this DSN is refused, without ever quoting it (it may hold a password)."""
+    scheme, sep, _rest = dsn.partition("://")
+    if not sep:
+        return "not a URL: expected postgresql://user:password@host:port/database"
+    if scheme.lower() not in DSN_SCHEMES:
+        shown = scheme if scheme.isascii() and scheme.isalnum() and len(scheme) <= 20 else "?"
+        return f"scheme {shown!r} is not supported; use postgresql:// or postgres://"
+    if any(ch.isspace() or ord(ch) < 32 for ch in dsn):
+        return "contains whitespace or control characters"
+    try:
+        parts = urlsplit(dsn)
+        _ = parts.port  # raises ValueError on a port that is not a number
+    except ValueError:
+        return "malformed URL (bad port or brackets)"
+    return None
+
+
+def read_dsn_file(path: str) -> str:
+    """Read a DSN from a mounted Secret file; ValueError says why it is unusable."""
+    try:
+        with Path(path).open("rb") as handle:
+            data = handle.read(MAX_DSN_FILE_BYTES + 1)
+    except FileNotFoundError:
+        raise ValueError(f"file {path!r} does not exist") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path!r} is a directory, not a file") from None
+    except PermissionError:
+        raise ValueError(f"file {path!r} is not readable (permission denied)") from None
+    except OSError as exc:
+        raise ValueError(f"file {path!r} cannot be read ({exc.strerror})") from None
+    if len(data) > MAX_DSN_FILE_BYTES:
+        raise ValueError(f"file {path!r} is larger than {MAX_DSN_FILE_BYTES} bytes")
+    try:
+        dsn = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ValueError(f"file {path!r} is not UTF-8 text") from None
+    if not dsn:
+        raise ValueError(f"file {path!r} is empty")
+    problem = dsn_problem(dsn)
+    if problem:
+        raise ValueError(f"file {path!r}: {problem}")
+    return dsn
+
+
+def _dsn_passwords(dsn: str) -> list[str]:
+    """The password of a DSN, as written and percent-decoded (either form could be echoed)."""
+    try:
+        parts = urlsplit(dsn)
+    except ValueError:
+        return []
+    found: list[str] = []
+    if parts.password:
+        found.append(parts.password)
+    # libpq also accepts the password as a query parameter.
+    for pair in parts.query.split("&"):
+        key, _, value = pair.partition("=")
+        if key == "password" and value:
+            found.append(value)
+    return found + [unquote(p) for p in found if unquote(p) != p]

@@ -1,0 +1,93 @@
+"""The one structlog configuration: JSON lines by default, secrets scrubbed from every event."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterable
+from typing import Any, Final, TextIO
+
+import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+REDACTED: Final = "[REDACTED]"
+
+
+class Redactor:
+    """Replace every known secret (DSN, password) in every string value of an event.
+
+    Runs last before rendering, after exceptions are formatted, so a secret that slipped
+    into an exception message or a traceback is scrubbed too.
+    """
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        # Longest first, so a DSN is replaced whole before its password part.
+        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+
+    def scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        return text
+
+    def _value(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.scrub(value)
+        if isinstance(value, dict):
+            return {k: self._value(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._value(v) for v in value]
+        if isinstance(value, BaseException):
+            return self.scrub(repr(value))
+        return value
+
+    def __call__(self, logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
+        if not self._secrets:
+            return event_dict
+        return {key: self._value(value) for key, value in event_dict.items()}
+
+
+def configure(
+    *,
+    level: str = "info",
+    fmt: str = "json",
+    secrets: Iterable[str] = (),
+    stream: TextIO | None = None,
+) -> None:
+    """Configure structlog, and route stdlib logging (aiohttp, asyncio) through it."""
+    stream = stream or sys.stdout
+    numeric_level = logging.getLevelNamesMapping()[level.upper()]
+    redact = Redactor(secrets)
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    renderer: Processor
+    if fmt == "console":
+        # Plain tracebacks: rich's pretty tracebacks would print local variables.
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=stream.isatty(), exception_formatter=structlog.dev.plain_traceback
+        )
+        tail: list[Processor] = [redact, renderer]
+    else:
+        renderer = structlog.processors.JSONRenderer()
+        tail = [structlog.processors.format_exc_info, redact, renderer]
+    structlog.configure(
+        processors=[*shared, structlog.processors.StackInfoRenderer(), *tail],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
+        logger_factory=structlog.PrintLoggerFactory(stream),
+        cache_logger_on_first_use=True,
+    )
+    # Library records (aiohttp's server errors, asyncio's warnings) become JSON lines too,
+    # through the same redaction, instead of bare tracebacks on stderr.
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *tail],
+    )
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    # Libraries are noisy at debug (every malformed request); keep them at warning or above.
+    root.setLevel(max(numeric_level, logging.WARNING))

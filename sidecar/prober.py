@@ -1,0 +1,183 @@
+"""The probe loop: the interval while healthy, jittered exponential backoff while failing.
+
+This is the only user of `backoff` and the only writer of check state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Generator
+from dataclasses import dataclass, replace
+from typing import Any, Final, Protocol
+
+import backoff
+import structlog
+
+from sidecar.checks import Check, CheckFailed
+from sidecar.state import Board, CheckResult, CheckState, Reason, Transition, advance
+
+# A jittered delay can come out near zero; never retry faster than this.
+MIN_RETRY_DELAY_SECONDS: Final = 0.1
+# The first retry waits up to this long (before jitter), then doubles up to backoff_max.
+BACKOFF_FACTOR_SECONDS: Final = 1.0
+
+
+class Clock(Protocol):
+    """Both clocks the prober needs: monotonic for ages and deadlines, wall for display."""
+
+    def monotonic(self) -> float: ...
+
+    def time(self) -> float: ...
+
+
+class SystemClock:
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def time(self) -> float:
+        return time.time()
+
+
+class ProbeObserver(Protocol):
+    """Receives every result (metrics); must be cheap and must not raise."""
+
+    def observe(
+        self, result: CheckResult, state: CheckState, transition: Transition | None
+    ) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ProbePolicy:
+    interval: float
+    timeout: float
+    backoff_max: float
+    failure_threshold: int = 1
+    success_threshold: int = 1
+
+
+def backoff_delays(
+    backoff_max: float, jitter: Callable[[float], float] = backoff.full_jitter
+) -> Generator[float, None, None]:
+    """Retry delays while failing: backoff's exponential generator with jitter, capped."""
+    wait: Generator[float, Any, None] = backoff.expo(
+        base=2, factor=BACKOFF_FACTOR_SECONDS, max_value=backoff_max
+    )
+    wait.send(None)  # backoff's wait generators are primed with an empty send
+    for value in wait:
+        yield min(backoff_max, max(MIN_RETRY_DELAY_SECONDS, jitter(value)))
+
+
+class Prober:
+    """Runs one check forever, publishing a new immutable CheckState after each run."""
+
+    def __init__(
+        self,
+        check: Check,
+        board: Board,
+        policy: ProbePolicy,
+        *,
+        observer: ProbeObserver | None = None,
+        clock: Clock | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        jitter: Callable[[float], float] = backoff.full_jitter,
+    ) -> None:
+        self._check = check
+        self._board = board
+        self._policy = policy
+        self._observer = observer
+        self._clock = clock or SystemClock()
+        self._sleep = sleep
+        self._jitter = jitter
+        self._log = structlog.get_logger("sidecar.prober").bind(check=check.name)
+
+    async def run(self) -> None:
+        """Probe until cancelled. Never returns otherwise; an escaping error is a bug."""
+        clock = self._clock
+        now = clock.monotonic()
+        state = CheckState(name=self._check.name, state_since_monotonic=now, next_due_monotonic=now)
+        self._board.publish(state)
+        delays: Generator[float, None, None] | None = None
+        while True:
+            result = await self.run_once()
+            state, transition = advance(
+                state,
+                result,
+                failure_threshold=self._policy.failure_threshold,
+                success_threshold=self._policy.success_threshold,
+            )
+            if result.ok:
+                delays = None
+                delay = self._policy.interval
+            else:
+                if delays is None:
+                    delays = backoff_delays(self._policy.backoff_max, self._jitter)
+                delay = next(delays)
+            state = replace(state, next_due_monotonic=clock.monotonic() + delay)
+            self._board.publish(state)
+            if self._observer is not None:
+                self._observer.observe(result, state, transition)
+            self._log_result(result, state, transition, delay)
+            await self._sleep(delay)
+
+    async def run_once(self) -> CheckResult:
+        """One bounded check; failures become results, never exceptions (bar cancellation)."""
+        clock = self._clock
+        started = clock.monotonic()
+        reason: Reason | None = None
+        try:
+            async with asyncio.timeout(self._policy.timeout):
+                await self._check.run()
+        except CheckFailed as exc:
+            reason = exc.reason
+        except TimeoutError:
+            reason = Reason.TIMEOUT
+        except Exception as exc:  # noqa: BLE001 -- the loop must outlive any bug in a check
+            reason = Reason.INTERNAL_ERROR
+            self._log.error("check.crashed", error_type=type(exc).__name__, error=str(exc)[:200])
+            self._log.debug("check.crashed_traceback", exc_info=exc)
+        if reason is not None:
+            await self._reset_quietly()
+        finished = clock.monotonic()
+        return CheckResult(
+            ok=reason is None,
+            latency_seconds=max(0.0, finished - started),
+            finished_at=clock.time(),
+            finished_monotonic=finished,
+            reason=reason,
+        )
+
+    async def _reset_quietly(self) -> None:
+        try:
+            async with asyncio.timeout(self._policy.timeout):
+                await self._check.reset()
+        except Exception as exc:  # noqa: BLE001 -- a failed cleanup must not stop probing
+            self._log.warning("check.reset_failed", error_type=type(exc).__name__)
+
+    def _log_result(
+        self,
+        result: CheckResult,
+        state: CheckState,
+        transition: Transition | None,
+        delay: float,
+    ) -> None:
+        reason = result.reason.value if result.reason else None
+        if transition is not None:
+            log = self._log.info if transition.passing else self._log.warning
+            log(
+                "check.state_changed",
+                **{"from": transition.previous},
+                to=transition.current,
+                reason=reason,
+                previous_state_seconds=round(transition.previous_state_seconds, 3),
+                consecutive_failures=state.consecutive_failures,
+            )
+        self._log.debug(
+            "check.completed",
+            ok=result.ok,
+            reason=reason,
+            latency_ms=round(result.latency_seconds * 1000, 3),
+            consecutive_failures=state.consecutive_failures,
+        )
+        if not result.ok:
+            self._log.debug("prober.backing_off", delay_seconds=round(delay, 3), reason=reason)

@@ -1,0 +1,155 @@
+"""Immutable check state, advanced by a pure function and published by swapping one reference.
+
+The prober is the only writer; request handlers and the metrics collector only read
+`Board.snapshot`, so a reader always sees one consistent state without locks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Final
+
+
+class Reason(StrEnum):
+    """Why a check failed: a small fixed set, safe as a metric label."""
+
+    TIMEOUT = "timeout"
+    CONNECTION_REFUSED = "connection_refused"
+    CONNECTION_RESET = "connection_reset"
+    AUTH_FAILED = "auth_failed"
+    DATABASE_NOT_FOUND = "database_not_found"
+    TOO_MANY_CONNECTIONS = "too_many_connections"
+    DNS_FAILURE = "dns_failure"
+    SERVER_SHUTDOWN = "server_shutdown"
+    TLS_ERROR = "tls_error"
+    QUERY_FAILED = "query_failed"
+    NETWORK_ERROR = "network_error"
+    INTERNAL_ERROR = "internal_error"
+
+
+ALL_REASONS: Final = tuple(r.value for r in Reason)
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    """The outcome of one check."""
+
+    ok: bool
+    latency_seconds: float
+    finished_at: float  # wall clock, seconds since the epoch: shown to people and Prometheus
+    finished_monotonic: float  # for ages and freshness: immune to wall-clock jumps
+    reason: Reason | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CheckState:
+    """Everything known about one check at one moment."""
+
+    name: str
+    passing: bool = False  # after thresholds: what readiness uses
+    ever_passed: bool = False  # startup latch: once true, never false again
+    last: CheckResult | None = None
+    last_success_at: float | None = None  # wall clock
+    consecutive_failures: int = 0
+    consecutive_successes: int = 0
+    state_since_monotonic: float = 0.0  # when `passing` last changed (or the prober started)
+    # The moment the next check is due; liveness turns 503 when no check has finished
+    # within timeout + grace after it.
+    next_due_monotonic: float = 0.0
+
+    @property
+    def status(self) -> str:
+        """IETF health-check status: pass, warn (passing but the latest check failed), fail."""
+        if not self.passing:
+            return "fail"
+        if self.last is not None and not self.last.ok:
+            return "warn"
+        return "pass"
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """A change of state, for the state-change log and the transitions counter.
+
+    The first result is always a transition (out of "unknown"), so that a sidecar that
+    starts against a dead database says so at once.
+    """
+
+    name: str
+    previous: str  # "unknown", "passing" or "failing"
+    current: str  # "passing" or "failing"
+    reason: Reason | None
+    previous_state_seconds: float
+
+    @property
+    def passing(self) -> bool:
+        return self.current == "passing"
+
+
+def advance(
+    state: CheckState,
+    result: CheckResult,
+    *,
+    failure_threshold: int,
+    success_threshold: int,
+) -> tuple[CheckState, Transition | None]:
+    """Fold one result into the state; return the new state and the transition, if any."""
+    if result.ok:
+        successes = state.consecutive_successes + 1
+        failures = 0
+        passing = state.passing or successes >= success_threshold
+    else:
+        successes = 0
+        failures = state.consecutive_failures + 1
+        # Before the first pass the check is not ready anyway: no threshold to wait for.
+        passing = state.passing and failures < failure_threshold
+    transition = None
+    since = state.state_since_monotonic
+    if passing != state.passing or state.last is None:
+        transition = Transition(
+            name=state.name,
+            previous=state_word(state),
+            current="passing" if passing else "failing",
+            reason=result.reason,
+            previous_state_seconds=max(0.0, result.finished_monotonic - since),
+        )
+        since = result.finished_monotonic
+    new = replace(
+        state,
+        passing=passing,
+        ever_passed=state.ever_passed or passing,
+        last=result,
+        last_success_at=result.finished_at if result.ok else state.last_success_at,
+        consecutive_failures=failures,
+        consecutive_successes=successes,
+        state_since_monotonic=since,
+    )
+    return new, transition
+
+
+def state_word(state: CheckState) -> str:
+    """unknown (no result yet), passing or failing."""
+    if state.last is None:
+        return "unknown"
+    return "passing" if state.passing else "failing"
+
+
+@dataclass(slots=True)
+class Board:
+    """The one mutable holder: the latest snapshot per check, plus lifecycle flags.
+
+    Written only from the event loop thread, by the prober (snapshots) and the lifecycle
+    (draining); each write is a single reference assignment.
+    """
+
+    checks: dict[str, CheckState] = field(default_factory=dict)
+    draining: bool = False
+    # Set by the prober's supervisor when the probe loop has ended for good.
+    prober_stopped: bool = False
+
+    def publish(self, state: CheckState) -> None:
+        # A fresh dict per publish keeps readers iterating over a consistent mapping.
+        checks = dict(self.checks)
+        checks[state.name] = state
+        self.checks = checks
