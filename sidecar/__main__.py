@@ -66,6 +66,12 @@ def _probe_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _with_flag(problem: str, from_flags: Mapping[str, str]) -> str:
+    name, sep, rest = problem.partition(":")
+    flag = from_flags.get(name)
+    return f"{name} ({flag}){sep}{rest}" if flag else problem
+
+
 def _fail(problems: Sequence[str]) -> int:
     for problem in problems:
         print(f"{PROG}: bad setting: {problem}", file=sys.stderr)
@@ -82,14 +88,17 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
 def _serve(args: list[str], env: dict[str, str]) -> int:
     options = vars(_parser().parse_args(args))
+    from_flags: dict[str, str] = {}
     for flag, _ in SETTING_FLAGS:
         value = options.get(flag.removeprefix("--").replace("-", "_"))
         if value is not None:
             env[env_name(flag)] = value
+            from_flags[env_name(flag)] = flag
     try:
         settings = Settings.from_environ(env)
     except ConfigError as exc:
-        return _fail(exc.problems)
+        # Name the flag too when the bad value came from one.
+        return _fail([_with_flag(problem, from_flags) for problem in exc.problems])
 
     # Imported late: `probe` and config errors should not pay for aiohttp and asyncpg.
     import structlog

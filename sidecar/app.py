@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Final
 
@@ -78,10 +77,13 @@ def create_app(
         handler = make_probe_handler(name, view_for[name], counts, clock.monotonic)
         for path in paths:
             resource = app.router.add_resource(path, name=path.strip("/"))
-            resource.add_route("GET", handler)  # HEAD is answered by the GET route
+            resource.add_route("GET", handler)
+            resource.add_route("HEAD", handler)  # aiohttp drops the body for HEAD
             resource.add_route("*", not_allowed)
     metrics_resource = app.router.add_resource("/metrics", name="metrics")
-    metrics_resource.add_route("GET", make_metrics_handler(registry, counts))
+    metrics_handler = make_metrics_handler(registry, counts)
+    metrics_resource.add_route("GET", metrics_handler)
+    metrics_resource.add_route("HEAD", metrics_handler)
     metrics_resource.add_route("*", not_allowed)
     app.router.add_route("*", "/{tail:.*}", not_found)
 
@@ -103,9 +105,10 @@ def create_app(
         yield
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # A wedged check could ignore its cancellation; shutdown must not wait on it forever.
+        _, pending = await asyncio.wait(tasks, timeout=settings.check_timeout + 1)
+        for task in pending:
+            log.warning("prober.stop_timed_out", task=task.get_name())
         for check in checks:
             try:
                 await check.close()

@@ -98,7 +98,11 @@ class Prober:
         state = CheckState(name=self._check.name, state_since_monotonic=now, next_due_monotonic=now)
         self._board.publish(state)
         delays: Generator[float, None, None] | None = None
+        task = asyncio.current_task()
         while True:
+            # A check that swallowed our cancellation must not make the loop immortal.
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError
             result = await self.run_once()
             state, transition = advance(
                 state,

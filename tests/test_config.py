@@ -1,0 +1,169 @@
+"""Settings: defaults, parsing, and every refusal named at once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sidecar.config import ConfigError, Settings
+
+
+def problems_for(env: dict[str, str]) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_environ(env)
+    return caught.value.problems
+
+
+def test_defaults_match_the_contract() -> None:
+    """An empty environment gives the documented defaults."""
+    s = Settings.from_environ({})
+    assert (s.host, s.port) == ("0.0.0.0", 8081)  # noqa: S104 -- the documented default
+    assert (s.check_interval, s.check_timeout, s.backoff_max) == (5.0, 2.0, 30.0)
+    assert (s.failure_threshold, s.success_threshold, s.drain_seconds) == (1, 1, 5.0)
+    assert (s.log_level, s.log_format) == ("info", "json")
+    assert s.database.dsn is None
+    assert s.database.source == "libpq"
+    assert s.freshness_seconds == 14.0
+
+
+def test_every_setting_is_read() -> None:
+    """Each SIDECAR_ variable lands in its field, parsed."""
+    s = Settings.from_environ(
+        {
+            "SIDECAR_DATABASE_URL": "postgres://u:p@db:5432/app",
+            "SIDECAR_HOST": "127.0.0.1",
+            "SIDECAR_PORT": "9000",
+            "SIDECAR_CHECK_INTERVAL": "1.5",
+            "SIDECAR_CHECK_TIMEOUT": "0.5",
+            "SIDECAR_BACKOFF_MAX": "10",
+            "SIDECAR_FAILURE_THRESHOLD": "3",
+            "SIDECAR_SUCCESS_THRESHOLD": "2",
+            "SIDECAR_DRAIN_SECONDS": "0",
+            "SIDECAR_LOG_LEVEL": "DEBUG",
+            "SIDECAR_LOG_FORMAT": "console",
+        }
+    )
+    assert s.database.dsn == "postgres://u:p@db:5432/app"
+    assert (s.host, s.port, s.check_interval, s.check_timeout) == ("127.0.0.1", 9000, 1.5, 0.5)
+    assert (s.backoff_max, s.failure_threshold, s.success_threshold) == (10.0, 3, 2)
+    assert (s.drain_seconds, s.log_level, s.log_format) == (0.0, "debug", "console")
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("SIDECAR_PORT", "abc"),
+        ("SIDECAR_PORT", "0"),
+        ("SIDECAR_PORT", "65536"),
+        ("SIDECAR_CHECK_INTERVAL", "soon"),
+        ("SIDECAR_CHECK_INTERVAL", "0"),
+        ("SIDECAR_CHECK_INTERVAL", "nan"),
+        ("SIDECAR_CHECK_TIMEOUT", "-1"),
+        ("SIDECAR_CHECK_TIMEOUT", "inf"),
+        ("SIDECAR_BACKOFF_MAX", "0"),
+        ("SIDECAR_FAILURE_THRESHOLD", "0"),
+        ("SIDECAR_FAILURE_THRESHOLD", "1.5"),
+        ("SIDECAR_SUCCESS_THRESHOLD", "x"),
+        ("SIDECAR_DRAIN_SECONDS", "-0.1"),
+        ("SIDECAR_LOG_LEVEL", "loud"),
+        ("SIDECAR_LOG_FORMAT", "xml"),
+        ("SIDECAR_HOST", "a b"),
+        ("PGPORT", "five"),
+        ("SIDECAR_DATABASE_URL", "mysql://u:p@h/db"),
+        ("SIDECAR_DATABASE_URL", "just-a-string"),
+        ("SIDECAR_DATABASE_URL", "postgresql://u:p@h:notaport/db"),
+    ],
+)
+def test_bad_value_is_refused_naming_the_variable(name: str, value: str) -> None:
+    """A bad value gives exactly one problem, and it starts with the variable's name."""
+    problems = problems_for({name: value})
+    assert len(problems) == 1
+    assert problems[0].startswith(f"{name}: ")
+
+
+def test_all_problems_are_reported_at_once() -> None:
+    """Three bad settings give three problems, not the first one only."""
+    problems = problems_for(
+        {"SIDECAR_PORT": "x", "SIDECAR_CHECK_TIMEOUT": "0", "SIDECAR_LOG_FORMAT": "yaml"}
+    )
+    assert sorted(p.split(":")[0] for p in problems) == [
+        "SIDECAR_CHECK_TIMEOUT",
+        "SIDECAR_LOG_FORMAT",
+        "SIDECAR_PORT",
+    ]
+
+
+def test_refused_dsn_is_never_quoted() -> None:
+    """A refused DSN's message names the scheme but never repeats the password."""
+    (problem,) = problems_for({"SIDECAR_DATABASE_URL": "mysql://app:hunter2secret@db/x"})
+    assert "mysql" in problem
+    assert "hunter2secret" not in problem
+
+
+def test_url_and_url_file_together_are_refused(tmp_path: Path) -> None:
+    """Setting both DSN sources is ambiguous and refused."""
+    dsn_file = tmp_path / "dsn"
+    dsn_file.write_text("postgresql://u:p@h/db\n")
+    (problem,) = problems_for(
+        {
+            "SIDECAR_DATABASE_URL": "postgresql://u:p@h/db",
+            "SIDECAR_DATABASE_URL_FILE": str(dsn_file),
+        }
+    )
+    assert problem.startswith("SIDECAR_DATABASE_URL_FILE: ")
+    assert "only one" in problem
+
+
+def test_dsn_file_is_read_and_stripped(tmp_path: Path) -> None:
+    """The DSN file's content, without the trailing newline, becomes the DSN."""
+    dsn_file = tmp_path / "dsn"
+    dsn_file.write_text("postgresql://u:p%40ss@h:5433/db\n")
+    s = Settings.from_environ({"SIDECAR_DATABASE_URL_FILE": str(dsn_file)})
+    assert s.database.dsn == "postgresql://u:p%40ss@h:5433/db"
+    assert s.database.source == "SIDECAR_DATABASE_URL_FILE"
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (None, "does not exist"),
+        (b"", "is empty"),
+        (b"\xff\xfe\x00", "not UTF-8"),
+        (b"redis://h/0\n", "not supported"),
+        (b"x" * 70_000, "larger than"),
+        ("dir", "directory"),
+    ],
+)
+def test_unusable_dsn_file_is_refused(
+    tmp_path: Path, content: bytes | str | None, expected: str
+) -> None:
+    """A missing, empty, binary, wrong-scheme, huge or directory DSN file is refused."""
+    path = tmp_path / "dsn"
+    if content == "dir":
+        path.mkdir()
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    (problem,) = problems_for({"SIDECAR_DATABASE_URL_FILE": str(path)})
+    assert problem.startswith("SIDECAR_DATABASE_URL_FILE: ")
+    assert expected in problem
+
+
+def test_libpq_variables_are_used_without_a_dsn() -> None:
+    """With no DSN, PGHOST/PGPORT/PGUSER/PGPASSWORD/PGDATABASE describe the target."""
+    s = Settings.from_environ(
+        {"PGHOST": "db", "PGPORT": "6432", "PGUSER": "app", "PGPASSWORD": " pw ", "PGDATABASE": "x"}
+    )
+    db = s.database
+    assert (db.host, db.port, db.user, db.password, db.database) == ("db", 6432, "app", " pw ", "x")
+
+
+def test_secrets_stay_out_of_repr_and_are_listed_for_redaction() -> None:
+    """repr() never shows the DSN or password; secrets() lists both forms of it."""
+    s = Settings.from_environ({"SIDECAR_DATABASE_URL": "postgresql://u:p%40ssw0rd@h/db"})
+    assert "p%40ssw0rd" not in repr(s)
+    assert "p@ssw0rd" in s.database.secrets()
+    assert "p%40ssw0rd" in s.database.secrets()
+    libpq = Settings.from_environ({"PGPASSWORD": "libpq-secret"})
+    assert "libpq-secret" not in repr(libpq)
+    assert libpq.database.secrets() == ("libpq-secret",)

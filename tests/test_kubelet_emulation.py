@@ -1,0 +1,329 @@
+"""A kubelet emulation: the chart's probes, run against a real sidecar through a database outage.
+
+The chart is rendered with its defaults, scaled down in time only (check interval, timeout,
+backoff and probe periods); thresholds and timeouts of the probes stay the chart's. The sidecar
+runs as a subprocess with the environment the chart gives its container (the DSN file and port
+pointed at this machine), and each probe is run the way kubelet's prober does:
+
+- an HTTP GET with `User-Agent: kube-probe/1.29`, a fresh connection each time, `timeoutSeconds`
+  for the whole request; any status from 200 to 399 is a success, anything else a failure;
+- every `periodSeconds` after `initialDelaySeconds`; liveness and readiness only once the
+  startup probe has passed (and, for a native sidecar, the app only starts after the sidecar's
+  startup probe passed);
+- `failureThreshold` consecutive failures flip the result (liveness/startup: the container would
+  be restarted; readiness: the pod leaves the Service), `successThreshold` consecutive
+  successes make a pod ready again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+from support import free_port
+from support.pg import PostgresServer
+
+try:
+    import helm_python as helm
+except ImportError:
+    if os.environ.get("CI") == "true":
+        raise  # CI installs it (.ci/k8s-tools.sh): missing is a failure there
+    pytest.skip("helm-python-sdk missing: run .ci/k8s-tools.sh", allow_module_level=True)
+
+REPO = Path(__file__).resolve().parent.parent
+CHART = REPO / "charts" / "health-sidecar"
+KUBELET_USER_AGENT = "kube-probe/1.29"
+# Time scaled down: the structure (thresholds, timeouts, which probe reads what) is the chart's.
+CHECK_INTERVAL_SECONDS = 1
+CHECK_TIMEOUT_SECONDS = 1
+BACKOFF_MAX_SECONDS = 2
+PROBE_PERIOD_SECONDS = 1
+# Generous slack on every bound: CI machines are slow and busy.
+SLACK_SECONDS = 10.0
+
+Obj = dict[str, Any]
+
+helm.disable_logging()
+
+
+@dataclass(frozen=True)
+class HttpProbe:
+    """One probe of a rendered container spec, with its port resolved to a number."""
+
+    name: str
+    path: str
+    port: int
+    initial_delay_seconds: int
+    period_seconds: int
+    timeout_seconds: int
+    failure_threshold: int
+    success_threshold: int
+
+    @classmethod
+    def from_container(cls, container: Obj, kind: str, ports: dict[str, int]) -> HttpProbe:
+        spec = container[kind]
+        get = spec["httpGet"]
+        port = get["port"] if isinstance(get["port"], int) else ports[get["port"]]
+        # Kubernetes' defaults for fields a probe leaves out.
+        return cls(
+            name=f"{container['name']}.{kind}",
+            path=get.get("path", "/"),
+            port=port,
+            initial_delay_seconds=spec.get("initialDelaySeconds", 0),
+            period_seconds=spec.get("periodSeconds", 10),
+            timeout_seconds=spec.get("timeoutSeconds", 1),
+            failure_threshold=spec.get("failureThreshold", 3),
+            success_threshold=spec.get("successThreshold", 1),
+        )
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    at: float
+    success: bool
+    detail: str
+
+
+@dataclass
+class ProbeWorker:
+    """kubelet's per-container, per-probe worker: probe every period, apply the thresholds."""
+
+    probe: HttpProbe
+    session: aiohttp.ClientSession
+    results: list[ProbeResult] = field(default_factory=list)
+    # Readiness starts false; liveness and startup start as "success" (kubelet's initial values).
+    passing: bool = False
+    # (time, new value) each time the thresholded result flips.
+    transitions: list[tuple[float, bool]] = field(default_factory=list)
+    _streak: int = 0
+    _streak_success: bool = True
+
+    async def probe_once(self) -> ProbeResult:
+        url = f"http://127.0.0.1:{self.probe.port}{self.probe.path}"
+        started = time.monotonic()
+        try:
+            async with self.session.get(
+                url,
+                headers={"User-Agent": KUBELET_USER_AGENT, "Accept": "*/*"},
+                timeout=aiohttp.ClientTimeout(total=self.probe.timeout_seconds),
+                allow_redirects=True,
+            ) as response:
+                await response.content.read(10 * 1024)  # kubelet reads at most 10 KiB
+                success = 200 <= response.status < 400
+                return ProbeResult(started, success, str(response.status))
+        except TimeoutError:
+            return ProbeResult(started, False, "timeout")
+        except aiohttp.ClientError as error:
+            return ProbeResult(started, False, type(error).__name__)
+
+    def record(self, result: ProbeResult) -> None:
+        self.results.append(result)
+        if result.success == self._streak_success:
+            self._streak += 1
+        else:
+            self._streak_success, self._streak = result.success, 1
+        threshold = self.probe.success_threshold if result.success else self.probe.failure_threshold
+        if self._streak >= threshold and self.passing != result.success:
+            self.passing = result.success
+            self.transitions.append((result.at, result.success))
+
+    async def run(self) -> None:
+        await asyncio.sleep(self.probe.initial_delay_seconds)
+        while True:
+            started = time.monotonic()
+            self.record(await self.probe_once())
+            elapsed = time.monotonic() - started
+            await asyncio.sleep(max(0.0, self.probe.period_seconds - elapsed))
+
+    def failures(self) -> list[ProbeResult]:
+        return [r for r in self.results if not r.success]
+
+
+def render_pod_spec(sidecar_port: int) -> Obj:
+    """The chart's pod spec: defaults, times scaled down, the sidecar on a free port."""
+    values = {
+        "database": {"url": "postgresql://replaced-by-the-test@localhost/db"},
+        "sidecar": {
+            "port": sidecar_port,
+            "checkInterval": CHECK_INTERVAL_SECONDS,
+            "checkTimeout": CHECK_TIMEOUT_SECONDS,
+            "backoffMax": BACKOFF_MAX_SECONDS,
+            "drainSeconds": 0,
+            "startupProbe": {"periodSeconds": PROBE_PERIOD_SECONDS},
+            "livenessProbe": {"periodSeconds": PROBE_PERIOD_SECONDS},
+        },
+        "app": {"readinessProbe": {"periodSeconds": PROBE_PERIOD_SECONDS}},
+    }
+    with helm.Chart.load(CHART) as chart:
+        rendered = chart.render(values, name="health-sidecar", namespace="glucolens")
+    deployment = yaml.safe_load(rendered["health-sidecar/templates/deployment.yaml"])
+    spec: Obj = deployment["spec"]["template"]["spec"]
+    return spec
+
+
+def container(spec: Obj, name: str) -> Obj:
+    containers = spec.get("initContainers", []) + spec["containers"]
+    found: Obj = next(c for c in containers if c["name"] == name)
+    return found
+
+
+def sidecar_environment(sidecar: Obj, dsn_file: Path) -> dict[str, str]:
+    """The container's env as the chart renders it, the mounted DSN file mapped to `dsn_file`."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "SIDECAR_HOST": "127.0.0.1"}
+    for variable in sidecar["env"]:
+        assert "value" in variable, f"{variable['name']}: only literal values are emulated"
+        env[variable["name"]] = variable["value"]
+    assert "SIDECAR_DATABASE_URL" not in env
+    assert env["SIDECAR_DATABASE_URL_FILE"].startswith(sidecar["volumeMounts"][0]["mountPath"])
+    env["SIDECAR_DATABASE_URL_FILE"] = str(dsn_file)
+    return env
+
+
+@pytest.fixture
+def dsn_file(pg_private: PostgresServer) -> Iterator[Path]:
+    """The private server's DSN in a file, as the mounted Secret would hold it."""
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "url"
+        path.write_text(pg_private.dsn())
+        yield path
+
+
+@dataclass
+class Pod:
+    """The rendered pod spec and its sidecar container running as a subprocess."""
+
+    spec: Obj
+    sidecar_port: int
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-5000:]
+
+
+@pytest.fixture
+def pod(dsn_file: Path) -> Iterator[Pod]:
+    """The chart's sidecar container started with its rendered environment."""
+    port = free_port()
+    spec = render_pod_spec(port)
+    log = dsn_file.parent / "sidecar.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "sidecar"],
+            env=sidecar_environment(container(spec, "health-sidecar"), dsn_file),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+    try:
+        yield Pod(spec, port, process, log)
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@pytest.fixture
+async def kubelet_session() -> AsyncIterator[aiohttp.ClientSession]:
+    # kubelet disables keep-alive: every probe is a new connection.
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
+        yield session
+
+
+async def wait_for(condition: Any, within: float, what: str) -> float:
+    """Poll `condition()` until true; return the time it became true."""
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not within {within:g}s")
+        await asyncio.sleep(0.05)
+    return time.monotonic()
+
+
+@pytest.mark.slow
+async def test_database_outage_unreadies_pod_without_restarting_anything(
+    pg_private: PostgresServer,
+    pod: Pod,
+    kubelet_session: aiohttp.ClientSession,
+) -> None:
+    """Probed like kubelet: unready ~failureThreshold x period after the DB stops, no liveness
+    failure ever, ready again after the DB returns."""
+    sidecar, app = container(pod.spec, "health-sidecar"), container(pod.spec, "app")
+    ports = {p["name"]: p["containerPort"] for p in sidecar["ports"]}
+    startup = HttpProbe.from_container(sidecar, "startupProbe", ports)
+    liveness = HttpProbe.from_container(sidecar, "livenessProbe", ports)
+    readiness = HttpProbe.from_container(app, "readinessProbe", ports)
+    assert readiness.path == "/ready"
+    assert readiness.port == pod.sidecar_port
+
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        # The startup probe runs alone until it passes; failureThreshold failures = a restart.
+        starter = ProbeWorker(startup, kubelet_session, passing=False)
+        for _ in range(startup.failure_threshold):
+            starter.record(await starter.probe_once())
+            if starter.passing:
+                break
+            await asyncio.sleep(startup.period_seconds)
+        assert starter.passing, f"startup probe never passed: {starter.results}"
+
+        # Then (native sidecar: the app starts now) liveness and readiness run side by side.
+        live = ProbeWorker(liveness, kubelet_session, passing=True)
+        ready = ProbeWorker(readiness, kubelet_session)
+        tasks = [asyncio.create_task(live.run()), asyncio.create_task(ready.run())]
+        await wait_for(lambda: ready.passing, 15 + SLACK_SECONDS, "pod ready with the DB up")
+
+        stopped_at = time.monotonic()
+        await asyncio.to_thread(pg_private.stop)
+        detection = CHECK_INTERVAL_SECONDS + CHECK_TIMEOUT_SECONDS
+        unready_bound = detection + readiness.failure_threshold * readiness.period_seconds
+        unready_at = await wait_for(
+            lambda: not ready.passing, unready_bound + SLACK_SECONDS, "pod unready after DB stop"
+        )
+        # The flip needed failureThreshold failed probes in a row, all after the stop.
+        flip_failures = [r for r in ready.results if r.at >= stopped_at and not r.success]
+        assert len(flip_failures) >= readiness.failure_threshold
+        assert unready_at - stopped_at >= (readiness.failure_threshold - 1) * (
+            readiness.period_seconds
+        )
+        # The sidecar answered every readiness probe during the outage, promptly, with 503.
+        assert {r.detail for r in flip_failures} == {"503"}
+
+        # Stay down for a few liveness periods: liveness must keep passing.
+        await asyncio.sleep(3 * liveness.period_seconds)
+        assert not ready.passing
+
+        restarted_at = time.monotonic()
+        await asyncio.to_thread(pg_private.start)
+        back_bound = (
+            BACKOFF_MAX_SECONDS + detection + readiness.success_threshold * readiness.period_seconds
+        )
+        await wait_for(lambda: ready.passing, back_bound + SLACK_SECONDS, "pod ready again")
+        assert ready.transitions[-1][0] >= restarted_at
+
+        assert live.failures() == [], "a liveness probe failed: kubelet would restart the sidecar"
+        assert live.transitions == []
+        assert len(live.results) >= 5
+        assert pod.process.poll() is None, "the sidecar exited"
+    except BaseException:
+        sys.stderr.write(f"--- sidecar output ---\n{pod.output()}\n")
+        raise
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,133 @@
+"""The probe loop with a fake clock and a scripted check: delays, resets, resilience."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+import pytest
+from fakes import FakeClock, ScriptedCheck
+
+from sidecar.prober import (
+    BACKOFF_FACTOR_SECONDS,
+    MIN_RETRY_DELAY_SECONDS,
+    ProbePolicy,
+    Prober,
+    backoff_delays,
+)
+from sidecar.state import Board, CheckResult, CheckState, Reason, Transition
+
+DOWN = Reason.CONNECTION_REFUSED
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.results: list[CheckResult] = []
+        self.transitions: list[Transition] = []
+
+    def observe(
+        self, result: CheckResult, state: CheckState, transition: Transition | None
+    ) -> None:
+        self.results.append(result)
+        if transition is not None:
+            self.transitions.append(transition)
+
+
+async def drive(prober: Prober, clock: FakeClock, checks: int) -> None:
+    """Run the loop until it has slept `checks` times, then cancel it."""
+    task = asyncio.create_task(prober.run())
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10  # generous: only a hung check takes real time here
+    while len(clock.sleeps) < checks and loop.time() < deadline:  # noqa: ASYNC110 -- polls a fake
+        await asyncio.sleep(0.001)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert len(clock.sleeps) >= checks
+
+
+def make(
+    script: list[object], **policy: float
+) -> tuple[Prober, ScriptedCheck, FakeClock, Board, Recorder]:
+    clock = FakeClock()
+    check = ScriptedCheck(script)  # type: ignore[arg-type]
+    board = Board()
+    recorder = Recorder()
+    prober = Prober(
+        check,
+        board,
+        ProbePolicy(
+            interval=policy.get("interval", 5.0),
+            timeout=policy.get("timeout", 2.0),
+            backoff_max=policy.get("backoff_max", 30.0),
+        ),
+        observer=recorder,
+        clock=clock,
+        sleep=clock.sleep,
+        jitter=lambda value: value,  # no randomness: the bare exponential sequence
+    )
+    return prober, check, clock, board, recorder
+
+
+def test_backoff_delays_grow_exponentially_and_are_capped() -> None:
+    """Without jitter the delays are 1, 2, 4, 8 ... capped at backoff_max."""
+    delays = list(itertools.islice(backoff_delays(10.0, jitter=lambda v: v), 6))
+    f = BACKOFF_FACTOR_SECONDS
+    assert delays == [f, 2 * f, 4 * f, 8 * f, 10.0, 10.0]
+
+
+def test_backoff_jitter_stays_within_floor_and_cap() -> None:
+    """With backoff's full jitter every delay is between the floor and the cap."""
+    delays = list(itertools.islice(backoff_delays(3.0), 200))
+    assert all(MIN_RETRY_DELAY_SECONDS <= d <= 3.0 for d in delays)
+    assert len({round(d, 6) for d in delays}) > 50  # really jittered
+
+
+async def test_healthy_loop_waits_the_interval() -> None:
+    """While checks pass, the loop sleeps exactly the interval between them."""
+    prober, check, clock, board, _ = make([None], interval=5.0)
+    await drive(prober, clock, 4)
+    assert clock.sleeps[:4] == [5.0, 5.0, 5.0, 5.0]
+    assert board.checks["postgres"].passing
+    assert check.resets == 0
+
+
+async def test_failing_loop_backs_off_then_returns_to_the_interval() -> None:
+    """Failures back off 1, 2, 4; a pass goes back to the interval and restarts backoff."""
+    prober, check, clock, _board, recorder = make([DOWN, DOWN, DOWN, None, DOWN], interval=5.0)
+    await drive(prober, clock, 5)
+    assert clock.sleeps[:5] == [1.0, 2.0, 4.0, 5.0, 1.0]
+    # The connection is dropped after every failure, and only then.
+    assert check.resets == sum(not r.ok for r in recorder.results)
+    assert check.resets >= 4
+    assert [t.current for t in recorder.transitions] == ["failing", "passing", "failing"]
+
+
+async def test_unexpected_exception_is_counted_and_the_loop_goes_on() -> None:
+    """A check raising an unexpected error yields internal_error and the next check runs."""
+    prober, check, clock, _board, recorder = make([ValueError("bug"), None])
+    await drive(prober, clock, 3)
+    assert recorder.results[0].reason is Reason.INTERNAL_ERROR
+    assert recorder.results[1].ok
+    assert check.runs >= 3
+
+
+async def test_a_hung_check_times_out() -> None:
+    """A check that never returns is cut at the timeout and reported as timeout."""
+
+    async def hang() -> None:
+        await asyncio.Event().wait()
+
+    prober, _, clock, _board, recorder = make([hang, None], timeout=0.05)
+    await drive(prober, clock, 2)
+    assert recorder.results[0].reason is Reason.TIMEOUT
+    assert recorder.results[1].ok
+
+
+async def test_next_due_is_published_for_liveness() -> None:
+    """After each check the snapshot says when the next one is due."""
+    prober, _, clock, board, _ = make([None], interval=5.0)
+    await drive(prober, clock, 1)
+    state = board.checks["postgres"]
+    assert state.last is not None
+    assert state.next_due_monotonic == pytest.approx(state.last.finished_monotonic + 5.0)
