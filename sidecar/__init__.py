@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("health-sidecar")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0+unknown"
+# The one place the version lives: pyproject.toml reads it from here (setuptools dynamic),
+# so the package does not pay for importlib.metadata (and its email.* imports) at start.
+__version__ = "0.1.0"
 
 SERVICE_ID = "health-sidecar"

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from sidecar import SERVICE_ID, __version__
-from sidecar.health import Verdict, liveness, readiness, startup
+from sidecar.health import STALL_GRACE_SECONDS, Verdict, liveness, readiness, startup
 from sidecar.state import Board, CheckState, state_word
 
 CONTENT_TYPE: Final = "application/health+json"
@@ -101,6 +101,11 @@ class Views:
         self._freshness = freshness
         self._seen: object = None
         self._cache: dict[tuple[str, Verdict, bool], Rendered] = {}
+        # The hot path: a passing answer stays valid for this snapshot until a deadline
+        # (freshness for /ready, the stall bound for /health), so most requests are one
+        # identity check and one comparison.
+        self._ready_fast: tuple[object, float, Rendered] | None = None
+        self._health_fast: tuple[object, float, Rendered] | None = None
 
     def _memo(
         self, endpoint: str, verdict: Verdict, build: Callable[[], dict[str, Any]]
@@ -118,19 +123,43 @@ class Views:
 
     def ready(self, now: float, *, verbose: bool = False) -> Rendered:
         board = self._board
+        fast = self._ready_fast
+        if fast is not None and not verbose and not board.draining:
+            seen, until, rendered = fast
+            if seen is board.checks and now <= until:
+                return rendered
         verdict = readiness(board, freshness=self._freshness, now=now)
         if verbose:
             doc = document(board, verdict, with_checks=True, verbose=True, now=now)
             return (200 if verdict.ok else 503, encode(doc))
-        return self._memo("ready", verdict, lambda: document(board, verdict, with_checks=True))
+        rendered = self._memo("ready", verdict, lambda: document(board, verdict, with_checks=True))
+        if verdict.ok:
+            oldest = min(s.last.finished_monotonic for s in board.checks.values() if s.last)
+            self._ready_fast = (board.checks, oldest + self._freshness, rendered)
+        return rendered
 
     def health(self, now: float, *, verbose: bool = False) -> Rendered:
         board = self._board
+        fast = self._health_fast
+        if fast is not None and not verbose and not board.prober_stopped:
+            seen, until, rendered = fast
+            if seen is board.checks and now <= until:
+                return rendered
         verdict = liveness(board, check_timeout=self._check_timeout, now=now)
         if verbose:
             doc = document(board, verdict, with_checks=False, verbose=True, now=now)
             return (200 if verdict.ok else 503, encode(doc))
-        return self._memo("health", verdict, lambda: document(board, verdict, with_checks=False))
+        rendered = self._memo(
+            "health", verdict, lambda: document(board, verdict, with_checks=False)
+        )
+        if verdict.ok and board.checks:
+            due = min(s.next_due_monotonic for s in board.checks.values())
+            self._health_fast = (
+                board.checks,
+                due + self._check_timeout + STALL_GRACE_SECONDS,
+                rendered,
+            )
+        return rendered
 
     def startup(self, now: float, *, verbose: bool = False) -> Rendered:
         board = self._board

@@ -260,3 +260,22 @@ def test_bodies_are_serialised_once_per_state() -> None:
     board.publish(CheckState(name="postgres", passing=True, ever_passed=True, last=result))
     assert views.ready(12.0)[1] is not first[1]
     assert json.loads(first[1])["status"] == "pass"
+
+
+def test_cached_pass_expires_exactly_at_the_freshness_bound() -> None:
+    """A cached 200 is not served past the freshness window, nor while draining."""
+    board = Board()
+    result = CheckResult(True, 0.001, 1e9, 10.0)
+    board.publish(
+        CheckState(
+            name="postgres", passing=True, ever_passed=True, last=result, next_due_monotonic=15
+        )
+    )
+    views = Views(board, check_timeout=1, freshness=10)
+    assert views.ready(11.0)[0] == 200  # fills the cache
+    assert views.ready(20.0)[0] == 200
+    assert views.ready(20.001)[0] == 503
+    assert views.health(15 + 1 + STALL_GRACE_SECONDS)[0] == 200
+    assert views.health(15 + 1 + STALL_GRACE_SECONDS + 0.001)[0] == 503
+    board.draining = True
+    assert views.ready(11.0)[0] == 503
