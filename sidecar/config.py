@@ -144,7 +144,7 @@ class Settings:
         success_threshold = integer("SIDECAR_SUCCESS_THRESHOLD", 1, minimum=1, maximum=1000)
         port = integer("SIDECAR_PORT", 8081, minimum=1, maximum=65535)
         host = get("SIDECAR_HOST") or "0.0.0.0"  # noqa: S104 -- see Settings.host
-        if any(ch.isspace() for ch in host) or "/" in host:
+        if any(ch.isspace() for ch in host) or "/" in host or not _encodable_host(host):
             problems.append(f"SIDECAR_HOST: not a host name or address: {host!r}")
         log_level = choice("SIDECAR_LOG_LEVEL", "info", LOG_LEVELS)
         log_format = choice("SIDECAR_LOG_FORMAT", "json", LOG_FORMATS)
@@ -210,6 +210,17 @@ def _database_target(
         database=get("PGDATABASE"),
         source="libpq",
     )
+
+
+def _encodable_host(host: str) -> bool:
+    """False for a name the resolver cannot even encode (an empty or 64+ character label):
+    binding to it would raise UnicodeError, a traceback instead of exit 2
+    (tests/test_config_properties.py)."""
+    try:
+        host.encode("idna")
+    except UnicodeError:
+        return False
+    return True
 
 
 def dsn_problem(dsn: str) -> str | None:

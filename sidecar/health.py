@@ -35,10 +35,13 @@ def liveness(board: Board, *, check_timeout: float, now: float) -> Verdict:
     return PASS
 
 
-def readiness(board: Board, *, freshness: float, now: float) -> Verdict:
+def readiness(board: Board, *, freshness: float, now: float) -> Verdict:  # noqa: PLR0911 -- flat
     """The dependencies: ready when every check passes, is fresh, and we are not draining."""
     if board.draining:
         return Verdict(False, "draining")
+    if board.prober_stopped:
+        # Nothing will refresh the result: do not wait for it to go stale.
+        return Verdict(False, "probe loop stopped")
     if not board.checks:
         return Verdict(False, "no check has run yet")
     for state in board.checks.values():

@@ -138,7 +138,8 @@ class Prober:
             reason = Reason.TIMEOUT
         except Exception as exc:  # noqa: BLE001 -- the loop must outlive any bug in a check
             reason = Reason.INTERNAL_ERROR
-            self._log.error("check.crashed", error_type=type(exc).__name__, error=str(exc)[:200])
+            # Not cut here: logs.py cuts `error` after redaction, so a cut cannot split a secret.
+            self._log.error("check.crashed", error_type=type(exc).__name__, error=str(exc))
             self._log.debug("check.crashed_traceback", exc_info=exc)
         if reason is not None:
             await self._reset_quietly()

@@ -124,7 +124,7 @@ class Views:
     def ready(self, now: float, *, verbose: bool = False) -> Rendered:
         board = self._board
         fast = self._ready_fast
-        if fast is not None and not verbose and not board.draining:
+        if fast is not None and not verbose and not board.draining and not board.prober_stopped:
             seen, until, rendered = fast
             if seen is board.checks and now <= until:
                 return rendered

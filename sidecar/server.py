@@ -21,6 +21,15 @@ from sidecar.config import Settings
 
 # Requests here take microseconds; this only bounds a client that never reads its answer.
 SHUTDOWN_TIMEOUT_SECONDS: Final = 2.0
+# How long a connection may sit idle, or stuck in a half-sent request, before it is closed.
+# AppRunner's default is 3630 s (run_app's is 75 s), so any client that connects and sends
+# nothing held a socket for an hour (tests/test_hostile_http.py, half-open slow clients).
+# kubelet opens a connection per probe and Prometheus reconnects cheaply between scrapes.
+KEEPALIVE_TIMEOUT_SECONDS: Final = 10.0
+# Connections the kernel queues before we accept them (capped by net.core.somaxconn). With
+# aiohttp's 128, a burst of a few hundred connects overflowed the queue; a dropped SYN is
+# retried after 1 s, which is kubelet's default probe timeout (tests/test_hostile_http.py).
+LISTEN_BACKLOG: Final = 1024
 
 log = structlog.get_logger("sidecar.server")
 
@@ -33,11 +42,17 @@ async def serve(app: web.Application, settings: Settings) -> None:
         loop.add_signal_handler(sig, signals.put_nowait, sig.name)
 
     runner = web.AppRunner(
-        app, handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS
+        app,
+        handle_signals=False,
+        access_log=None,
+        shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS,
+        keepalive_timeout=KEEPALIVE_TIMEOUT_SECONDS,
     )
     await runner.setup()
     try:
-        site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
+        site = web.TCPSite(
+            runner, settings.host, settings.port, reuse_address=True, backlog=LISTEN_BACKLOG
+        )
         await site.start()
         log.info(
             "sidecar.listening",

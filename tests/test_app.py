@@ -170,6 +170,10 @@ async def test_dead_probe_loop_turns_health_503(aiohttp_client: Any) -> None:
     client, _, _ = await start(aiohttp_client, [None, Fatal()])
     body = await wait_for_status(client, "/health", 503)
     assert body["output"] == "probe loop stopped"
+    # Nothing will refresh the last pass: /ready does not wait for it to go stale.
+    ready = await client.get("/ready")
+    assert ready.status == 503
+    assert (await ready.json(content_type=None))["output"] == "probe loop stopped"
 
 
 async def test_stalled_probe_loop_turns_health_503(aiohttp_client: Any) -> None:
