@@ -14,7 +14,7 @@ from typing import Final
 
 from aiohttp import web
 
-# The shape of the sidecar's passing /ready answer (docs/contract.md), used when the harness
+# The shape of the sidecar's passing /ready answer (README.md, Endpoints), used when the harness
 # has not captured the real one.
 DEFAULT_BODY: Final = (
     b'{"status":"pass","serviceId":"health-sidecar","releaseId":"0.1.0","checks":{"postgres":'

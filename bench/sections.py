@@ -20,7 +20,7 @@ from bench import load, procs, servers, stats
 from bench.servers import Server
 
 KUBELET_TIMEOUT: Final = 1.0  # seconds; the kubelet's default probe timeoutSeconds is 1
-# The contract's defaults (docs/contract.md): what a pod runs unless told otherwise.
+# The contract's defaults (README.md, Settings): what a pod runs unless told otherwise.
 DEFAULT_INTERVAL: Final = 5.0
 DEFAULT_TIMEOUT: Final = 2.0
 CHECK_TOTAL: Final = re.compile(r"^health_sidecar_check_total\{[^}]*\}\s+([0-9.eE+-]+)$", re.M)
