@@ -7,7 +7,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Literal
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
+
+from sidecar.checkspec import AnySpec, DatabaseTarget, PostgresSpec, ProbePolicy
 
 DSN_SCHEMES: Final = ("postgresql", "postgres")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
@@ -26,32 +28,6 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class DatabaseTarget:
-    """Where and how to connect. `repr` never shows the DSN or the password."""
-
-    dsn: str | None = field(default=None, repr=False)
-    # libpq-style parameters, used when no DSN is given (PGHOST, PGPORT, ...).
-    host: str | None = None
-    port: int | None = None
-    user: str | None = None
-    password: str | None = field(default=None, repr=False)
-    database: str | None = None
-    # Where the target came from, for logs: "SIDECAR_DATABASE_URL", "..._FILE" or "libpq".
-    source: str = "libpq"
-    file_path: str | None = None
-
-    def secrets(self) -> tuple[str, ...]:
-        """Every string that must never reach a log, a body or a metric."""
-        found: list[str] = []
-        if self.password:
-            found.append(self.password)
-        if self.dsn:
-            found.append(self.dsn)
-            found.extend(_dsn_passwords(self.dsn))
-        return tuple(s for s in found if s)
-
-
-@dataclass(frozen=True, slots=True)
 class Settings:
     database: DatabaseTarget = field(default_factory=DatabaseTarget)
     host: str = "0.0.0.0"  # noqa: S104 -- a sidecar must be reachable by kubelet on the pod IP
@@ -64,11 +40,40 @@ class Settings:
     drain_seconds: float = 5.0
     log_level: str = "info"
     log_format: Literal["json", "console"] = "json"
+    # The checks to run (issue 7). Empty means the one `postgres` check of the environment.
+    checks: tuple[AnySpec, ...] = ()
+    config_file: str | None = None
+
+    @property
+    def policy(self) -> ProbePolicy:
+        """The schedule from the SIDECAR_CHECK_* variables: the default of every check."""
+        return ProbePolicy(
+            interval=self.check_interval,
+            timeout=self.check_timeout,
+            backoff_max=self.backoff_max,
+            failure_threshold=self.failure_threshold,
+            success_threshold=self.success_threshold,
+        )
 
     @property
     def freshness_seconds(self) -> float:
         """A result older than this no longer makes the pod ready (see README, /ready)."""
-        return 2 * (self.check_interval + self.check_timeout)
+        return self.policy.freshness_seconds
+
+    @property
+    def check_specs(self) -> tuple[AnySpec, ...]:
+        """The configured checks, or the environment's single `postgres` check."""
+        if self.checks:
+            return self.checks
+        return (PostgresSpec(name="postgres", policy=self.policy, target=self.database),)
+
+    def secrets(self) -> tuple[str, ...]:
+        """Every secret any check holds at start (rotated DSNs add theirs when they arrive)."""
+        found = list(self.database.secrets())
+        for spec in self.checks:
+            if isinstance(spec, PostgresSpec):
+                found.extend(spec.target.secrets())
+        return tuple(dict.fromkeys(found))
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Settings:
@@ -266,20 +271,3 @@ def read_dsn_file(path: str) -> str:
     if problem:
         raise ValueError(f"file {path!r}: {problem}")
     return dsn
-
-
-def _dsn_passwords(dsn: str) -> list[str]:
-    """The password of a DSN, as written and percent-decoded (either form could be echoed)."""
-    try:
-        parts = urlsplit(dsn)
-    except ValueError:
-        return []
-    found: list[str] = []
-    if parts.password:
-        found.append(parts.password)
-    # libpq also accepts the password as a query parameter.
-    for pair in parts.query.split("&"):
-        key, _, value = pair.partition("=")
-        if key == "password" and value:
-            found.append(value)
-    return found + [unquote(p) for p in found if unquote(p) != p]

@@ -8,13 +8,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Generator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, Final, Protocol
 
 import backoff
 import structlog
 
 from sidecar.checks import Check, CheckFailed
+from sidecar.checkspec import ProbePolicy
 from sidecar.state import Board, CheckResult, CheckState, Reason, Transition, advance
 
 # A jittered delay can come out near zero; never retry faster than this.
@@ -45,15 +46,6 @@ class ProbeObserver(Protocol):
     def observe(
         self, result: CheckResult, state: CheckState, transition: Transition | None
     ) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class ProbePolicy:
-    interval: float
-    timeout: float
-    backoff_max: float
-    failure_threshold: int = 1
-    success_threshold: int = 1
 
 
 def backoff_delays(

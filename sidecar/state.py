@@ -26,6 +26,12 @@ class Reason(StrEnum):
     QUERY_FAILED = "query_failed"
     NETWORK_ERROR = "network_error"
     INTERNAL_ERROR = "internal_error"
+    # Gates (issue 7): the dependency answered, but not what this pod needs.
+    UNEXPECTED_RESULT = "unexpected_result"  # a custom query returned something else
+    NOT_PRIMARY = "not_primary"  # require_primary, and the server is in recovery
+    REPLICATION_LAG = "replication_lag"  # a replica further behind than allowed
+    SCHEMA_MISMATCH = "schema_mismatch"  # Alembic revision differs from the expected one
+    UNEXPECTED_STATUS = "unexpected_status"  # an http check got a status outside its range
 
 
 ALL_REASONS: Final = tuple(r.value for r in Reason)

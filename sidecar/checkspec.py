@@ -1,0 +1,141 @@
+"""What to check: one immutable spec per configured check (issue 7).
+
+Built by `sidecar.checkfile` from SIDECAR_CONFIG_FILE, or by `Settings.from_environ` from the
+environment alone (one `postgres` check named "postgres"). Pure data: no I/O here.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Final, Literal
+from urllib.parse import unquote, urlsplit
+
+KINDS: Final = ("postgres", "http", "tcp")
+CRITICALITIES: Final = ("critical", "warn")
+# A check name is a URL path segment (/ready/<name>) and a metric label value: keep it to a
+# DNS-label-like shape so neither needs escaping.
+NAME_PATTERN: Final = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$")
+DEFAULT_CHECK_NAME: Final = "postgres"
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseTarget:
+    """Where and how to connect. `repr` never shows the DSN or the password."""
+
+    dsn: str | None = field(default=None, repr=False)
+    # libpq-style parameters, used when no DSN is given (PGHOST, PGPORT, ...).
+    host: str | None = None
+    port: int | None = None
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    database: str | None = None
+    # Where the target came from, for logs: "SIDECAR_DATABASE_URL", "..._FILE" or "libpq".
+    source: str = "libpq"
+    file_path: str | None = None
+
+    def secrets(self) -> tuple[str, ...]:
+        """Every string that must never reach a log, a body or a metric."""
+        found: list[str] = []
+        if self.password:
+            found.append(self.password)
+        if self.dsn:
+            found.append(self.dsn)
+            found.extend(_dsn_passwords(self.dsn))
+        return tuple(s for s in found if s)
+
+
+@dataclass(frozen=True, slots=True)
+class ProbePolicy:
+    """How one check is scheduled and judged."""
+
+    interval: float = 5.0
+    timeout: float = 2.0
+    backoff_max: float = 30.0
+    failure_threshold: int = 1
+    success_threshold: int = 1
+
+    @property
+    def freshness_seconds(self) -> float:
+        """A result older than this no longer makes the check ready (README, /ready)."""
+        return 2 * (self.interval + self.timeout)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CheckSpec:
+    """Common to every kind."""
+
+    name: str
+    policy: ProbePolicy = field(default_factory=ProbePolicy)
+    # critical: a failure makes /ready 503. warn: shown as `warn`, /ready stays 200.
+    critical: bool = True
+
+    @property
+    def kind(self) -> str:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PostgresSpec(CheckSpec):
+    target: DatabaseTarget = field(default_factory=DatabaseTarget)
+    # A custom query run after connecting; with `expect`, its first column of the first row,
+    # as text (NULL as "null"), must equal `expect`.
+    query: str | None = None
+    expect: str | None = None
+    # Fail with not_primary when pg_is_in_recovery().
+    require_primary: bool = False
+    # Accept a server in recovery; with max_replica_lag_seconds, only while it is that close.
+    allow_replica: bool = False
+    max_replica_lag_seconds: float | None = None
+    # Expected Alembic revision(s): the set of `version_num` rows must equal this set.
+    alembic_revisions: tuple[str, ...] = ()
+    # TLS files; sslmode itself comes from the DSN (or PGSSLMODE), as libpq does.
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    @property
+    def kind(self) -> Literal["postgres"]:
+        return "postgres"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HttpSpec(CheckSpec):
+    url: str
+    # Inclusive range of passing status codes; kubelet's own httpGet passes 200-399.
+    status_min: int = 200
+    status_max: int = 399
+
+    @property
+    def kind(self) -> Literal["http"]:
+        return "http"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TcpSpec(CheckSpec):
+    host: str
+    port: int
+
+    @property
+    def kind(self) -> Literal["tcp"]:
+        return "tcp"
+
+
+AnySpec = PostgresSpec | HttpSpec | TcpSpec
+
+
+def _dsn_passwords(dsn: str) -> list[str]:
+    """The password of a DSN, as written and percent-decoded (either form could be echoed)."""
+    try:
+        parts = urlsplit(dsn)
+    except ValueError:
+        return []
+    found: list[str] = []
+    if parts.password:
+        found.append(parts.password)
+    # libpq also accepts the password as a query parameter.
+    for pair in parts.query.split("&"):
+        key, _, value = pair.partition("=")
+        if key == "password" and value:
+            found.append(value)
+    return found + [unquote(p) for p in found if unquote(p) != p]
