@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, PlatformCollector, ProcessColle
 
 from sidecar.checks import Check
 from sidecar.checks.postgres import PostgresCheck
+from sidecar.checkspec import ProbePolicy
 from sidecar.config import Settings
 from sidecar.handlers import (
     make_fallback_handlers,
@@ -19,7 +20,7 @@ from sidecar.handlers import (
     make_probe_handler,
 )
 from sidecar.metrics import Metrics, RequestCounts
-from sidecar.prober import Clock, ProbePolicy, Prober, SystemClock
+from sidecar.prober import Clock, Prober, SystemClock
 from sidecar.render import Views
 from sidecar.state import Board
 

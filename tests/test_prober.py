@@ -8,10 +8,10 @@ import itertools
 import pytest
 from fakes import FakeClock, ScriptedCheck
 
+from sidecar.checkspec import ProbePolicy
 from sidecar.prober import (
     BACKOFF_FACTOR_SECONDS,
     MIN_RETRY_DELAY_SECONDS,
-    ProbePolicy,
     Prober,
     backoff_delays,
 )

@@ -10,7 +10,7 @@ from typing import Any, Final
 import asyncpg
 
 from sidecar.checks import CheckFailed
-from sidecar.config import DatabaseTarget
+from sidecar.checkspec import DatabaseTarget
 from sidecar.state import Reason
 
 APPLICATION_NAME: Final = "health-sidecar"
