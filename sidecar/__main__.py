@@ -17,6 +17,7 @@ PROG = "health-sidecar"
 SETTING_FLAGS = (
     ("--database-url", "a postgresql:// DSN (prefer the _FILE form: argv is visible in ps)"),
     ("--database-url-file", "a file holding the DSN, e.g. a mounted Secret"),
+    ("--config-file", "a YAML (.yaml, .yml) or TOML (.toml) file listing the checks to run"),
     ("--host", "listen address (default 0.0.0.0)"),
     ("--port", "listen port (default 8081)"),
     ("--check-interval", "seconds between checks while healthy (default 5)"),
@@ -108,9 +109,7 @@ def _serve(args: list[str], env: dict[str, str]) -> int:
     from sidecar.app import create_app
     from sidecar.server import serve
 
-    logs.configure(
-        level=settings.log_level, fmt=settings.log_format, secrets=settings.database.secrets()
-    )
+    logs.configure(level=settings.log_level, fmt=settings.log_format, secrets=settings.secrets())
     # `*_created` series double the series count and carry nothing a probe dashboard uses.
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
     log = structlog.get_logger("sidecar")
@@ -123,11 +122,18 @@ def _serve(args: list[str], env: dict[str, str]) -> int:
         failure_threshold=settings.failure_threshold,
         success_threshold=settings.success_threshold,
         drain_seconds=settings.drain_seconds,
+        config_file=settings.config_file,
+        # Names, kinds and criticality only: a spec also holds DSNs and URLs.
+        checks=[
+            {"name": spec.name, "kind": spec.kind, "critical": spec.critical}
+            for spec in settings.check_specs
+        ],
         event_loop="uvloop" if _loop_factory() else "asyncio",
     )
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            runner.run(serve(create_app(settings), settings))
+            app = create_app(settings, on_secrets=lambda found: logs.add_secrets(*found))
+            runner.run(serve(app, settings))
     except OSError as exc:
         # The usual cause: the port is taken. One line, no traceback.
         log.error(

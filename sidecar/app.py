@@ -10,11 +10,12 @@ import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
-from sidecar.checks import Check
-from sidecar.checks.postgres import PostgresCheck
-from sidecar.checkspec import ProbePolicy
+from sidecar.checks import Check, CredentialsStatus
+from sidecar.checks.factory import SecretsSink, build_check
 from sidecar.config import Settings
 from sidecar.handlers import (
+    Handler,
+    make_check_handler,
     make_fallback_handlers,
     make_metrics_handler,
     make_probe_handler,
@@ -35,6 +36,11 @@ PROBE_ROUTES: Final = (
     ("ready", ("/ready", "/readyz")),
     ("startup", ("/startup", "/startupz")),
 )
+# One check's view (issue 7), as kube-apiserver's /readyz/<check>.
+CHECK_ROUTES: Final = (
+    ("health", ("/health", "/livez")),
+    ("ready", ("/ready", "/readyz")),
+)
 
 log = structlog.get_logger("sidecar.app")
 
@@ -46,9 +52,24 @@ def create_app(
     registry: CollectorRegistry | None = None,
     clock: Clock | None = None,
     board: Board | None = None,
+    on_secrets: SecretsSink | None = None,
 ) -> web.Application:
-    """Build the application; nothing runs until the app starts (then the probers do)."""
-    checks = list(checks) if checks is not None else [PostgresCheck(settings.database)]
+    """Build the application; nothing runs until the app starts (then the probers do).
+
+    `checks` replaces the checks built from the settings (tests inject fakes); each takes
+    its schedule and criticality from the spec of the same name, or the SIDECAR_* defaults.
+    `on_secrets` learns every secret a rotated DSN file brings (logs.add_secrets).
+    """
+    specs = {spec.name: spec for spec in settings.check_specs}
+    credentials: dict[str, CredentialsStatus] = {}
+    if checks is None:
+        built = [build_check(spec, on_secrets=on_secrets or _ignore) for spec in specs.values()]
+        checks = [b.check for b in built]
+        credentials = {b.spec.name: b.credentials for b in built if b.credentials is not None}
+    checks = list(checks)
+    names = [check.name for check in checks]
+    if len(set(names)) != len(names):
+        raise ValueError(f"check names must be unique, got {names}")
     registry = registry if registry is not None else CollectorRegistry()
     clock = clock or SystemClock()
     board = board if board is not None else Board()
@@ -56,15 +77,14 @@ def create_app(
     metrics = Metrics(
         registry,
         board,
-        check_names=[check.name for check in checks],
-        check_timeout=settings.check_timeout,
-        freshness=settings.freshness_seconds,
+        check_names=names,
         monotonic=clock.monotonic,
         requests=counts,
+        credentials=credentials,
     )
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
-    views = Views(board, check_timeout=settings.check_timeout, freshness=settings.freshness_seconds)
+    views = Views(board, names=names)
 
     app = web.Application()
     app[BOARD] = board
@@ -72,30 +92,23 @@ def create_app(
     app[SETTINGS] = settings
     app[PROBER_TASKS] = []
 
-    not_found, not_allowed = make_fallback_handlers(counts)
-    view_for = {"health": views.health, "ready": views.ready, "startup": views.startup}
-    for name, paths in PROBE_ROUTES:
-        handler = make_probe_handler(name, view_for[name], counts, clock.monotonic)
-        for path in paths:
-            resource = app.router.add_resource(path, name=path.strip("/"))
-            resource.add_route("GET", handler)
-            resource.add_route("HEAD", handler)  # aiohttp drops the body for HEAD
-            resource.add_route("*", not_allowed)
-    metrics_resource = app.router.add_resource("/metrics", name="metrics")
-    metrics_handler = make_metrics_handler(registry, counts)
-    metrics_resource.add_route("GET", metrics_handler)
-    metrics_resource.add_route("HEAD", metrics_handler)
-    metrics_resource.add_route("*", not_allowed)
-    app.router.add_route("*", "/{tail:.*}", not_found)
+    _add_routes(app, views, counts, registry, clock, names)
 
-    policy = ProbePolicy(
-        interval=settings.check_interval,
-        timeout=settings.check_timeout,
-        backoff_max=settings.backoff_max,
-        failure_threshold=settings.failure_threshold,
-        success_threshold=settings.success_threshold,
-    )
-    probers = [Prober(c, board, policy, observer=metrics, clock=clock) for c in checks]
+    def probe_for(check: Check) -> Prober:
+        spec = specs.get(check.name)
+        return Prober(
+            check,
+            board,
+            spec.policy if spec is not None else settings.policy,
+            kind=spec.kind if spec is not None else "postgres",
+            critical=spec.critical if spec is not None else True,
+            observer=metrics,
+            clock=clock,
+        )
+
+    probers = [probe_for(check) for check in checks]
+    # Shutdown waits at most this long for the loops: the slowest check's timeout, plus slack.
+    stop_timeout = max((p.policy.timeout for p in probers), default=settings.check_timeout) + 1
 
     async def run_probers(app: web.Application) -> AsyncIterator[None]:
         tasks = app[PROBER_TASKS]
@@ -107,7 +120,7 @@ def create_app(
         for task in tasks:
             task.cancel()
         # A wedged check could ignore its cancellation; shutdown must not wait on it forever.
-        _, pending = await asyncio.wait(tasks, timeout=settings.check_timeout + 1)
+        _, pending = await asyncio.wait(tasks, timeout=stop_timeout)
         for task in pending:
             log.warning("prober.stop_timed_out", task=task.get_name())
         for check in checks:
@@ -118,6 +131,46 @@ def create_app(
 
     app.cleanup_ctx.append(run_probers)
     return app
+
+
+def _add_routes(  # noqa: PLR0917 -- one private call site
+    app: web.Application,
+    views: Views,
+    counts: RequestCounts,
+    registry: CollectorRegistry,
+    clock: Clock,
+    names: list[str],
+) -> None:
+    not_found, not_allowed = make_fallback_handlers(counts)
+    view_for = {"health": views.health, "ready": views.ready, "startup": views.startup}
+    for name, paths in PROBE_ROUTES:
+        # /startup is a one-way latch over the critical checks: nothing to exclude there.
+        handler = make_probe_handler(
+            name, view_for[name], counts, clock.monotonic, allow_exclude=name != "startup"
+        )
+        for path in paths:
+            _add(app, path, handler, not_allowed)
+    check_view_for = {"health": views.health_check, "ready": views.ready_check}
+    for name, paths in CHECK_ROUTES:
+        handler = make_check_handler(
+            name, check_view_for[name], counts, clock.monotonic, tuple(names)
+        )
+        for path in paths:
+            _add(app, path + "/{check}", handler, not_allowed)
+    metrics_handler = make_metrics_handler(registry, counts)
+    _add(app, "/metrics", metrics_handler, not_allowed)
+    app.router.add_route("*", "/{tail:.*}", not_found)
+
+
+def _add(app: web.Application, path: str, handler: Handler, not_allowed: Handler) -> None:
+    resource = app.router.add_resource(path)
+    resource.add_route("GET", handler)
+    resource.add_route("HEAD", handler)  # aiohttp drops the body for HEAD
+    resource.add_route("*", not_allowed)
+
+
+def _ignore(secrets: Sequence[str]) -> None:
+    """No redactor to tell (tests that build the app without logs.configure)."""
 
 
 def _watch(board: Board, name: str) -> Callable[[asyncio.Task[None]], None]:

@@ -40,7 +40,9 @@ class Settings:
     drain_seconds: float = 5.0
     log_level: str = "info"
     log_format: Literal["json", "console"] = "json"
-    # The checks to run (issue 7). Empty means the one `postgres` check of the environment.
+    # The checks to run (issue 7), from SIDECAR_CONFIG_FILE. Empty means the one `postgres`
+    # check of the environment; otherwise `database` only serves the postgres checks of the
+    # file that name no DSN of their own.
     checks: tuple[AnySpec, ...] = ()
     config_file: str | None = None
 
@@ -149,11 +151,20 @@ class Settings:
         success_threshold = integer("SIDECAR_SUCCESS_THRESHOLD", 1, minimum=1, maximum=1000)
         port = integer("SIDECAR_PORT", 8081, minimum=1, maximum=65535)
         host = get("SIDECAR_HOST") or "0.0.0.0"  # noqa: S104 -- see Settings.host
-        if any(ch.isspace() for ch in host) or "/" in host or not _encodable_host(host):
+        if not valid_host(host):
             problems.append(f"SIDECAR_HOST: not a host name or address: {host!r}")
         log_level = choice("SIDECAR_LOG_LEVEL", "info", LOG_LEVELS)
         log_format = choice("SIDECAR_LOG_FORMAT", "json", LOG_FORMATS)
         database = _database_target(environ, get, problems)
+        config_file = get("SIDECAR_CONFIG_FILE")
+        policy = ProbePolicy(
+            interval=interval,
+            timeout=timeout,
+            backoff_max=backoff_max,
+            failure_threshold=failure_threshold,
+            success_threshold=success_threshold,
+        )
+        checks = _checks(config_file, policy, database, problems)
 
         if problems:
             raise ConfigError(problems)
@@ -169,7 +180,22 @@ class Settings:
             drain_seconds=drain,
             log_level=log_level,
             log_format="console" if log_format == "console" else "json",
+            checks=checks,
+            config_file=config_file,
         )
+
+
+def _checks(
+    config_file: str | None, policy: ProbePolicy, database: DatabaseTarget, problems: list[str]
+) -> tuple[AnySpec, ...]:
+    """The checks of SIDECAR_CONFIG_FILE; none without it (the one `postgres` check)."""
+    if config_file is None:
+        return ()
+    # Imported here: checkfile uses this module's DSN helpers (an import cycle otherwise),
+    # and only a deployment with a check file pays for reading one.
+    from sidecar.checkfile import load_check_file  # noqa: PLC0415
+
+    return load_check_file(config_file, defaults=policy, database=database, problems=problems)
 
 
 def _database_target(
@@ -217,10 +243,12 @@ def _database_target(
     )
 
 
-def _encodable_host(host: str) -> bool:
-    """False for a name the resolver cannot even encode (an empty or 64+ character label):
-    binding to it would raise UnicodeError, a traceback instead of exit 2
-    (tests/test_config_properties.py)."""
+def valid_host(host: str) -> bool:
+    """False for whitespace, a slash, or a name the resolver cannot even encode (an empty or
+    64+ character label): binding or connecting to it would raise UnicodeError, a traceback
+    instead of exit 2 (tests/test_config_properties.py)."""
+    if any(ch.isspace() for ch in host) or "/" in host:
+        return False
     try:
         host.encode("idna")
     except UnicodeError:

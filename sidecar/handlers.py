@@ -10,57 +10,147 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
+from sidecar.checkspec import NAME_PATTERN
 from sidecar.metrics import RequestCounts
-from sidecar.render import CONTENT_TYPE, Rendered, Views, encode
+from sidecar.render import CONTENT_TYPE, PLAIN, TEXT_CONTENT_TYPE, Query, Rendered, encode
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+View = Callable[[float, Query], Rendered]
+CheckView = Callable[[str, float, Query], Rendered | None]
 
-# Probe answers must never be served from a cache between kubelet and the sidecar.
-_HEADERS: Final = CIMultiDictProxy(
-    CIMultiDict({"Content-Type": CONTENT_TYPE, "Cache-Control": "no-store"})
-)
+
+def _headers(content_type: str) -> CIMultiDictProxy[str]:
+    # Probe answers must never be served from a cache between kubelet and the sidecar.
+    return CIMultiDictProxy(
+        CIMultiDict({"Content-Type": content_type, "Cache-Control": "no-store"})
+    )
+
+
+_HEADERS: Final = {
+    CONTENT_TYPE: _headers(CONTENT_TYPE),
+    TEXT_CONTENT_TYPE: _headers(TEXT_CONTENT_TYPE),
+}
 _FALSE_WORDS: Final = frozenset({"0", "false", "no", "off"})
+# More than any sane check list; bounds the work a hostile query can ask for.
+MAX_EXCLUDES: Final = 64
+_TEXT_TYPES: Final = ("text/plain", "text/*")
+_JSON_TYPES: Final = ("application/health+json", "application/json", "application/*", "*/*")
 
 
 def _respond(rendered: Rendered) -> web.Response:
-    status, body = rendered
-    return web.Response(body=body, status=status, headers=_HEADERS)
+    status, body, content_type = rendered
+    return web.Response(body=body, status=status, headers=_HEADERS[content_type])
 
 
 def _error(status: int, message: str) -> web.Response:
-    return _respond((status, encode({"status": "fail", "output": message})))
+    return _respond((status, encode({"status": "fail", "output": message}), CONTENT_TYPE))
 
 
-def _verbose(request: web.Request) -> bool | web.Response:
-    """Parse the query: `verbose` (a flag) is the only parameter; anything else is a 400."""
+def _shown(value: str) -> str:
+    """A client-supplied string, safe and short enough to echo in an error body."""
+    return value[:40].encode("ascii", "replace").decode()
+
+
+def prefers_text(accept: str) -> bool:
+    """True when the Accept header ranks text/plain above every JSON type we could send.
+
+    Ties go to health+json (our default, and what a bare `*/*` gets).
+    """
+    best_text = best_json = 0.0
+    for part in accept.split(","):
+        media, _, params = part.strip().partition(";")
+        media = media.strip().lower()
+        quality = 1.0
+        for param in params.split(";"):
+            key, _, value = param.strip().partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        if not 0.0 <= quality <= 1.0:
+            quality = 0.0
+        if media in _TEXT_TYPES:
+            best_text = max(best_text, quality)
+        elif media in _JSON_TYPES:
+            best_json = max(best_json, quality)
+    return best_text > best_json
+
+
+def parse_query(request: web.Request, *, allow_exclude: bool) -> Query | web.Response:
+    """`verbose` (a flag) and, on aggregated endpoints, `exclude` (repeatable); else a 400."""
     query = request.query
+    allowed = ("verbose", "exclude") if allow_exclude else ("verbose",)
     for key in query:
-        if key != "verbose":
-            shown = key[:40].encode("ascii", "replace").decode()
-            return _error(400, f"unknown query parameter {shown!r}; only 'verbose' is accepted")
+        if key not in allowed:
+            names = " and ".join(repr(a) for a in allowed)
+            return _error(400, f"unknown query parameter {_shown(key)!r}; only {names} accepted")
+    excludes = tuple(query.getall("exclude", ()))
+    if len(excludes) > MAX_EXCLUDES:
+        return _error(400, f"too many 'exclude' parameters (at most {MAX_EXCLUDES})")
+    if any(not name for name in excludes):
+        return _error(400, "'exclude' needs a check name")
     value = query.get("verbose")
-    return value is not None and value.lower() not in _FALSE_WORDS
+    verbose = value is not None and value.lower() not in _FALSE_WORDS
+    return Query(verbose=verbose, exclude=excludes, text=_wants_text(request))
+
+
+def _wants_text(request: web.Request) -> bool:
+    accept = request.headers.get("Accept")
+    return accept is not None and "text/" in accept and prefers_text(accept)
 
 
 def make_probe_handler(
     name: str,
-    view: Callable[..., Rendered],
+    view: View,
     counts: RequestCounts,
     monotonic: Callable[[], float],
+    *,
+    allow_exclude: bool = True,
 ) -> Handler:
     async def handler(request: web.Request) -> web.Response:
-        if request.query_string:
-            verbose = _verbose(request)
-            if isinstance(verbose, web.Response):
-                counts.hit(name, verbose.status)
-                return verbose
-            response = _respond(view(monotonic(), verbose=verbose))
+        if request.query_string or _wants_text(request):
+            query = parse_query(request, allow_exclude=allow_exclude)
+            if isinstance(query, web.Response):
+                counts.hit(name, query.status)
+                return query
+            response = _respond(view(monotonic(), query))
         else:
-            response = _respond(view(monotonic()))
+            # The kubelet path: no query, JSON. One memoised answer, no parsing.
+            response = _respond(view(monotonic(), PLAIN))
         counts.hit(name, response.status)
         return response
 
     handler.__name__ = f"{name}_handler"
+    return handler
+
+
+def make_check_handler(
+    name: str,
+    view: CheckView,
+    counts: RequestCounts,
+    monotonic: Callable[[], float],
+    known: tuple[str, ...],
+) -> Handler:
+    """/ready/<check> and /health/<check>: one check's view; 404 naming the known checks."""
+
+    async def handler(request: web.Request) -> web.Response:
+        query = parse_query(request, allow_exclude=False)
+        if isinstance(query, web.Response):
+            counts.hit(name, query.status)
+            return query
+        check = request.match_info["check"]
+        rendered = view(check, monotonic(), query)
+        if rendered is None:
+            # Echo the name only when it could be a check name: nothing odd goes back out.
+            shown = f" {check!r}" if NAME_PATTERN.match(check) else " like that"
+            response = _error(404, f"no check named{shown}; configured: {', '.join(known)}")
+        else:
+            response = _respond(rendered)
+        counts.hit(name, response.status)
+        return response
+
+    handler.__name__ = f"{name}_check_handler"
     return handler
 
 
@@ -91,6 +181,3 @@ def make_fallback_handlers(counts: RequestCounts) -> tuple[Handler, Handler]:
         return response
 
     return not_found, not_allowed
-
-
-__all__ = ["Views", "make_fallback_handlers", "make_metrics_handler", "make_probe_handler"]

@@ -25,8 +25,16 @@ class Redactor:
     """
 
     def __init__(self, secrets: Iterable[str]) -> None:
-        # Longest first, so a DSN is replaced whole before its password part.
-        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+        self._secrets: list[str] = []
+        self.add(*secrets)
+
+    def add(self, *secrets: str) -> None:
+        """Redact these too from now on (a rotated DSN's password, before anything logs it)."""
+        merged = {*self._secrets, *(s for s in secrets if s)}
+        # Longest first, so a DSN is replaced whole before its password part. One reference
+        # swap: a record formatted meanwhile (stdlib logging may run in another thread) sees
+        # either the old list or the new one, never a half-built one.
+        self._secrets = sorted(merged, key=len, reverse=True)
 
     def scrub(self, text: str) -> str:
         for secret in self._secrets:
@@ -70,6 +78,19 @@ def _not_a_client_parse_error(record: logging.LogRecord) -> bool:
     return not isinstance(exc, HttpProcessingError)
 
 
+# The redactor of the pipeline `configure()` built last; `add_secrets` extends it.
+_live_redactor = Redactor(())
+
+
+def add_secrets(*secrets: str) -> None:
+    """Register secrets that appeared after start (a rotated DSN) with the live redactor.
+
+    Called by the DSN file watcher before the new DSN is used or could be logged. Secrets added
+    before `configure()` are not carried into the pipeline it builds: pass those as `secrets=`.
+    """
+    _live_redactor.add(*secrets)
+
+
 def configure(
     *,
     level: str = "info",
@@ -78,9 +99,10 @@ def configure(
     stream: TextIO | None = None,
 ) -> None:
     """Configure structlog, and route stdlib logging (aiohttp, asyncio) through it."""
+    global _live_redactor  # noqa: PLW0603 -- one logging pipeline per process, like structlog's
     stream = stream or sys.stdout
     numeric_level = logging.getLevelNamesMapping()[level.upper()]
-    redact = Redactor(secrets)
+    redact = _live_redactor = Redactor(secrets)
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,

@@ -7,7 +7,7 @@ handlers use, so /metrics and /ready never disagree.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from sidecar import __version__
+from sidecar.checks import CredentialsStatus
 from sidecar.health import liveness, readiness, startup
 from sidecar.state import ALL_REASONS, Board, CheckResult, CheckState, Transition
 
@@ -35,6 +36,7 @@ DURATION_BUCKETS: Final = (
     10.0,
 )
 HANDLERS: Final = ("health", "ready", "startup", "metrics", "other")
+RELOAD_OUTCOMES: Final = ("applied", "invalid", "rejected")
 
 
 class RequestCounts:
@@ -63,10 +65,9 @@ class Metrics:
         board: Board,
         *,
         check_names: Iterable[str],
-        check_timeout: float,
-        freshness: float,
         monotonic: Callable[[], float],
         requests: RequestCounts,
+        credentials: Mapping[str, CredentialsStatus] | None = None,
     ) -> None:
         names = tuple(check_names)
         self.duration = Histogram(
@@ -106,10 +107,9 @@ class Metrics:
         registry.register(
             StateCollector(
                 board,
-                check_timeout=check_timeout,
-                freshness=freshness,
                 monotonic=monotonic,
                 requests=requests,
+                credentials=credentials or {},
             )
         )
 
@@ -132,16 +132,14 @@ class StateCollector(Collector):
         self,
         board: Board,
         *,
-        check_timeout: float,
-        freshness: float,
         monotonic: Callable[[], float],
         requests: RequestCounts,
+        credentials: Mapping[str, CredentialsStatus],
     ) -> None:
         self._board = board
-        self._check_timeout = check_timeout
-        self._freshness = freshness
         self._monotonic = monotonic
         self._requests = requests
+        self._credentials = credentials
 
     def collect(self) -> Iterator[Metric]:
         board = self._board
@@ -161,15 +159,25 @@ class StateCollector(Collector):
             "Checks failed in a row; 0 after a pass.",
             labels=["check"],
         )
+        info = GaugeMetricFamily(
+            "health_sidecar_check_info",
+            "Always 1 per configured check; its kind and criticality (critical or warn) are "
+            "labels, for joins that page on critical checks only.",
+            labels=["check", "kind", "criticality"],
+        )
         for state in board.checks.values():
             ok = state.last is not None and state.last.ok
             up.add_metric([state.name], 1.0 if ok else 0.0)
             last_success.add_metric([state.name], state.last_success_at or 0.0)
             failures.add_metric([state.name], float(state.consecutive_failures))
+            criticality = "critical" if state.critical else "warn"
+            info.add_metric([state.name, state.kind, criticality], 1.0)
         yield up
         yield last_success
         yield failures
-        ready = readiness(board, freshness=self._freshness, now=now).ok
+        yield info
+        yield from self._credential_metrics()
+        ready = readiness(board, now=now).ok
         yield GaugeMetricFamily(
             "health_sidecar_ready",
             "1 if /ready answers 200 (checks passing, fresh, not draining), 0 if it answers 503.",
@@ -185,7 +193,7 @@ class StateCollector(Collector):
             "1 after SIGTERM or SIGINT while the sidecar drains, 0 otherwise.",
             value=1.0 if board.draining else 0.0,
         )
-        alive = liveness(board, check_timeout=self._check_timeout, now=now).ok
+        alive = liveness(board, now=now).ok
         yield GaugeMetricFamily(
             "health_sidecar_probe_loop_healthy",
             "1 if the probe loop keeps its schedule (/health answers 200), 0 if stalled or dead.",
@@ -204,8 +212,31 @@ class StateCollector(Collector):
         if "metrics" not in seen:
             requests.add_metric(["metrics", "200"], 0.0)
         yield requests
-        info = GaugeMetricFamily(
+        build = GaugeMetricFamily(
             "health_sidecar_build_info", "Always 1; the version is a label.", labels=["version"]
         )
-        info.add_metric([__version__], 1.0)
-        yield info
+        build.add_metric([__version__], 1.0)
+        yield build
+
+    def _credential_metrics(self) -> Iterator[Metric]:
+        """Only for checks whose DSN comes from a watched file (issue 7, rotation)."""
+        if not self._credentials:
+            return
+        reloads = CounterMetricFamily(
+            "health_sidecar_dsn_reloads",
+            "Changes of a watched DSN file, by outcome: applied (in use), invalid (unreadable "
+            "or malformed, last good DSN kept), rejected (the server refused it, old one kept).",
+            labels=["check", "outcome"],
+        )
+        last_ok = GaugeMetricFamily(
+            "health_sidecar_dsn_last_reload_successful",
+            "1 if the DSN file's current content is in use, 0 if it is invalid or was refused "
+            "and the check still runs on the last good DSN.",
+            labels=["check"],
+        )
+        for name, status in sorted(self._credentials.items()):
+            for outcome in RELOAD_OUTCOMES:
+                reloads.add_metric([name, outcome], float(status.reloads.get(outcome, 0)))
+            last_ok.add_metric([name], 1.0 if status.last_reload_ok else 0.0)
+        yield reloads
+        yield last_ok

@@ -69,6 +69,8 @@ class Prober:
         board: Board,
         policy: ProbePolicy,
         *,
+        kind: str = "postgres",
+        critical: bool = True,
         observer: ProbeObserver | None = None,
         clock: Clock | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -77,17 +79,32 @@ class Prober:
         self._check = check
         self._board = board
         self._policy = policy
+        self._kind = kind
+        self._critical = critical
         self._observer = observer
         self._clock = clock or SystemClock()
         self._sleep = sleep
         self._jitter = jitter
         self._log = structlog.get_logger("sidecar.prober").bind(check=check.name)
 
+    @property
+    def policy(self) -> ProbePolicy:
+        return self._policy
+
     async def run(self) -> None:
         """Probe until cancelled. Never returns otherwise; an escaping error is a bug."""
         clock = self._clock
         now = clock.monotonic()
-        state = CheckState(name=self._check.name, state_since_monotonic=now, next_due_monotonic=now)
+        policy = self._policy
+        state = CheckState(
+            name=self._check.name,
+            kind=self._kind,
+            critical=self._critical,
+            timeout_seconds=policy.timeout,
+            freshness_seconds=policy.freshness_seconds,
+            state_since_monotonic=now,
+            next_due_monotonic=now,
+        )
         self._board.publish(state)
         delays: Generator[float, None, None] | None = None
         task = asyncio.current_task()
@@ -121,11 +138,13 @@ class Prober:
         clock = self._clock
         started = clock.monotonic()
         reason: Reason | None = None
+        details: tuple[tuple[str, str], ...] = ()
         try:
             async with asyncio.timeout(self._policy.timeout):
                 await self._check.run()
         except CheckFailed as exc:
             reason = exc.reason
+            details = exc.details
         except TimeoutError:
             reason = Reason.TIMEOUT
         except Exception as exc:  # noqa: BLE001 -- the loop must outlive any bug in a check
@@ -142,6 +161,7 @@ class Prober:
             finished_at=clock.time(),
             finished_monotonic=finished,
             reason=reason,
+            details=details,
         )
 
     async def _reset_quietly(self) -> None:
@@ -166,6 +186,8 @@ class Prober:
                 **{"from": transition.previous},
                 to=transition.current,
                 reason=reason,
+                # Short non-secret facts (schema_mismatch: both revisions); not on every check.
+                details=dict(result.details) or None,
                 previous_state_seconds=round(transition.previous_state_seconds, 3),
                 consecutive_failures=state.consecutive_failures,
             )

@@ -1,22 +1,48 @@
-"""Response bodies in the IETF "Health Check Response Format for HTTP APIs" shape.
+"""Response bodies: the IETF "Health Check Response Format for HTTP APIs" (health+json), or
+kube-apiserver's plain-text check list when the client asks for text/plain (issue 7).
 
-Bodies are serialised once per state change and reused for every request until the prober
-publishes again (issue 6: no allocation-heavy work per request). Only `?verbose`, which
-shows ages, renders per request.
+Plain answers are serialised once per state change and reused for every request until the
+prober publishes again (issue 6: no allocation-heavy work per request). Only `?verbose`,
+`?exclude` and text answers, which people and scripts ask for, render per request.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
 from sidecar import SERVICE_ID, __version__
-from sidecar.health import STALL_GRACE_SECONDS, Verdict, liveness, readiness, startup
+from sidecar.health import (
+    Verdict,
+    check_liveness,
+    check_readiness,
+    liveness,
+    readiness,
+    stall_deadline,
+    startup,
+)
 from sidecar.state import Board, CheckState, state_word
 
 CONTENT_TYPE: Final = "application/health+json"
+TEXT_CONTENT_TYPE: Final = "text/plain; charset=utf-8"
+COMPONENT_TYPES: Final = {"postgres": "datastore"}
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """What the request asked for beyond the plain answer."""
+
+    verbose: bool = False
+    exclude: tuple[str, ...] = ()
+    text: bool = False  # Accept prefers text/plain
+
+
+PLAIN: Final = Query()
+# (status, body, content type)
+Rendered = tuple[int, bytes, str]
 
 
 def _iso(timestamp: float) -> str:
@@ -30,9 +56,12 @@ def _iso(timestamp: float) -> str:
 def component(state: CheckState, *, verbose: bool = False, now: float = 0.0) -> dict[str, Any]:
     """One entry of `checks`: the draft's component object for a check."""
     last = state.last
-    entry: dict[str, Any] = {"componentType": "datastore", "status": state.status}
+    entry: dict[str, Any] = {
+        "componentType": COMPONENT_TYPES.get(state.kind, "component"),
+        "status": state.status,
+    }
     if last is None:
-        entry["status"] = "fail"
+        entry["status"] = "fail" if state.critical else "warn"
         entry["output"] = "no result yet"
     else:
         entry["time"] = _iso(last.finished_at)
@@ -41,8 +70,11 @@ def component(state: CheckState, *, verbose: bool = False, now: float = 0.0) -> 
         if last.reason is not None:
             entry["output"] = last.reason.value
     if verbose:
+        entry["kind"] = state.kind
+        entry["criticality"] = "critical" if state.critical else "warn"
         entry["state"] = state_word(state)
         entry["reason"] = last.reason.value if last and last.reason else None
+        entry["details"] = dict(last.details) if last and last.details else None
         entry["latencySeconds"] = round(last.latency_seconds, 6) if last else None
         entry["ageSeconds"] = round(max(0.0, now - last.finished_monotonic), 3) if last else None
         entry["consecutiveFailures"] = state.consecutive_failures
@@ -58,23 +90,27 @@ def document(
     board: Board,
     verdict: Verdict,
     *,
-    with_checks: bool,
+    states: Iterable[CheckState] = (),
     verbose: bool = False,
     now: float = 0.0,
+    notes: Collection[str] = (),
+    with_checks: bool = True,
 ) -> dict[str, Any]:
-    checks = board.checks.values() if with_checks else ()
+    shown = list(states) if with_checks else []
     if not verdict.ok:
         status = "fail"
-    elif any(state.status == "warn" for state in checks):
+    elif any(state.status != "pass" for state in shown):
         status = "warn"
     else:
         status = "pass"
     doc: dict[str, Any] = {"status": status, "serviceId": SERVICE_ID, "releaseId": __version__}
     if verdict.output:
         doc["output"] = verdict.output
+    if notes:
+        doc["notes"] = list(notes)
     if with_checks:
         doc["checks"] = {
-            state.name: [component(state, verbose=verbose, now=now)] for state in checks
+            state.name: [component(state, verbose=verbose, now=now)] for state in shown
         }
     if verbose:
         doc["draining"] = board.draining
@@ -85,20 +121,58 @@ def encode(doc: dict[str, Any]) -> bytes:
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
-Rendered = tuple[int, bytes]
+def _failure_text(state: CheckState, verdict: Verdict) -> str:
+    """`reason (k=v, ...)`: the reason word and the check's details, for a text line."""
+    last = state.last
+    if last is None or last.ok or last.reason is None:
+        # No result, stale, or passing below the failure threshold: the verdict says it.
+        return (verdict.output or "failing").removeprefix(f"{state.name}: ")
+    text = last.reason.value
+    if last.details:
+        text += " (" + ", ".join(f"{k}={v}" for k, v in last.details) + ")"
+    return text
+
+
+def check_line(state: CheckState, verdict: Verdict) -> str:
+    """One kube-apiserver-style line: `[+]name ok` or `[-]name failed: reason`."""
+    suffix = "" if state.critical else " (criticality warn: does not fail readiness)"
+    if verdict.ok:
+        return f"[+]{state.name} ok"
+    return f"[-]{state.name} failed: {_failure_text(state, verdict)}{suffix}"
+
+
+def text_report(
+    endpoint: str, lines: Iterable[str], verdict: Verdict, notes: Iterable[str]
+) -> bytes:
+    body = [*lines, *(f"warn: {note}" for note in notes)]
+    body.append(f"{endpoint} check {'passed' if verdict.ok else 'failed'}")
+    return ("\n".join(body) + "\n").encode()
+
+
+def unknown_excludes(names: Collection[str], exclude: Iterable[str]) -> list[str]:
+    """kube-apiserver's note for `?exclude=` names that match no check (not an error)."""
+    unknown = [name for name in dict.fromkeys(exclude) if name not in names]
+    if not unknown:
+        return []
+    quoted = ", ".join(json.dumps(name) for name in unknown)
+    return [f"some health checks cannot be excluded: no matches for {quoted}"]
+
+
+def _status(verdict: Verdict) -> int:
+    return 200 if verdict.ok else 503
 
 
 class Views:
-    """Status code and body per endpoint, memoised per snapshot.
+    """Status, body and content type per endpoint; plain answers memoised per snapshot.
 
     The cache key includes the board's `checks` mapping by identity: the prober replaces
     that mapping on every publish, which invalidates everything at once.
     """
 
-    def __init__(self, board: Board, *, check_timeout: float, freshness: float) -> None:
+    def __init__(self, board: Board, *, names: Collection[str] = ()) -> None:
         self._board = board
-        self._check_timeout = check_timeout
-        self._freshness = freshness
+        # The configured check names: the only valid /ready/<name> and ?exclude= values.
+        self.names = tuple(names)
         self._seen: object = None
         self._cache: dict[tuple[str, Verdict, bool], Rendered] = {}
         # The hot path: a passing answer stays valid for this snapshot until a deadline
@@ -107,67 +181,188 @@ class Views:
         self._ready_fast: tuple[object, float, Rendered] | None = None
         self._health_fast: tuple[object, float, Rendered] | None = None
 
-    def _memo(
-        self, endpoint: str, verdict: Verdict, build: Callable[[], dict[str, Any]]
-    ) -> Rendered:
+    def _memo(self, key: str, verdict: Verdict, build: Callable[[], dict[str, Any]]) -> Rendered:
         board = self._board
         if board.checks is not self._seen:
             self._cache = {}
             self._seen = board.checks
-        key = (endpoint, verdict, board.draining)
-        hit = self._cache.get(key)
+        memo_key = (key, verdict, board.draining)
+        hit = self._cache.get(memo_key)
         if hit is None:
-            hit = (200 if verdict.ok else 503, encode(build()))
-            self._cache[key] = hit
+            hit = (_status(verdict), encode(build()), CONTENT_TYPE)
+            self._cache[memo_key] = hit
         return hit
 
-    def ready(self, now: float, *, verbose: bool = False) -> Rendered:
-        board = self._board
-        fast = self._ready_fast
-        if fast is not None and not verbose and not board.draining and not board.prober_stopped:
-            seen, until, rendered = fast
-            if seen is board.checks and now <= until:
-                return rendered
-        verdict = readiness(board, freshness=self._freshness, now=now)
-        if verbose:
-            doc = document(board, verdict, with_checks=True, verbose=True, now=now)
-            return (200 if verdict.ok else 503, encode(doc))
-        rendered = self._memo("ready", verdict, lambda: document(board, verdict, with_checks=True))
-        if verdict.ok:
-            oldest = min(s.last.finished_monotonic for s in board.checks.values() if s.last)
-            self._ready_fast = (board.checks, oldest + self._freshness, rendered)
-        return rendered
+    # -- aggregated endpoints ---------------------------------------------------------------
 
-    def health(self, now: float, *, verbose: bool = False) -> Rendered:
+    def ready(self, now: float, query: Query = PLAIN) -> Rendered:
         board = self._board
-        fast = self._health_fast
-        if fast is not None and not verbose and not board.prober_stopped:
-            seen, until, rendered = fast
-            if seen is board.checks and now <= until:
-                return rendered
-        verdict = liveness(board, check_timeout=self._check_timeout, now=now)
-        if verbose:
-            doc = document(board, verdict, with_checks=False, verbose=True, now=now)
-            return (200 if verdict.ok else 503, encode(doc))
-        rendered = self._memo(
-            "health", verdict, lambda: document(board, verdict, with_checks=False)
-        )
-        if verdict.ok and board.checks:
-            due = min(s.next_due_monotonic for s in board.checks.values())
-            self._health_fast = (
-                board.checks,
-                due + self._check_timeout + STALL_GRACE_SECONDS,
-                rendered,
+        if query is PLAIN:
+            fast = self._ready_fast
+            if fast is not None and not board.draining and not board.prober_stopped:
+                seen, until, rendered = fast
+                if seen is board.checks and now <= until:
+                    return rendered
+        exclude = frozenset(query.exclude)
+        verdict = readiness(board, now=now, exclude=exclude)
+        if query is PLAIN:
+            rendered = self._memo(
+                "ready", verdict, lambda: document(board, verdict, states=board.checks.values())
             )
-        return rendered
+            if verdict.ok:
+                self._ready_fast = (board.checks, self._ready_until(), rendered)
+            return rendered
+        notes = unknown_excludes(self.names, query.exclude)
+        if query.text:
+            if verdict.ok and not query.verbose:
+                return (200, b"ok\n", TEXT_CONTENT_TYPE)
+            lines = [
+                f"[+]{s.name} excluded: ok"
+                if s.name in exclude
+                else check_line(s, check_readiness(s, now=now))
+                for s in board.checks.values()
+            ]
+            lines.extend(self._lifecycle_lines(ready=True))
+            return (
+                _status(verdict),
+                text_report("ready", lines, verdict, notes),
+                TEXT_CONTENT_TYPE,
+            )
+        states = [s for s in board.checks.values() if s.name not in exclude]
+        doc = document(board, verdict, states=states, verbose=query.verbose, now=now, notes=notes)
+        return (_status(verdict), encode(doc), CONTENT_TYPE)
 
-    def startup(self, now: float, *, verbose: bool = False) -> Rendered:
+    def _ready_until(self) -> float:
+        """Until when the passing answer stays true without a new snapshot: the moment the
+        first critical result goes stale."""
+        deadlines = [
+            s.last.finished_monotonic + s.freshness_seconds
+            for s in self._board.checks.values()
+            if s.critical and s.last is not None
+        ]
+        return min(deadlines, default=float("inf"))
+
+    def health(self, now: float, query: Query = PLAIN) -> Rendered:
+        board = self._board
+        if query is PLAIN:
+            fast = self._health_fast
+            if fast is not None and not board.prober_stopped:
+                seen, until, rendered = fast
+                if seen is board.checks and now <= until:
+                    return rendered
+        exclude = frozenset(query.exclude)
+        verdict = liveness(board, now=now, exclude=exclude)
+        if query is PLAIN:
+            rendered = self._memo(
+                "health", verdict, lambda: document(board, verdict, with_checks=False)
+            )
+            if verdict.ok and board.checks:
+                until = min(stall_deadline(s) for s in board.checks.values())
+                self._health_fast = (board.checks, until, rendered)
+            return rendered
+        notes = unknown_excludes(self.names, query.exclude)
+        if query.text:
+            if verdict.ok and not query.verbose:
+                return (200, b"ok\n", TEXT_CONTENT_TYPE)
+            lines = [
+                f"[+]{s.name} excluded: ok"
+                if s.name in exclude
+                else _loop_line(s, check_liveness(s, now=now))
+                for s in board.checks.values()
+            ]
+            lines.extend(self._lifecycle_lines(ready=False))
+            return (
+                _status(verdict),
+                text_report("health", lines, verdict, notes),
+                TEXT_CONTENT_TYPE,
+            )
+        doc = document(
+            board, verdict, with_checks=False, verbose=query.verbose, now=now, notes=notes
+        )
+        return (_status(verdict), encode(doc), CONTENT_TYPE)
+
+    def startup(self, now: float, query: Query = PLAIN) -> Rendered:
         board = self._board
         verdict = startup(board)
-        if verbose:
-            doc = document(board, verdict, with_checks=True, verbose=True, now=now)
-            return (200 if verdict.ok else 503, encode(doc))
-        # Once started, the checks' current state is /ready's business, not /startup's.
-        return self._memo(
-            "startup", verdict, lambda: document(board, verdict, with_checks=not verdict.ok)
-        )
+        if query is PLAIN:
+            # Once started, the checks' current state is /ready's business, not /startup's.
+            return self._memo(
+                "startup",
+                verdict,
+                lambda: document(
+                    board, verdict, states=board.checks.values(), with_checks=not verdict.ok
+                ),
+            )
+        if query.text:
+            if verdict.ok and not query.verbose:
+                return (200, b"ok\n", TEXT_CONTENT_TYPE)
+            lines = [_startup_line(s) for s in board.checks.values()]
+            return (_status(verdict), text_report("startup", lines, verdict, ()), TEXT_CONTENT_TYPE)
+        doc = document(board, verdict, states=board.checks.values(), verbose=query.verbose, now=now)
+        return (_status(verdict), encode(doc), CONTENT_TYPE)
+
+    def _lifecycle_lines(self, *, ready: bool) -> list[str]:
+        board = self._board
+        lines = []
+        if ready and board.draining:
+            lines.append("[-]draining failed: the sidecar is shutting down")
+        if board.prober_stopped:
+            lines.append("[-]probe-loop failed: a probe loop stopped")
+        return lines
+
+    # -- one check ---------------------------------------------------------------------------
+
+    def ready_check(self, name: str, now: float, query: Query = PLAIN) -> Rendered | None:
+        """/ready/<name>: that check alone, whatever its criticality; None if unknown."""
+        state = self._board.checks.get(name)
+        if state is None:
+            return None
+        verdict = check_readiness(state, now=now)
+        return self._one("ready", state, verdict, now, query, check_line)
+
+    def health_check(self, name: str, now: float, query: Query = PLAIN) -> Rendered | None:
+        """/health/<name>: that check's probe loop keeps its schedule; None if unknown."""
+        state = self._board.checks.get(name)
+        if state is None:
+            return None
+        verdict = check_liveness(state, now=now)
+        if self._board.prober_stopped:
+            verdict = Verdict(False, "probe loop stopped")
+        return self._one("health", state, verdict, now, query, _loop_line)
+
+    def _one(  # noqa: PLR0917 -- private; the two callers pass the same six things
+        self,
+        endpoint: str,
+        state: CheckState,
+        verdict: Verdict,
+        now: float,
+        query: Query,
+        line: Callable[[CheckState, Verdict], str],
+    ) -> Rendered:
+        if query.text:
+            if verdict.ok and not query.verbose:
+                return (200, b"ok\n", TEXT_CONTENT_TYPE)
+            body = text_report(endpoint, [line(state, verdict)], verdict, ())
+            return (_status(verdict), body, TEXT_CONTENT_TYPE)
+        if not query.verbose:
+            return self._memo(
+                f"{endpoint}/{state.name}",
+                verdict,
+                lambda: document(self._board, verdict, states=[state]),
+            )
+        doc = document(self._board, verdict, states=[state], verbose=True, now=now)
+        return (_status(verdict), encode(doc), CONTENT_TYPE)
+
+
+def _loop_line(state: CheckState, verdict: Verdict) -> str:
+    if verdict.ok:
+        return f"[+]{state.name} ok"
+    return f"[-]{state.name} failed: {verdict.output or 'probe loop stalled'}"
+
+
+def _startup_line(state: CheckState) -> str:
+    if state.ever_passed:
+        return f"[+]{state.name} ok"
+    if not state.critical:
+        return f"[+]{state.name} ok (criticality warn: not awaited)"
+    return f"[-]{state.name} failed: not passed yet"

@@ -46,6 +46,8 @@ class CheckResult:
     finished_at: float  # wall clock, seconds since the epoch: shown to people and Prometheus
     finished_monotonic: float  # for ages and freshness: immune to wall-clock jumps
     reason: Reason | None = None
+    # Short facts for ?verbose (schema_mismatch: expected and found revisions). Never a label.
+    details: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +55,11 @@ class CheckState:
     """Everything known about one check at one moment."""
 
     name: str
+    # Fixed for the life of the check; carried in every snapshot so verdicts need nothing else.
+    kind: str = "postgres"
+    critical: bool = True  # False: `warn` criticality, never fails readiness
+    timeout_seconds: float = 2.0
+    freshness_seconds: float = 14.0
     passing: bool = False  # after thresholds: what readiness uses
     ever_passed: bool = False  # startup latch: once true, never false again
     last: CheckResult | None = None
@@ -66,9 +73,10 @@ class CheckState:
 
     @property
     def status(self) -> str:
-        """IETF health-check status: pass, warn (passing but the latest check failed), fail."""
+        """IETF health-check status: pass, warn (passing but the latest check failed, or a
+        failing check of `warn` criticality), fail."""
         if not self.passing:
-            return "fail"
+            return "fail" if self.critical else "warn"
         if self.last is not None and not self.last.ok:
             return "warn"
         return "pass"

@@ -23,7 +23,11 @@ EXPECTED_ALERTS = {
     "HealthSidecarProberStalled",
     "HealthSidecarCheckFlapping",
     "HealthSidecarTargetMissing",
+    "HealthSidecarWarnCheckFailing",
+    "HealthSidecarDsnReloadFailing",
 }
+# A check configured `criticality: warn` keeps /ready at 200, so it must never page.
+WARN_CHECK_ALERT = "HealthSidecarWarnCheckFailing"
 SEVERITIES = {"critical", "warning", "info"}
 PROMTOOL_TIMEOUT_SECONDS = 120
 
@@ -92,7 +96,7 @@ def test_rule_unit_tests_load_the_chart_rules_file() -> None:
 
 
 def test_alert_group_holds_the_documented_alerts() -> None:
-    """The file has one group, health-sidecar, with exactly the four documented alerts."""
+    """The file has one group, health-sidecar, with exactly the documented alerts."""
     groups = load_yaml(ALERTS)["groups"]
     assert [group["name"] for group in groups] == ["health-sidecar"]
     names = [rule["alert"] for rule in alert_rules()]
@@ -131,3 +135,25 @@ def test_every_runbook_points_at_a_section_of_the_runbook_doc() -> None:
         assert path == "docs/alerts.md", rule["alert"]
         assert anchor == rule["alert"].lower(), rule["alert"]
         assert anchor in anchors, f"docs/alerts.md has no heading {rule['alert']}"
+
+
+def test_warn_checks_never_page() -> None:
+    """Every critical alert on check_up leaves warn checks out; the warn-check alert is not
+    critical and keeps only warn checks."""
+    rules = {rule["alert"]: rule for rule in alert_rules()}
+    warn_only = 'health_sidecar_check_info{criticality="warn"}'
+    for name, rule in rules.items():
+        expr = " ".join(str(rule["expr"]).split())
+        if rule["labels"]["severity"] == "critical" and "health_sidecar_check_up" in expr:
+            assert f"unless on(job, instance, check) {warn_only}" in expr, name
+    warn_rule = rules[WARN_CHECK_ALERT]
+    assert warn_rule["labels"]["severity"] != "critical"
+    assert f"and on(job, instance, check) {warn_only}" in " ".join(warn_rule["expr"].split())
+
+
+def test_runbook_table_lists_every_alert_with_its_severity() -> None:
+    """docs/alerts.md's summary table names each alert with the severity the rule carries."""
+    text = RUNBOOK.read_text(encoding="utf-8")
+    for rule in alert_rules():
+        row = f"| {rule['alert']} | {rule['labels']['severity']} |"
+        assert row in text, f"docs/alerts.md has no row {row!r}"

@@ -257,7 +257,7 @@ def test_bodies_are_serialised_once_per_state() -> None:
     board = Board()
     result = CheckResult(True, 0.001, 1e9, 10.0)
     board.publish(CheckState(name="postgres", passing=True, ever_passed=True, last=result))
-    views = Views(board, check_timeout=1, freshness=10)
+    views = Views(board)
     first, second = views.ready(11.0), views.ready(12.0)
     assert first[0] == 200
     assert first[1] is second[1]
@@ -272,10 +272,16 @@ def test_cached_pass_expires_exactly_at_the_freshness_bound() -> None:
     result = CheckResult(True, 0.001, 1e9, 10.0)
     board.publish(
         CheckState(
-            name="postgres", passing=True, ever_passed=True, last=result, next_due_monotonic=15
+            name="postgres",
+            timeout_seconds=1,
+            freshness_seconds=10,
+            passing=True,
+            ever_passed=True,
+            last=result,
+            next_due_monotonic=15,
         )
     )
-    views = Views(board, check_timeout=1, freshness=10)
+    views = Views(board)
     assert views.ready(11.0)[0] == 200  # fills the cache
     assert views.ready(20.0)[0] == 200
     assert views.ready(20.001)[0] == 503

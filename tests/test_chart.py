@@ -12,12 +12,17 @@ import os
 import re
 import subprocess
 import tempfile
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+from sidecar.checkfile import COMMON_KEYS, KIND_KEYS, TIMING
+from sidecar.checkspec import KINDS, NAME_PATTERN, HttpSpec, PostgresSpec, TcpSpec
+from sidecar.config import Settings
 
 try:
     import helm_python as helm
@@ -192,6 +197,8 @@ def test_ci_values_cover_every_value() -> None:
 # ---- the schema ------------------------------------------------------------------------------
 
 BASE = {"database": {"url": "postgresql://u:p@db:5432/app"}}
+TCP_CHECK = {"name": "cache", "kind": "tcp", "host": "redis", "port": 6379}
+REPLICA_SECRET = {"name": "replica", "secretName": "replica-db", "key": "dsn"}
 INVALID_VALUES = {
     "replicas-as-string": ({"replicaCount": "two"}, "/replicaCount"),
     "unknown-top-level-key": ({"replicas": 2}, "replicas"),
@@ -216,6 +223,65 @@ INVALID_VALUES = {
     "enabled-as-string": ({"serviceMonitor": {"enabled": "true"}}, "/serviceMonitor/enabled"),
     "pdb-as-word": ({"podDisruptionBudget": {"maxUnavailable": "one"}}, "maxUnavailable"),
     "uid-as-name": ({"podSecurityContext": {"runAsUser": "nobody"}}, "/podSecurityContext"),
+    "unknown-check-kind": ({"checks": [{"name": "cache", "kind": "redis"}]}, "/checks/0/kind"),
+    "check-name-with-capitals": (
+        {"checks": [{"name": "Cache", "kind": "tcp", "host": "redis", "port": 6379}]},
+        "/checks/0/name",
+    ),
+    "unknown-check-key": (
+        {"checks": [{"name": "cache", "kind": "tcp", "host": "redis", "port": 6379, "hots": 1}]},
+        "'hots'",
+    ),
+    "key-of-another-kind": (
+        {"checks": [{"name": "db", "kind": "postgres", "url": "http://app/livez"}]},
+        "'url'",
+    ),
+    "check-port-quoted": (
+        {"checks": [{"name": "cache", "kind": "tcp", "host": "redis", "port": "6379"}]},
+        "/checks/0/port",
+    ),
+    "check-interval-quoted": (
+        {"checks": [{"name": "app", "kind": "http", "url": "http://a/", "interval_seconds": "5"}]},
+        "/checks/0/interval_seconds",
+    ),
+    "unknown-criticality": (
+        {"checks": [{"name": "app", "kind": "http", "url": "http://a/", "criticality": "page"}]},
+        "/checks/0/criticality",
+    ),
+    "password-in-check-dsn": (
+        {"checks": [{"name": "db", "kind": "postgres", "dsn": "postgresql://u:pw@db/app"}]},
+        "/checks/0/dsn",
+    ),
+    "password-parameter-in-check-dsn": (
+        {
+            "checks": [
+                {"name": "db", "kind": "postgres", "dsn": "postgresql://u@db/app?password=pw"}
+            ]
+        },
+        "/checks/0/dsn",
+    ),
+    "credentials-in-check-url": (
+        {"checks": [{"name": "app", "kind": "http", "url": "http://u:pw@app/livez"}]},
+        "/checks/0/url",
+    ),
+    "http-check-without-url": ({"checks": [{"name": "app", "kind": "http"}]}, "'url'"),
+    "lag-without-allow-replica": (
+        {"checks": [{"name": "db", "kind": "postgres", "max_replica_lag_seconds": 30}]},
+        "'allow_replica'",
+    ),
+    "expect-without-query": (
+        {"checks": [{"name": "db", "kind": "postgres", "expect": "t"}]},
+        "'query'",
+    ),
+    "cert-without-key": (
+        {"checks": [{"name": "db", "kind": "postgres", "cert_file": "/tls/tls.crt"}]},
+        "'key_file'",
+    ),
+    "unknown-check-default": ({"checkDefaults": {"interval": 5}}, "'interval'"),
+    "dsn-secret-without-key": (
+        {"extraDatabaseSecrets": [{"name": "replica", "secretName": "replica-db"}]},
+        "'key'",
+    ),
 }
 
 
@@ -259,8 +325,22 @@ def test_schema_accepts_the_defaults_with_a_database() -> None:
             "only one of",
         ),
         (merged(BASE, {"app": {"image": {"tag": ""}}}), "app.image.tag"),
+        (merged(BASE, {"checks": [TCP_CHECK, TCP_CHECK]}), 'name "cache" is used twice'),
+        (merged(BASE, {"checkDefaults": {"interval_seconds": 2}}), "checks list, which is empty"),
+        (
+            merged(BASE, {"extraDatabaseSecrets": [REPLICA_SECRET, REPLICA_SECRET]}),
+            'extraDatabaseSecrets: the name "replica" is used twice',
+        ),
     ],
-    ids=["no-database", "same-ports", "pdb-min-and-max", "app-without-version"],
+    ids=[
+        "no-database",
+        "same-ports",
+        "pdb-min-and-max",
+        "app-without-version",
+        "duplicate-check-names",
+        "check-defaults-without-checks",
+        "duplicate-dsn-secret-names",
+    ],
 )
 def test_render_refuses_values_only_templates_can_judge(values: Obj, message: str) -> None:
     """Cross-field mistakes stop the render with a message naming the values to fix."""
@@ -352,6 +432,228 @@ def test_changed_dsn_rolls_the_pods() -> None:
     assert second
     assert first != second
     assert checksum({"database": {"existingSecret": "mine"}}) is None
+
+
+# ---- several checks (SIDECAR_CONFIG_FILE) ----------------------------------------------------
+
+CHECKS_VALUES = CHART / "ci" / "checks-values.yaml"
+EXAMPLES = REPO / "docs" / "examples"
+CHECK_FILE_KEY = "checks.yaml"
+
+
+def check_file_of(objects: list[Obj]) -> tuple[Obj, Obj]:
+    """The check-file ConfigMap and its parsed checks.yaml."""
+    config_maps = [o for o in objects if o["kind"] == "ConfigMap"]
+    assert len(config_maps) == 1, [o["metadata"]["name"] for o in config_maps]
+    (config_map,) = config_maps
+    assert set(config_map["data"]) == {CHECK_FILE_KEY}
+    parsed = yaml.safe_load(config_map["data"][CHECK_FILE_KEY])
+    assert isinstance(parsed, dict)
+    return config_map, parsed
+
+
+def checks_checksum(values: Obj) -> str | None:
+    template = one(render(values), "Deployment")["spec"]["template"]
+    annotations: dict[str, str] = template["metadata"].get("annotations", {})
+    return annotations.get("checksum/checks")
+
+
+def test_checks_become_the_check_file_in_a_configmap() -> None:
+    """checks and checkDefaults reach checks.yaml as `checks:` and `defaults:`, types intact."""
+    values = load_yaml(CHECKS_VALUES)
+    config_map, check_file = check_file_of(render(values))
+    assert config_map["metadata"]["name"] == f"{RELEASE}-checks"
+    assert config_map["metadata"]["namespace"] == NAMESPACE
+    # Equality of the parsed trees: a number rendered as "5" or a flag as "true" would differ.
+    assert check_file == {"defaults": values["checkDefaults"], "checks": values["checks"]}
+
+
+def test_check_file_without_defaults_has_only_checks() -> None:
+    """Without checkDefaults the file holds `checks:` alone (the sidecar's built-in defaults)."""
+    _, check_file = check_file_of(render(merged(BASE, {"checks": [TCP_CHECK]})))
+    assert check_file == {"checks": [TCP_CHECK]}
+
+
+def test_sidecar_reads_the_mounted_check_file() -> None:
+    """SIDECAR_CONFIG_FILE names checks.yaml in a read-only mount of the check-file ConfigMap."""
+    objects = render(load_yaml(CHECKS_VALUES))
+    config_map, _ = check_file_of(objects)
+    spec = pod_spec(objects)
+    sidecar = sidecar_container(spec)
+    config_file = Path(env_of(sidecar)["SIDECAR_CONFIG_FILE"])
+    assert config_file.name == CHECK_FILE_KEY
+    (mount,) = [m for m in sidecar["volumeMounts"] if m["mountPath"] == str(config_file.parent)]
+    assert mount["readOnly"] is True
+    assert "subPath" not in mount
+    volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+    assert volume["configMap"]["name"] == config_map["metadata"]["name"]
+    assert "items" not in volume["configMap"]
+    # The app has no business with the sidecar's configuration.
+    app_mounts = {m["name"] for m in app_container(spec)["volumeMounts"]}
+    assert mount["name"] not in app_mounts
+
+
+def test_no_checks_keeps_the_single_check_of_the_environment() -> None:
+    """checks: [] renders no check file, no SIDECAR_CONFIG_FILE and no checks checksum."""
+    objects = render(BASE)
+    assert not [o for o in objects if o["kind"] == "ConfigMap"]
+    assert "SIDECAR_CONFIG_FILE" not in env_of(sidecar_container(pod_spec(objects)))
+    assert checks_checksum(BASE) is None
+
+
+def test_changed_checks_roll_the_pods() -> None:
+    """The checksum/checks annotation follows the check file, and nothing else."""
+    values = merged(BASE, {"checks": [TCP_CHECK], "checkDefaults": {"interval_seconds": 5}})
+    first = checks_checksum(values)
+    assert first
+    assert re.fullmatch(r"[0-9a-f]{64}", first)
+    changed_check = merged(values, {"checks": [{**TCP_CHECK, "port": 6380}]})
+    added_check = merged(values, {"checks": [TCP_CHECK, {**TCP_CHECK, "name": "cache2"}]})
+    changed_defaults = merged(values, {"checkDefaults": {"interval_seconds": 10}})
+    assert len({first} | {checks_checksum(v) for v in (changed_check, added_check)}) == 3
+    assert checks_checksum(changed_defaults) not in {first, None}
+    # Settings outside the check file leave it alone (no needless rollout of the sidecar's
+    # configuration; other annotations may roll the pods for their own reasons).
+    for unrelated in (
+        {"replicaCount": 5},
+        {"commonLabels": {"team": "platform"}},
+        {"sidecar": {"checkInterval": 9}},
+        {"extraDatabaseSecrets": [REPLICA_SECRET]},
+    ):
+        assert checks_checksum(merged(values, unrelated)) == first, unrelated
+
+
+def test_dsn_secrets_are_directory_mounts_at_their_documented_path() -> None:
+    """extraDatabaseSecrets[i] appears at /etc/health-sidecar/db/<name>/<key>, read-only, no
+    subPath, holding only the DSN key, mode 0440; the ci file's replica check points there."""
+    values = load_yaml(CHECKS_VALUES)
+    spec = pod_spec(render(values))
+    sidecar = sidecar_container(spec)
+    dsn_files = {c["dsn_file"] for c in values["checks"] if "dsn_file" in c}
+    assert values["extraDatabaseSecrets"]
+    for secret in values["extraDatabaseSecrets"]:
+        directory = f"/etc/health-sidecar/db/{secret['name']}"
+        (mount,) = [m for m in sidecar["volumeMounts"] if m["mountPath"] == directory]
+        assert mount["readOnly"] is True
+        assert "subPath" not in mount
+        volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])["secret"]
+        assert volume["secretName"] == secret["secretName"]
+        assert volume["items"] == [{"key": secret["key"], "path": secret["key"]}]
+        assert volume["defaultMode"] == 0o440
+        assert f"{directory}/{secret['key']}" in dsn_files
+
+
+def test_tls_secrets_mount_every_key_for_the_checks() -> None:
+    """tlsSecrets[i] appears whole at /etc/health-sidecar/tls/<name>/, read-only, mode 0440,
+    where the ci file's ca_file, cert_file and key_file point."""
+    values = load_yaml(CHECKS_VALUES)
+    spec = pod_spec(render(values))
+    sidecar = sidecar_container(spec)
+    tls_files = {
+        Path(c[key]).parent
+        for c in values["checks"]
+        for key in ("ca_file", "cert_file", "key_file")
+        if key in c
+    }
+    assert values["tlsSecrets"]
+    for secret in values["tlsSecrets"]:
+        directory = Path(f"/etc/health-sidecar/tls/{secret['name']}")
+        (mount,) = [m for m in sidecar["volumeMounts"] if m["mountPath"] == str(directory)]
+        assert mount["readOnly"] is True
+        assert "subPath" not in mount
+        volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])["secret"]
+        assert volume == {"secretName": secret["secretName"], "defaultMode": 0o440}
+        assert directory in tls_files
+
+
+def test_schema_knows_exactly_the_sidecars_check_keys() -> None:
+    """The schema's check keys, per kind, its kinds, name pattern and timing ranges are the
+    sidecar's own (sidecar.checkfile): the chart neither refuses nor lets through what the
+    sidecar would judge differently."""
+    schema = json.loads((CHART / "values.schema.json").read_text())["definitions"]
+    check = schema["check"]
+    properties = check["properties"]
+    assert sorted(properties) == sorted(
+        {*COMMON_KEYS, *(key for keys in KIND_KEYS.values() for key in keys)}
+    )
+    assert properties["kind"]["enum"] == list(KINDS)
+    assert properties["name"]["pattern"] == NAME_PATTERN.pattern
+    per_kind = {
+        rule["if"]["properties"]["kind"]["const"]: sorted(rule["then"]["propertyNames"]["enum"])
+        for rule in check["allOf"]
+        if "if" in rule
+    }
+    assert per_kind == {kind: sorted([*COMMON_KEYS, *keys]) for kind, keys in KIND_KEYS.items()}
+    for key, (_, low, high, inclusive, whole) in TIMING.items():
+        for where in (properties[key], schema["checkDefaults"]["properties"][key]):
+            assert where["type"] == ("integer" if whole else "number"), key
+            assert where["minimum" if inclusive else "exclusiveMinimum"] == low, key
+            assert where["maximum"] == high, key
+
+
+def test_documented_example_is_chart_values_as_it_is() -> None:
+    """docs/examples/checks.yaml and .toml hold the same document, and its checks and defaults,
+    given to the chart as checks and checkDefaults, come out as the same check file."""
+    example = load_yaml(EXAMPLES / "checks.yaml")
+    assert tomllib.loads((EXAMPLES / "checks.toml").read_text()) == example
+    values = merged(BASE, {"checks": example["checks"], "checkDefaults": example["defaults"]})
+    _, check_file = check_file_of(render(values))
+    assert check_file == example
+
+
+@pytest.mark.parametrize("values_file", CI_VALUES, ids=ci_id)
+def test_no_sidecar_mount_uses_subpath(values_file: Path) -> None:
+    """No sidecar mount is a subPath: those never see a Secret update, so rotation would break."""
+    sidecar = sidecar_container(pod_spec(render_ci(values_file)))
+    assert [m["name"] for m in sidecar["volumeMounts"] if "subPath" in m] == []
+
+
+def test_rendered_check_file_loads_in_the_sidecar(tmp_path: Path) -> None:
+    """The sidecar's own loader accepts the chart's checks.yaml: names, kinds, criticality,
+    per-check and default timing, and every kind's keys arrive as written in the values."""
+    # The ci file's mounted paths, moved under tmp_path: the loader wants the files to exist.
+    mounts = tmp_path / "etc"
+    text = CHECKS_VALUES.read_text().replace("/etc/health-sidecar/", f"{mounts}/")
+    values = yaml.safe_load(text)
+    replica_dsn = mounts / "db" / "replica" / "dsn"
+    replica_dsn.parent.mkdir(parents=True)
+    replica_dsn.write_text("postgresql://health@replica.db:5432/glucolens\n")
+    for name in ("ca.crt", "tls.crt", "tls.key"):
+        tls_file = mounts / "tls" / "replica" / name
+        tls_file.parent.mkdir(parents=True, exist_ok=True)
+        tls_file.write_text(f"placeholder {name}\n")
+    config_map, _ = check_file_of(render(values))
+    config_file = tmp_path / CHECK_FILE_KEY
+    # Byte for byte what the pod sees at SIDECAR_CONFIG_FILE.
+    config_file.write_text(config_map["data"][CHECK_FILE_KEY])
+
+    settings = Settings.from_environ({"SIDECAR_CONFIG_FILE": str(config_file)})
+
+    specs = {spec.name: spec for spec in settings.check_specs}
+    assert [(s.name, s.kind, s.critical) for s in settings.check_specs] == [
+        ("primary", "postgres", True),
+        ("replica", "postgres", False),
+        ("app", "http", True),
+        ("cache", "tcp", False),
+    ]
+    primary, replica, app, cache = (specs[n] for n in ("primary", "replica", "app", "cache"))
+    assert isinstance(primary, PostgresSpec)
+    assert primary.require_primary is True
+    assert primary.alembic_revisions == ("3f2a1b9c4d5e",)
+    assert isinstance(replica, PostgresSpec)
+    assert replica.target.file_path == str(replica_dsn)
+    assert replica.allow_replica is True
+    assert replica.max_replica_lag_seconds == 30
+    assert (replica.query, replica.expect) == (values["checks"][1]["query"], "true")
+    assert replica.key_file == str(mounts / "tls" / "replica" / "tls.key")
+    assert isinstance(app, HttpSpec)
+    assert (app.url, app.status_min, app.status_max) == ("http://127.0.0.1:8000/livez", 200, 299)
+    assert isinstance(cache, TcpSpec)
+    assert (cache.host, cache.port) == ("redis.glucolens.svc", 6379)
+    # checkDefaults apply where a check sets nothing; a check's own key wins.
+    assert (primary.policy.interval, primary.policy.failure_threshold) == (5, 2)
+    assert (replica.policy.interval, replica.policy.failure_threshold) == (15, 2)
+    assert (app.policy.timeout, cache.policy.timeout) == (1, 2)
 
 
 @pytest.mark.parametrize("values_file", CI_VALUES, ids=ci_id)

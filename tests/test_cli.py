@@ -143,3 +143,24 @@ def test_exec_probe_bad_arguments_exit_2(args: list[str], env: dict[str, str], n
     assert result.returncode == 2
     assert len(result.stderr.splitlines()) == 1
     assert named in result.stderr
+
+
+def test_help_lists_the_config_file_flag() -> None:
+    """--help shows --config-file and its variable, like every other setting."""
+    result = run(["--help"])
+    assert result.returncode == 0
+    assert "--config-file" in result.stdout
+    assert "[SIDECAR_CONFIG_FILE]" in " ".join(result.stdout.split())
+
+
+def test_config_file_flag_wins_over_the_variable() -> None:
+    """--config-file replaces SIDECAR_CONFIG_FILE, and its problem names the flag."""
+    result = run(
+        ["--config-file", "/nonexistent/flag.yaml"],
+        {"SIDECAR_CONFIG_FILE": "/nonexistent/variable.yaml"},
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "health-sidecar: bad setting: SIDECAR_CONFIG_FILE (--config-file): "
+        "file '/nonexistent/flag.yaml' does not exist"
+    ]

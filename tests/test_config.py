@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from sidecar.checkspec import PostgresSpec
 from sidecar.config import ConfigError, Settings
 
 
@@ -167,3 +168,46 @@ def test_secrets_stay_out_of_repr_and_are_listed_for_redaction() -> None:
     libpq = Settings.from_environ({"PGPASSWORD": "libpq-secret"})
     assert "libpq-secret" not in repr(libpq)
     assert libpq.database.secrets() == ("libpq-secret",)
+
+
+def test_without_a_check_file_there_is_one_postgres_check() -> None:
+    """No SIDECAR_CONFIG_FILE: one check named `postgres` on the environment's target."""
+    s = Settings.from_environ({"SIDECAR_DATABASE_URL": "postgresql://u:p@h/db", "PGPORT": ""})
+    assert (s.checks, s.config_file) == ((), None)
+    assert s.check_specs == (PostgresSpec(name="postgres", policy=s.policy, target=s.database),)
+    blank = Settings.from_environ({"SIDECAR_CONFIG_FILE": "   "})
+    assert (blank.checks, blank.config_file) == ((), None)
+
+
+def test_check_file_replaces_the_single_check(tmp_path: Path) -> None:
+    """With SIDECAR_CONFIG_FILE the file's checks are the checks; no DB variable is needed
+    when none of them is a postgres check using the environment's target."""
+    path = tmp_path / "checks.toml"
+    path.write_text(
+        '[[checks]]\nname = "cache"\nkind = "tcp"\nhost = "127.0.0.1"\nport = 6379\n'
+        '[[checks]]\nname = "app"\nkind = "http"\nurl = "http://127.0.0.1:8000/livez"\n'
+    )
+    s = Settings.from_environ({"SIDECAR_CONFIG_FILE": str(path), "SIDECAR_CHECK_INTERVAL": "9"})
+    assert s.config_file == str(path)
+    assert [(c.name, c.kind) for c in s.check_specs] == [("cache", "tcp"), ("app", "http")]
+    assert s.checks == s.check_specs
+    assert {c.policy for c in s.checks} == {s.policy}
+    assert s.policy.interval == 9.0
+
+
+def test_bad_database_variable_is_refused_even_with_a_check_file(tmp_path: Path) -> None:
+    """A set but bad SIDECAR_DATABASE_URL is still a bad setting when a check file is used."""
+    path = tmp_path / "checks.yaml"
+    path.write_text("checks:\n  - {name: cache, kind: tcp, host: h, port: 1}\n")
+    (problem,) = problems_for(
+        {"SIDECAR_CONFIG_FILE": str(path), "SIDECAR_DATABASE_URL": "mysql://u:pw@h/db"}
+    )
+    assert problem.startswith("SIDECAR_DATABASE_URL: ")
+
+
+def test_missing_check_file_is_refused_naming_the_variable(tmp_path: Path) -> None:
+    """A check file that is not there is one problem naming SIDECAR_CONFIG_FILE."""
+    path = tmp_path / "nope.yaml"
+    assert problems_for({"SIDECAR_CONFIG_FILE": str(path)}) == [
+        f"SIDECAR_CONFIG_FILE: file {str(path)!r} does not exist"
+    ]

@@ -21,15 +21,18 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 from urllib.parse import quote
 
 import pytest
+import yaml
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 from sidecar_proc import SidecarProcess
 from support import free_port
 
+from sidecar.checkfile import load_check_file, parse_checks
+from sidecar.checkspec import AnySpec, DatabaseTarget, HttpSpec, ProbePolicy, TcpSpec
 from sidecar.config import ConfigError, Settings
 
 OK: Final = "ok"
@@ -456,3 +459,326 @@ def test_accepted_combinations_start_and_stop_through_the_cli(
         assert sidecar.get("/health").status == 200
     assert sidecar.returncode() == 0, sidecar.tail()
     assert "Traceback" not in sidecar.log_text()
+
+
+# ---- the check file (SIDECAR_CONFIG_FILE) --------------------------------------------------------
+#
+# Documents are drawn as a parser could hand them over (mappings, lists, scalars of YAML's and
+# TOML's types), mostly near a good check file so that the rules, not only the shape checks,
+# are reached. Each drawn value is tagged OK, BAD or ANY for its key as above; a BAD one must
+# get the document refused with a line naming its check.
+
+CHECK_FILE: Final = "SIDECAR_CONFIG_FILE"
+FILE_SECRET: Final = "s3cret-never-shown"
+_GOOD_DSN_FILE = _FILES_DIR / "check-dsn"
+_GOOD_DSN_FILE.write_text(f"postgresql://app:{FILE_SECRET}@127.0.0.1:1/app\n")
+_TLS_FILE = _FILES_DIR / "tls.pem"
+_TLS_FILE.write_text("-----BEGIN CERTIFICATE-----\n")
+
+SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=True, allow_infinity=True),
+    TEXT,
+    st.dates(),
+)
+ANY_VALUE = st.recursive(
+    SCALARS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TEXT, inner, max_size=3),
+    max_leaves=6,
+)
+
+
+def tagged(kind: str, values: st.SearchStrategy[Any]) -> st.SearchStrategy[tuple[str, Any]]:
+    return values.map(lambda value: (kind, value))
+
+
+def timing(key: str) -> st.SearchStrategy[tuple[str, Any]]:
+    low, high, whole = {
+        "interval_seconds": (0.0, 3600.0, False),
+        "timeout_seconds": (0.0, 600.0, False),
+        "backoff_max_seconds": (0.0, 3600.0, False),
+        "failure_threshold": (1, 1000, True),
+        "success_threshold": (1, 1000, True),
+    }[key]
+    if whole:
+        good: st.SearchStrategy[Any] = st.integers(int(low), int(high))
+        bad: st.SearchStrategy[Any] = st.one_of(
+            st.integers(max_value=int(low) - 1),
+            st.integers(min_value=int(high) + 1),
+            st.floats(low, high).filter(lambda f: f != int(f)),
+        )
+    else:
+        good = st.one_of(st.floats(low, high, exclude_min=True), st.integers(1, int(high)))
+        bad = st.one_of(
+            st.floats(max_value=low),
+            st.floats(min_value=high, exclude_min=True),
+            st.sampled_from([math.nan, math.inf, -math.inf]),
+        )
+    quoted = st.integers(1, 9).map(str)  # "5": a number only in quotes
+    return st.one_of(
+        tagged(OK, good),
+        tagged(BAD, st.one_of(bad, quoted, st.booleans())),
+        tagged(ANY, ANY_VALUE),
+    )
+
+
+def file_values(key: str) -> st.SearchStrategy[tuple[str, Any]]:
+    """Values for one key of a check: good, bad, or anything."""
+    if key in ("interval_seconds", "timeout_seconds", "backoff_max_seconds") or key.endswith(
+        "_threshold"
+    ):
+        return timing(key)
+    good: dict[str, st.SearchStrategy[Any]] = {
+        "criticality": st.sampled_from(["critical", "warn"]),
+        "dsn": st.sampled_from(["postgresql://app@127.0.0.1:1/app", "postgres://h/db"]),
+        "dsn_file": st.just(str(_GOOD_DSN_FILE)),
+        "require_primary": st.booleans(),
+        "allow_replica": st.booleans(),
+        "max_replica_lag_seconds": st.floats(0.001, 86400),
+        "alembic_revision": st.one_of(LABEL, st.lists(LABEL, min_size=1, max_size=3)),
+        "query": st.just("SELECT 1"),
+        "expect": st.sampled_from(["1", "true", ""]),
+        "ca_file": st.just(str(_TLS_FILE)),
+        "cert_file": st.just(str(_TLS_FILE)),
+        "key_file": st.just(str(_TLS_FILE)),
+        "url": st.sampled_from(["http://127.0.0.1:1/livez", "https://app.example/"]),
+        "expect_status": st.one_of(st.integers(100, 599), st.just("200-399")),
+        "host": st.one_of(HOSTNAME, st.ip_addresses(v=4).map(str)),
+        "port": st.integers(1, 65535),
+    }
+    bad: dict[str, st.SearchStrategy[Any]] = {
+        "criticality": st.sampled_from(["fatal", "CRITICAL", ""]),
+        "dsn": st.sampled_from(
+            [
+                f"postgresql://app:{FILE_SECRET}@h/db",
+                f"postgresql://h/db?password={FILE_SECRET}",
+                f"mysql://app:{FILE_SECRET}@h/db",
+            ]
+        ),
+        "dsn_file": st.sampled_from(
+            [str(_FILES_DIR / "no-such-dsn"), f"postgresql://u:{FILE_SECRET}@h/db", ""]
+        ),
+        "require_primary": st.sampled_from(["true", 1, None]),
+        "allow_replica": st.sampled_from(["yes", 0]),
+        "max_replica_lag_seconds": st.sampled_from([0, -1, "30", math.nan, 86401]),
+        "alembic_revision": st.sampled_from([123456, [], [""], ["a b"], None]),
+        "query": st.sampled_from(["", "  ", 1, ["SELECT 1"]]),
+        "expect": st.sampled_from([True, 1, None]),
+        "ca_file": st.just(str(_FILES_DIR / "no-such-ca")),
+        "cert_file": st.just(str(_FILES_DIR)),
+        "key_file": st.just(""),
+        "url": st.sampled_from(
+            [
+                f"http://u:{FILE_SECRET}@127.0.0.1/",
+                "ftp://h/",
+                "http:///x",
+                "http://h:port/",
+                f"http://h/{FILE_SECRET} x",
+                "",
+            ]
+        ),
+        "expect_status": st.sampled_from([99, 600, "399-200", "2xx", True, 200.0]),
+        "host": st.sampled_from(["", "a b", "a..b", "a" * 64, "x/y", 5]),
+        "port": st.sampled_from([0, 65536, "6379", True, 1.0]),
+    }
+    return st.one_of(tagged(OK, good[key]), tagged(BAD, bad[key]), tagged(ANY, ANY_VALUE))
+
+
+CHECK_KEYS: Final = (
+    "criticality",
+    "interval_seconds",
+    "timeout_seconds",
+    "backoff_max_seconds",
+    "failure_threshold",
+    "success_threshold",
+    "dsn",
+    "dsn_file",
+    "require_primary",
+    "allow_replica",
+    "max_replica_lag_seconds",
+    "alembic_revision",
+    "query",
+    "expect",
+    "ca_file",
+    "cert_file",
+    "key_file",
+    "url",
+    "expect_status",
+    "host",
+    "port",
+)
+KIND_OF_KEY: Final = {
+    **dict.fromkeys(CHECK_KEYS[6:17], "postgres"),
+    "url": "http",
+    "expect_status": "http",
+    "host": "tcp",
+    "port": "tcp",
+}
+CHECK_NAME = st.from_regex(r"[a-z0-9]([a-z0-9_-]{0,10}[a-z0-9])?", fullmatch=True)
+
+
+@dataclass(frozen=True)
+class DrawnFile:
+    document: object
+    bad_checks: frozenset[int]  # indexes of checks that hold a BAD value judged by their kind
+
+
+@st.composite
+def near_check(draw: st.DrawFn, index: int, bad: set[int]) -> object:
+    """A check mapping: a good name and kind, mostly the kind's own keys, tagged values."""
+    kind = draw(st.sampled_from(["postgres", "http", "tcp"]))
+    check: dict[object, object] = {"name": draw(CHECK_NAME), "kind": kind}
+    own = [k for k in CHECK_KEYS if KIND_OF_KEY.get(k, kind) == kind]
+    keys = draw(st.lists(st.sampled_from(own), max_size=5, unique=True))
+    for key in keys:
+        verdict, value = draw(file_values(key))
+        check[key] = value
+        if verdict == BAD:
+            bad.add(index)
+    if draw(st.integers(0, 9)) == 0:  # now and then: another kind's key, an unknown key, junk
+        extra = draw(st.sampled_from([*CHECK_KEYS, "urll", "dsn_url"]))
+        check.setdefault(extra, draw(ANY_VALUE))  # never over a BAD value drawn above
+    return check
+
+
+@st.composite
+def check_documents(draw: st.DrawFn) -> DrawnFile:
+    bad: set[int] = set()
+    shape = draw(st.integers(0, 9))
+    if shape == 0:  # anything at all
+        return DrawnFile(draw(ANY_VALUE), frozenset())
+    count = draw(st.integers(0 if shape == 1 else 1, 4))
+    checks = [
+        draw(near_check(i, bad)) if draw(st.integers(0, 9)) else draw(ANY_VALUE)
+        for i in range(count)
+    ]
+    document: dict[object, object] = {"checks": checks}
+    if draw(st.booleans()):
+        defaults: dict[object, object] = {}
+        for key in draw(st.lists(st.sampled_from(CHECK_KEYS[1:6]), max_size=3, unique=True)):
+            verdict, defaults[key] = draw(timing(key))
+            if verdict == BAD:
+                bad.add(-1)
+        document["defaults"] = defaults
+    return DrawnFile(document, frozenset(bad))
+
+
+def parse_document(document: object) -> tuple[tuple[AnySpec, ...], list[str]]:
+    problems: list[str] = []
+    specs = parse_checks(
+        document, defaults=ProbePolicy(), database=DatabaseTarget(), problems=problems
+    )
+    return specs, problems
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(check_documents())
+@example(
+    DrawnFile(
+        {"checks": [{"name": "a", "kind": "tcp", "host": "h", "port": 10**5000}]}, frozenset([0])
+    )
+)
+@example(DrawnFile({"checks": [{"name": "a", "kind": "http", "url": "http://[::1"}]}, frozenset()))
+def test_any_check_document_gives_specs_or_problem_lines(drawn: DrawnFile) -> None:
+    """Any parsed document: specs, or one line per problem naming each bad check; never an
+    exception, never a secret, and a refused check is never built."""
+    specs, problems = parse_document(drawn.document)
+    for problem in problems:
+        assert problem.startswith(f"{CHECK_FILE}: "), problem
+        assert len(problem.splitlines()) == 1, problem
+        assert FILE_SECRET not in problem, problem
+    for index in drawn.bad_checks:
+        where = "defaults" if index < 0 else f"checks[{index}]"
+        assert any(p.startswith(f"{CHECK_FILE}: {where}") for p in problems), (where, problems)
+    if problems:
+        return
+    document = drawn.document
+    assert isinstance(document, dict)
+    checks = document["checks"]
+    assert isinstance(checks, list)
+    assert [spec.name for spec in specs] == [check["name"] for check in checks]
+    assert len({spec.name for spec in specs}) == len(specs) >= 1
+    for spec, check in zip(specs, checks, strict=True):
+        assert spec.kind == check["kind"]
+        assert spec.critical == (check.get("criticality", "critical") == "critical")
+        policy = spec.policy
+        assert 0 < policy.interval <= 3600
+        assert 0 < policy.timeout <= 600
+        assert 0 < policy.backoff_max <= 3600
+        assert 1 <= policy.failure_threshold <= 1000
+        assert 1 <= policy.success_threshold <= 1000
+        if isinstance(spec, HttpSpec):
+            assert 100 <= spec.status_min <= spec.status_max <= 599
+        if isinstance(spec, TcpSpec):
+            assert 1 <= spec.port <= 65535
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(drawn=check_documents())
+def test_a_dumped_yaml_document_loads_as_it_parses(drawn: DrawnFile) -> None:
+    """Written to a .yaml file and loaded, a document gives what parsing it gives."""
+    path = _FILES_DIR / f"dumped-{uuid.uuid4().hex}.yaml"
+    path.write_text(yaml.safe_dump(drawn.document, sort_keys=False))
+    try:
+        problems: list[str] = []
+        specs = load_check_file(
+            str(path), defaults=ProbePolicy(), database=DatabaseTarget(), problems=problems
+        )
+    finally:
+        path.unlink()
+    expected_specs, expected_problems = parse_document(drawn.document)
+    assert problems == expected_problems
+    assert specs == expected_specs
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    content=st.one_of(
+        st.binary(max_size=200),
+        st.text(max_size=200),
+        st.lists(
+            st.sampled_from(
+                [
+                    "checks:",
+                    "- name: a",
+                    "  kind: tcp",
+                    "[[checks]]",
+                    'name = "a"',
+                    "{",
+                    "[",
+                    "&a [*a]",
+                    "<<: *a",
+                    "!!binary x",
+                    "\t",
+                    "---",
+                    "key: !!set {a}",
+                    '"\\ud800"',
+                    "port = 1e999",
+                    "x: 2024-13-45",
+                    "a = 1979-05-27T07:32:00Z",
+                ]
+            ),
+            max_size=8,
+        ).map("\n".join),
+    ),
+    suffix=st.sampled_from([".yaml", ".yml", ".toml"]),
+)
+def test_any_file_content_is_loaded_or_refused(content: bytes | str, suffix: str) -> None:
+    """Any bytes in a .yaml or .toml file: checks, or problem lines; never an exception."""
+    path = _FILES_DIR / f"content-{uuid.uuid4().hex}{suffix}"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content, encoding="utf-8", errors="surrogatepass")
+    try:
+        problems: list[str] = []
+        load_check_file(
+            str(path), defaults=ProbePolicy(), database=DatabaseTarget(), problems=problems
+        )
+    finally:
+        path.unlink()
+    for problem in problems:
+        assert problem.startswith(f"{CHECK_FILE}: "), problem
+        assert len(problem.splitlines()) == 1, problem

@@ -1,4 +1,5 @@
-"""The sidecar in-process against a real PostgreSQL: readiness, outages, sessions, cost."""
+"""The sidecar in-process against a real PostgreSQL: readiness, outages, sessions, cost; and
+PostgresCheck's credentials hook (the order of try, accept or reject, swap) on a real server."""
 
 from __future__ import annotations
 
@@ -11,10 +12,13 @@ from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 from support import wait_until_async
 from support.faultproxy import ProxyFactory
-from support.pg import PostgresServer
+from support.pg import PostgresCheckFactory, PostgresServer
 
 from sidecar.app import create_app
+from sidecar.checks import CheckFailed
+from sidecar.checks.postgres import PostgresCheck
 from sidecar.config import Settings
+from sidecar.state import Reason
 
 Client = TestClient[web.Request, web.Application]
 
@@ -144,3 +148,144 @@ async def test_wrong_password_says_authentication_and_hides_the_password(
         assert password not in text, path
     metrics = await (await client.get("/metrics")).text()
     assert 'health_sidecar_check_failures_total{check="postgres",reason="auth_failed"}' in metrics
+
+
+# ---- the credentials hook: PostgresCheck against a real server, a hand-written Credentials ----
+# Only the swap logic is tested here; sidecar.credentials.DsnFile and rotation through a real
+# file are tested in tests/test_rotation.py.
+
+ROLE = "app"
+OLD_PASSWORD = "old-Passw0rd"
+NEW_PASSWORD = "new-Passw0rd"
+
+
+class HandCredentials:
+    """The Credentials protocol's methods and nothing else; `offer` is polled once."""
+
+    def __init__(self, current: str) -> None:
+        self._current = current
+        self.offer: str | None = None
+        self.polls = 0
+        self.accepted: list[str] = []
+        self.rejected: list[tuple[str, Reason]] = []
+
+    @property
+    def current(self) -> str:
+        return self._current
+
+    def poll(self) -> str | None:
+        self.polls += 1
+        candidate, self.offer = self.offer, None
+        return candidate
+
+    def accept(self, dsn: str) -> None:
+        self.accepted.append(dsn)
+        self._current = dsn
+
+    def reject(self, dsn: str, reason: Reason) -> None:
+        self.rejected.append((dsn, reason))
+
+
+async def passes(check: PostgresCheck, bound: float = 5.0) -> bool:
+    """One run bounded as the prober bounds it; True on a pass, False (and a reset) on a fail."""
+    try:
+        async with asyncio.timeout(bound):
+            await check.run()
+    except CheckFailed:
+        await check.reset()
+        return False
+    return True
+
+
+async def test_credentials_current_dsn_is_used_rather_than_the_spec_dsn(
+    pg_private: PostgresServer, make_postgres_check: PostgresCheckFactory
+) -> None:
+    """With credentials, the check connects with credentials.current, not the spec's DSN."""
+    pg_private.create_role(ROLE, OLD_PASSWORD)
+    credentials = HandCredentials(pg_private.dsn(ROLE))
+    check = make_postgres_check(pg_private.dsn(ROLE, "stale-password"), credentials=credentials)
+    assert await passes(check)
+    assert credentials.polls == 1
+
+
+async def test_wrong_candidate_is_rejected_and_the_old_connection_goes_on(
+    pg_private: PostgresServer, make_postgres_check: PostgresCheckFactory
+) -> None:
+    """After ALTER ROLE, a wrong candidate is rejected as auth_failed; the check still passes
+    on its old session, which is kept."""
+    pg_private.create_role(ROLE, OLD_PASSWORD)
+    old_dsn = pg_private.dsn(ROLE)
+    credentials = HandCredentials(old_dsn)
+    check = make_postgres_check(old_dsn, credentials=credentials)
+    assert await passes(check)
+    (backend,) = pg_private.backend_pids()
+
+    pg_private.alter_password(ROLE, NEW_PASSWORD)  # sessions already open stay open
+    wrong = pg_private.dsn(ROLE, "neither-old-nor-new")
+    credentials.offer = wrong
+    assert await passes(check)
+    assert credentials.rejected == [(wrong, Reason.AUTH_FAILED)]
+    assert credentials.accepted == []
+    assert credentials.current == old_dsn
+    assert pg_private.backend_pids() == {backend}
+
+
+async def test_right_candidate_is_accepted_and_replaces_the_session(
+    pg_private: PostgresServer, make_postgres_check: PostgresCheckFactory
+) -> None:
+    """After ALTER ROLE, the right candidate is accepted: a new backend serves the check, the
+    old one is gone, and later reconnects use the new DSN."""
+    pg_private.create_role(ROLE, OLD_PASSWORD)
+    credentials = HandCredentials(pg_private.dsn(ROLE))
+    check = make_postgres_check(pg_private.dsn(ROLE), credentials=credentials)
+    assert await passes(check)
+    (old_backend,) = pg_private.backend_pids()
+
+    pg_private.alter_password(ROLE, NEW_PASSWORD)
+    new_dsn = pg_private.dsn(ROLE)
+    credentials.offer = new_dsn
+    assert await passes(check)
+    assert credentials.accepted == [new_dsn]
+    assert credentials.rejected == []
+    await wait_until_async(
+        lambda: len(pg_private.backend_pids()) == 1, timeout=10, message="one session"
+    )
+    (new_backend,) = pg_private.backend_pids()
+    assert new_backend != old_backend
+
+    await check.reset()  # the next run connects afresh: with the accepted DSN
+    assert await passes(check)
+    assert credentials.rejected == []
+
+
+async def test_rejected_candidate_before_any_connection_falls_back_to_the_current_dsn(
+    pg_private: PostgresServer, make_postgres_check: PostgresCheckFactory
+) -> None:
+    """A candidate that fails on the very first run is rejected; the run connects with the
+    current DSN and passes."""
+    pg_private.create_role(ROLE, OLD_PASSWORD)
+    credentials = HandCredentials(pg_private.dsn(ROLE))
+    credentials.offer = pg_private.dsn(ROLE, "wrong")
+    check = make_postgres_check(pg_private.dsn(ROLE), credentials=credentials)
+    assert await passes(check)
+    assert [reason for _, reason in credentials.rejected] == [Reason.AUTH_FAILED]
+    assert pg_private.sessions() == 1
+
+
+async def test_hanging_candidate_is_given_half_the_timeout_and_the_check_still_passes(
+    pg: PostgresServer,
+    make_fault_proxy: ProxyFactory,
+    make_postgres_check: PostgresCheckFactory,
+) -> None:
+    """A candidate whose server never answers is rejected as timeout after half the check's
+    timeout, and the check passes within its timeout on the current DSN."""
+    proxy = make_fault_proxy(pg.host, pg.port)
+    proxy.blackhole()
+    credentials = HandCredentials(pg.dsn())
+    credentials.offer = pg.dsn(port=proxy.port)
+    check = make_postgres_check(pg.dsn(), credentials=credentials, timeout=2.0)
+    started = time.monotonic()
+    assert await passes(check, bound=2.0)
+    elapsed = time.monotonic() - started
+    assert credentials.rejected == [(pg.dsn(port=proxy.port), Reason.TIMEOUT)]
+    assert 0.9 <= elapsed < 2.0

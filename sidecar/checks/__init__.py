@@ -37,3 +37,13 @@ class Check(Protocol):
 
     async def close(self) -> None:
         """Release resources at shutdown, promptly."""
+
+
+class CredentialsStatus(Protocol):
+    """What a watched DSN file exposes for metrics (sidecar.credentials.DsnFile)."""
+
+    @property
+    def last_reload_ok(self) -> bool: ...
+
+    @property
+    def reloads(self) -> Mapping[str, int]: ...

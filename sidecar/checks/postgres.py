@@ -1,34 +1,76 @@
-"""The PostgreSQL check: `SELECT 1` over one dedicated, reused asyncpg connection."""
+"""The PostgreSQL check: one dedicated, reused asyncpg connection, then the configured gates.
+
+With no gate configured a check is `SELECT 1` and nothing else. Gates run in this order, each
+its own statement: role (require_primary, or allow_replica with a lag bound), schema (Alembic
+revisions), custom query. The first that fails decides the reason.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import ssl
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeAlias
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
 from sidecar.checks import CheckFailed
-from sidecar.checkspec import DatabaseTarget
+from sidecar.checkspec import PostgresSpec
 from sidecar.state import Reason
+
+if TYPE_CHECKING:
+    # Generic only in asyncpg-stubs; at run time the class is not subscriptable.
+    Conn: TypeAlias = asyncpg.Connection[asyncpg.Record]
 
 APPLICATION_NAME: Final = "health-sidecar"
 # Closing politely sends Terminate; bound it so shutdown never waits on a hung server.
 CLOSE_TIMEOUT_SECONDS: Final = 1.0
+# `found` of unexpected_result shows what the query returned; keep ?verbose bodies small.
+FOUND_MAX_CHARS: Final = 64
+
+# One statement for the role gate. An idle replica that has replayed everything it received
+# has lag 0: pg_last_xact_replay_timestamp() only moves when the primary commits, so without
+# the LSN comparison a quiet but caught-up replica would look further behind every second.
+ROLE_QUERY: Final = """
+SELECT pg_is_in_recovery() AS in_recovery,
+       CASE WHEN NOT pg_is_in_recovery() THEN NULL
+            WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
+            ELSE EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp())
+       END AS lag_seconds
+"""
+ALEMBIC_QUERY: Final = "SELECT version_num FROM alembic_version"
+
+
+class Credentials(Protocol):
+    """A DSN that may change while the sidecar runs (sidecar.credentials.DsnFile).
+
+    `current` is the last DSN known to work. `poll()` returns a new candidate to try, or None;
+    the check answers every candidate with exactly one `accept` or `reject`.
+    """
+
+    @property
+    def current(self) -> str: ...
+
+    def poll(self) -> str | None: ...
+
+    def accept(self, dsn: str) -> None: ...
+
+    def reject(self, dsn: str, reason: Reason) -> None: ...
 
 
 class PostgresCheck:
     """Owns at most one connection; it is opened lazily and dropped after any failure."""
 
-    def __init__(self, target: DatabaseTarget, *, name: str = "postgres") -> None:
-        self._target = target
-        self._name = name
-        self._conn: asyncpg.Connection | None = None
+    def __init__(self, spec: PostgresSpec, *, credentials: Credentials | None = None) -> None:
+        self._spec = spec
+        self._credentials = credentials
+        self._conn: Conn | None = None
 
     @property
     def name(self) -> str:
-        return self._name
+        return self._spec.name
 
     @property
     def connected(self) -> bool:
@@ -36,12 +78,11 @@ class PostgresCheck:
 
     async def run(self) -> None:
         try:
+            await self._try_rotation()
             if self._conn is None or self._conn.is_closed():
                 self._conn = None
-                self._conn = await self._connect()
-            # execute() without arguments uses the simple query protocol: one round trip, no
-            # prepared statement, so it works behind pgbouncer in transaction mode too.
-            await self._conn.execute("SELECT 1")
+                self._conn = await self._connect(self._dsn())
+            await self._probe(self._conn)
         except CheckFailed:
             raise
         except BaseException as exc:
@@ -50,26 +91,150 @@ class PostgresCheck:
                 raise
             raise CheckFailed(reason) from None
 
-    async def _connect(self) -> asyncpg.Connection:
-        target = self._target
-        kwargs: dict[str, Any] = {
+    async def _try_rotation(self) -> None:
+        """Try a new DSN on a connection of its own; only a working one replaces the current.
+
+        Bounded to half the check's timeout so that, if the candidate hangs, the other half is
+        left for the check itself: a rotation never turns into a false failure.
+        """
+        credentials = self._credentials
+        if credentials is None:
+            return
+        candidate = credentials.poll()
+        if candidate is None:
+            return
+        # Cancellation (shutdown, the prober's own timeout) is not a verdict on the candidate:
+        # it is a BaseException and propagates. Anything else is the candidate's failure.
+        try:
+            async with asyncio.timeout(self._spec.policy.timeout / 2):
+                conn = await self._connect(candidate)
+        except CheckFailed as exc:
+            credentials.reject(candidate, exc.reason)
+            return
+        except Exception as exc:  # noqa: BLE001 -- whatever went wrong, the old DSN goes on
+            credentials.reject(candidate, classify(exc) or Reason.INTERNAL_ERROR)
+            return
+        credentials.accept(candidate)
+        old, self._conn = self._conn, conn
+        if old is not None and not old.is_closed():
+            # Ours, idle and about to be forgotten: no need to wait for a polite goodbye.
+            old.terminate()
+
+    def _dsn(self) -> str | None:
+        if self._credentials is not None:
+            return self._credentials.current
+        return self._spec.target.dsn
+
+    async def _connect(self, dsn: str | None) -> Conn:
+        # Checked at start, but a mounted Secret can go away later; asyncpg would then report a
+        # bare FileNotFoundError, indistinguishable from a missing Unix socket.
+        unreadable = _unreadable_tls_file(self._spec)
+        if unreadable is not None:
+            raise CheckFailed(Reason.TLS_ERROR, {"unreadable": unreadable})
+        target = self._target_kwargs(dsn)
+        conn: Conn = await asyncpg.connect(
+            _with_tls_files(dsn, self._spec),
             # The prober bounds connect + query together; asyncpg's own connect timeout is
             # only a backstop and must not fire first.
-            "timeout": 3600,
+            timeout=3600,
             # No statement cache: transaction-mode poolers cannot keep prepared statements.
-            "statement_cache_size": 0,
-            "server_settings": {"application_name": APPLICATION_NAME},
-        }
-        if target.dsn is not None:
-            return await asyncpg.connect(target.dsn, **kwargs)
-        return await asyncpg.connect(
-            host=target.host,
-            port=target.port,
-            user=target.user,
-            password=target.password,
-            database=target.database,
-            **kwargs,
+            statement_cache_size=0,
+            server_settings={"application_name": APPLICATION_NAME},
+            **target,
         )
+        return conn
+
+    def _target_kwargs(self, dsn: str | None) -> dict[str, Any]:
+        """The libpq-style parameters, when there is no DSN (explicit arguments win over it)."""
+        if dsn is not None:
+            return {}
+        target = self._spec.target
+        return {
+            "host": target.host,
+            "port": target.port,
+            "user": target.user,
+            "password": target.password,
+            "database": target.database,
+        }
+
+    async def _probe(self, conn: Conn) -> None:
+        spec = self._spec
+        role_gate = spec.require_primary or (
+            spec.allow_replica and spec.max_replica_lag_seconds is not None
+        )
+        if not (role_gate or spec.alembic_revisions or spec.query):
+            # execute() without arguments uses the simple query protocol: one round trip, no
+            # prepared statement, so it works behind pgbouncer in transaction mode too.
+            await conn.execute("SELECT 1")
+            return
+        # The gates read rows, which asyncpg does with the extended protocol over several round
+        # trips (parse, then bind/execute). A transaction pins one server connection behind a
+        # transaction-mode pooler for all of them, and gives the gates one snapshot.
+        async with conn.transaction():
+            if role_gate:
+                await self._role_gate(conn)
+            if spec.alembic_revisions:
+                await self._schema_gate(conn)
+            if spec.query is not None:
+                await self._query_gate(conn, spec.query)
+
+    async def _role_gate(self, conn: Conn) -> None:
+        spec = self._spec
+        row = await conn.fetchrow(ROLE_QUERY)
+        if row is None or not row["in_recovery"]:  # None: cannot happen, no FROM clause
+            return
+        if spec.require_primary:
+            raise CheckFailed(Reason.NOT_PRIMARY)
+        limit = spec.max_replica_lag_seconds
+        if limit is None:
+            return
+        lag = row["lag_seconds"]
+        # NULL: behind, and no transaction replayed since the replica started (the timestamp
+        # is not kept across restarts): the lag is unknown, which is not within any bound.
+        if lag is None or float(lag) > limit:
+            raise CheckFailed(
+                Reason.REPLICATION_LAG,
+                {
+                    "lag_seconds": "unknown" if lag is None else f"{float(lag):.1f}",
+                    "max_seconds": f"{limit:g}",
+                },
+            )
+
+    async def _schema_gate(self, conn: Conn) -> None:
+        expected = set(self._spec.alembic_revisions)
+        try:
+            rows = await conn.fetch(ALEMBIC_QUERY)
+        except asyncpg.UndefinedTableError:
+            # No alembic_version table: no migration has ever run, the schema is behind.
+            found: set[str] = set()
+        else:
+            found = {str(row[0]) for row in rows}
+        if found != expected:
+            raise CheckFailed(
+                Reason.SCHEMA_MISMATCH,
+                {
+                    "expected": ",".join(sorted(expected)),
+                    "found": ",".join(sorted(found)) or "none",
+                },
+            )
+
+    async def _query_gate(self, conn: Conn, query: str) -> None:
+        try:
+            row = await conn.fetchrow(query)
+        except asyncpg.InterfaceError as exc:
+            # A client-side refusal of the query itself (say, `$1` with no argument) is the
+            # query's fault; a lost connection is not, and is classified as usual.
+            if isinstance(exc, asyncpg.ConnectionDoesNotExistError) or conn.is_closed():
+                raise
+            raise CheckFailed(Reason.QUERY_FAILED) from None
+        expect = self._spec.expect
+        if expect is None:
+            return
+        found = "no rows" if row is None or len(row) == 0 else as_text(row[0])
+        if found != expect:
+            raise CheckFailed(
+                Reason.UNEXPECTED_RESULT, {"expected": expect, "found": found[:FOUND_MAX_CHARS]}
+            )
 
     async def reset(self) -> None:
         """Drop the connection without a round trip: after a failure its state is unknown."""
@@ -85,6 +250,52 @@ class PostgresCheck:
             await asyncio.wait_for(conn.close(), CLOSE_TIMEOUT_SECONDS)
         except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
             conn.terminate()
+
+
+def as_text(value: object) -> str:
+    """A value as psql would print it, near enough for `expect`: NULL as null, t/f spelt out."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _unreadable_tls_file(spec: PostgresSpec) -> str | None:
+    """The setting name (ca_file, cert_file, key_file) of a TLS file we cannot read, if any."""
+    for setting, path in (
+        ("ca_file", spec.ca_file),
+        ("cert_file", spec.cert_file),
+        ("key_file", spec.key_file),
+    ):
+        if path and not os.access(path, os.R_OK):
+            return setting
+    return None
+
+
+def _with_tls_files(dsn: str | None, spec: PostgresSpec) -> str | None:
+    """The DSN with the spec's TLS files as libpq query parameters (sslrootcert, sslcert,
+    sslkey), which asyncpg reads exactly as libpq does.
+
+    Why parameters rather than an SSLContext of our own: asyncpg then keeps applying sslmode
+    from the DSN or PGSSLMODE (prefer, require, verify-ca, verify-full, with libpq's rules for
+    each), so there is nothing here to get subtly different. Appended last, they win over the
+    same parameters written in the DSN. Without a DSN (libpq-parameter form) the DSN carries
+    only these parameters; the host, user, ... passed as arguments take precedence over it.
+    """
+    files = {
+        "sslrootcert": spec.ca_file,
+        "sslcert": spec.cert_file,
+        "sslkey": spec.key_file,
+    }
+    extra = urlencode({key: path for key, path in files.items() if path})
+    if not extra:
+        return dsn
+    if dsn is None:
+        return f"postgresql://?{extra}"
+    parts = urlsplit(dsn)
+    query = f"{parts.query}&{extra}" if parts.query else extra
+    return urlunsplit(parts._replace(query=query))
 
 
 def classify(exc: BaseException) -> Reason | None:  # noqa: PLR0911, PLR0912 -- one flat table
@@ -111,12 +322,20 @@ def classify(exc: BaseException) -> Reason | None:  # noqa: PLR0911, PLR0912 -- 
         ):
             return Reason.SERVER_SHUTDOWN
         case asyncpg.ConnectionDoesNotExistError() | ConnectionResetError() | BrokenPipeError():
+            # A TLS alert from the server (it refused our client certificate, say) surfaces as
+            # a lost connection whose cause is the SSLError: that is a TLS problem.
+            if isinstance(exc.__cause__, ssl.SSLError):
+                return Reason.TLS_ERROR
             return Reason.CONNECTION_RESET
         case ConnectionRefusedError():
             return Reason.CONNECTION_REFUSED
         case socket.gaierror():
             return Reason.DNS_FAILURE
         case ssl.SSLError() | ssl.CertificateError():
+            return Reason.TLS_ERROR
+        case asyncpg.ClientConfigurationError():
+            # What the config check cannot see ahead: sslmode=verify-* with no CA bundle at
+            # all (nor ~/.postgresql/root.crt), a bad PGSSLMODE. Everything else it refuses.
             return Reason.TLS_ERROR
         case asyncpg.PostgresConnectionError() | asyncpg.InterfaceError():
             return Reason.NETWORK_ERROR

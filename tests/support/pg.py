@@ -14,6 +14,16 @@ so they keep working after a test changes the superuser's password. They connect
 their own (`tests_support`) with `application_name='tests.support'`, so they never show up in
 `sessions(...)` and never move `xact_commit_total('postgres')` or the `postgres` rows of
 `stat_statements()`.
+
+TLS (`PostgresServer(tls=make_tls_files(dir))`): `make_tls_files` makes a CA, a server certificate
+for 127.0.0.1 (only) and a client certificate for one role, all with the `openssl` CLI; the
+server then runs with ssl=on and trusts that CA for client certificates. `hba_lines` go before
+initdb's own pg_hba.conf lines (say `hostssl all <role> 127.0.0.1/32 cert`).
+
+Streaming replicas (`PostgresServer(replica_of=primary)`): `pg_basebackup -R` of the running
+primary over its Unix socket, started like any other server on its own free port;
+`wait_caught_up()` waits until it has replayed everything the primary has committed (through a
+marker row in `tests_support`).
 """
 
 from __future__ import annotations
@@ -29,7 +39,8 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, Self, TypeAlias, TypeVar
@@ -45,12 +56,19 @@ __all__ = [
     "SUPERUSER_PASSWORD",
     "SUPPORT_APPLICATION_NAME",
     "SUPPORT_DATABASE",
+    "CertificateAuthority",
     "PgFactory",
+    "PostgresCheckFactory",
     "PostgresServer",
     "PostgresSetupError",
+    "ReplicaFactory",
     "SettingValue",
     "StopMode",
+    "TlsFiles",
     "find_bindir",
+    "issue_certificate",
+    "make_ca",
+    "make_tls_files",
 ]
 
 PG_MAJOR: Final = 15
@@ -72,6 +90,9 @@ BIND_FAILURE_MARKERS: Final = (
     "could not create any TCP/IP sockets",
 )
 START_ATTEMPTS: Final = 3
+HBA_FILE: Final = "test_hba.conf"
+# Certificates outlive any test run by a day; enough, and an expired one is obvious.
+CERT_DAYS: Final = 2
 
 StopMode = Literal["smart", "fast", "immediate"]
 SettingValue = str | int | float | bool
@@ -79,6 +100,9 @@ T = TypeVar("T")
 if TYPE_CHECKING:
     # Generic only in asyncpg-stubs; at run time the class is not subscriptable.
     Conn: TypeAlias = asyncpg.Connection[asyncpg.Record]
+
+    from sidecar.checks.postgres import Credentials, PostgresCheck
+    from sidecar.checkspec import DatabaseTarget
 
 
 class PostgresSetupError(RuntimeError):
@@ -95,6 +119,138 @@ class PgFactory(Protocol):
         password: str = SUPERUSER_PASSWORD,
         settings: Mapping[str, SettingValue] | None = None,
     ) -> PostgresServer: ...
+
+
+class PostgresCheckFactory(Protocol):
+    """The `make_postgres_check` fixture: a PostgresCheck of a spec made of the arguments (a DSN
+    or a DatabaseTarget, and PostgresSpec fields), closed after the test."""
+
+    def __call__(
+        self,
+        target: str | DatabaseTarget,
+        *,
+        credentials: Credentials | None = None,
+        timeout: float = 5.0,
+        **fields: Any,
+    ) -> PostgresCheck: ...
+
+
+class ReplicaFactory(Protocol):
+    """The `make_replica` fixture: a started streaming replica of `primary`, cleaned up after
+    the test."""
+
+    def __call__(self, primary: PostgresServer) -> PostgresServer: ...
+
+
+# ---- TLS material, made with the openssl CLI ------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateAuthority:
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """Everything a TLS-enabled test server and its clients need; all PEM files.
+
+    `ca` signed both the server's certificate (for 127.0.0.1, so verify-full passes there,
+    and for no other name) and the client's (CN = `client_user`, for `cert` authentication)."""
+
+    ca: Path
+    ca_key: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+    client_user: str
+
+
+def _openssl(*args: str) -> None:
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise PostgresSetupError("the TLS helpers need the `openssl` CLI (Debian package openssl)")
+    result = subprocess.run(
+        [openssl, *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=SUBPROCESS_TIMEOUT_SECONDS,
+    )
+    if result.returncode != 0:
+        raise PostgresSetupError(f"openssl {args[0]} failed:\n{result.stdout}{result.stderr}")
+
+
+# P-256 keys: generated in milliseconds, where RSA takes a noticeable fraction of a second.
+_NEW_KEY: Final = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+
+
+def make_ca(directory: Path, name: str = "tests-ca") -> CertificateAuthority:
+    """A self-signed CA certificate and key in `directory` (`<name>.crt`, `<name>.key`)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    cert, key = directory / f"{name}.crt", directory / f"{name}.key"
+    _openssl(
+        "req", "-x509", *_NEW_KEY,
+        "-keyout", str(key), "-out", str(cert),
+        "-days", str(CERT_DAYS), "-subj", f"/CN={name}",
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+    )  # fmt: skip
+    return CertificateAuthority(cert=cert, key=key)
+
+
+def issue_certificate(
+    ca: CertificateAuthority, directory: Path, name: str, *, common_name: str, server: bool
+) -> tuple[Path, Path]:
+    """A certificate signed by `ca`: (cert, key). A server one names 127.0.0.1, and only that,
+    in subjectAltName (verify-full checks it); a client one carries `common_name`, which
+    PostgreSQL's `cert` authentication compares with the role name."""
+    directory.mkdir(parents=True, exist_ok=True)
+    cert, key, csr = (directory / f"{name}.{ext}" for ext in ("crt", "key", "csr"))
+    extensions = directory / f"{name}.ext"
+    lines = [
+        "basicConstraints=critical,CA:FALSE",
+        "keyUsage=critical,digitalSignature",
+        "subjectKeyIdentifier=hash",
+        "authorityKeyIdentifier=keyid",
+        f"extendedKeyUsage={'serverAuth' if server else 'clientAuth'}",
+    ]
+    if server:
+        # Not `localhost`: a test connects by that name to see verify-full refuse it.
+        lines.append(f"subjectAltName=IP:{LOOPBACK}")
+    extensions.write_text("\n".join(lines) + "\n")
+    _openssl("req", "-new", *_NEW_KEY, "-keyout", str(key), "-out", str(csr),
+             "-subj", f"/CN={common_name}")  # fmt: skip
+    _openssl(
+        "x509", "-req", "-in", str(csr),
+        "-CA", str(ca.cert), "-CAkey", str(ca.key), "-set_serial", str(time.time_ns()),
+        "-days", str(CERT_DAYS), "-extfile", str(extensions), "-out", str(cert),
+    )  # fmt: skip
+    csr.unlink()
+    extensions.unlink()
+    key.chmod(0o600)
+    return cert, key
+
+
+def make_tls_files(directory: Path, *, client_user: str = "cert_user") -> TlsFiles:
+    """A CA, a server certificate and a client certificate for `client_user`, in `directory`."""
+    ca = make_ca(directory)
+    server_cert, server_key = issue_certificate(
+        ca, directory, "server", common_name="tests-server", server=True
+    )
+    client_cert, client_key = issue_certificate(
+        ca, directory, "client", common_name=client_user, server=False
+    )
+    return TlsFiles(
+        ca=ca.cert,
+        ca_key=ca.key,
+        server_cert=server_cert,
+        server_key=server_key,
+        client_cert=client_cert,
+        client_key=client_key,
+        client_user=client_user,
+    )
 
 
 @functools.cache
@@ -302,12 +458,19 @@ class PostgresServer:
         settings: Mapping[str, SettingValue] | None = None,
         bindir: Path | None = None,
         use_template: bool = True,
+        tls: TlsFiles | None = None,
+        hba_lines: Sequence[str] = (),
+        replica_of: PostgresServer | None = None,
     ) -> None:
         self.bindir = bindir or find_bindir()
         _check_pg_stat_statements(self.bindir)
         self.max_connections = max_connections
-        self.password = password
+        # A replica's roles are its primary's: so is the superuser's password.
+        self.password: str = replica_of.password if replica_of is not None else password
         self.settings: dict[str, SettingValue] = dict(settings or {})
+        self.tls = tls
+        self.hba_lines = tuple(hba_lines)
+        self.replica_of = replica_of
         self.port = 0
         self.base_dir: Path | None = None
         self._use_template = use_template
@@ -315,7 +478,9 @@ class PostgresServer:
         self._bootstrapped = False
         self._pid: int | None = None
         # Passwords of roles made through this object, so dsn(user=...) can fill them in.
-        self._passwords: dict[str, str] = {SUPERUSER: password}
+        self._passwords: dict[str, str] = {SUPERUSER: self.password}
+        if replica_of is not None:
+            self._passwords.update(replica_of._passwords)
 
     # ---- paths -------------------------------------------------------------------------------
 
@@ -366,7 +531,7 @@ class PostgresServer:
         _live_servers.add(self)
         if not self._bootstrapped:
             self._bootstrap()
-        if first_start and self.password != SUPERUSER_PASSWORD:
+        if first_start and self.password != SUPERUSER_PASSWORD and self.replica_of is None:
             self.alter_password(SUPERUSER, self.password)
 
     def stop(self, mode: StopMode = "fast") -> None:
@@ -546,11 +711,14 @@ class PostgresServer:
         )
         return int(count)
 
-    def create_role(self, name: str, password: str, *, superuser: bool = False) -> None:
-        """A login role with a SCRAM password (dsn(user=name) then fills the password in)."""
+    def create_role(self, name: str, password: str | None, *, superuser: bool = False) -> None:
+        """A login role with a SCRAM password (dsn(user=name) then fills the password in).
+        None: no password at all, for a role that logs in with a client certificate."""
         kind = "SUPERUSER" if superuser else "NOSUPERUSER"
-        self.execute(f"CREATE ROLE {_ident(name)} LOGIN {kind} PASSWORD {_literal(password)}")
-        self._passwords[name] = password
+        secret = f" PASSWORD {_literal(password)}" if password is not None else ""
+        self.execute(f"CREATE ROLE {_ident(name)} LOGIN {kind}{secret}")
+        if password is not None:
+            self._passwords[name] = password
 
     def alter_password(self, role: str, password: str) -> None:
         """Change a role's password (the old one stops working for new connections)."""
@@ -602,6 +770,60 @@ class PostgresServer:
             return ""
         return "\n".join(text.splitlines()[-lines:])
 
+    def ssl_in_use(self, application_name: str = "health-sidecar") -> list[bool]:
+        """pg_stat_ssl.ssl of every session with this application_name."""
+        rows = self.fetch(
+            "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)"
+            " WHERE a.application_name = $1 AND a.pid <> pg_backend_pid()",
+            application_name,
+            database=SUPPORT_DATABASE,
+        )
+        return [bool(row["ssl"]) for row in rows]
+
+    def backend_pids(self, application_name: str = "health-sidecar") -> set[int]:
+        """The backend PIDs of the sessions with this application_name."""
+        rows = self.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = $1"
+            " AND pid <> pg_backend_pid()",
+            application_name,
+            database=SUPPORT_DATABASE,
+        )
+        return {int(row["pid"]) for row in rows}
+
+    def wait_caught_up(self, timeout: float = 30) -> None:
+        """On a replica: wait until it has replayed everything its primary committed so far.
+
+        A marker row committed on the primary (synchronously, so it is flushed and sent at once)
+        and waited for here: replay is in WAL order, so seeing it means everything before it has
+        been replayed. Comparing LSNs instead is fragile: with synchronous_commit off the last
+        records may sit unflushed, and the insert position can lie past any record's end."""
+        primary = self.replica_of
+        if primary is None:
+            raise PostgresSetupError(f"{self!r} is not a replica")
+        token = f"{time.time_ns()}-{id(self)}"
+        primary.execute(
+            "CREATE TABLE IF NOT EXISTS replication_marker (token text)",
+            database=SUPPORT_DATABASE,
+        )
+        # Simple query protocol (no arguments): both statements in one round trip, one session.
+        marker = f"INSERT INTO replication_marker VALUES ({_literal(token)})"  # noqa: S608 -- ours
+        primary.execute(f"SET synchronous_commit = on; {marker}", database=SUPPORT_DATABASE)
+        deadline = time.monotonic() + timeout
+        seen = "SELECT EXISTS (SELECT 1 FROM replication_marker WHERE token = $1)"
+        while True:
+            try:
+                found = bool(self.fetchval(seen, token, database=SUPPORT_DATABASE))
+            except asyncpg.UndefinedTableError:
+                found = False  # the CREATE TABLE itself is not replayed yet
+            if found:
+                return
+            if time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"replica has not replayed the primary's last commit after {timeout:g}s;"
+                    f" log:\n{self.log_tail()}"
+                )
+            time.sleep(0.05)
+
     # ---- internals ---------------------------------------------------------------------------
 
     def _query(self, database: str, run: Callable[[Conn], Awaitable[T]], timeout: float) -> T:
@@ -618,6 +840,8 @@ class PostgresServer:
                 database=database,
                 timeout=timeout,
                 server_settings={"application_name": SUPPORT_APPLICATION_NAME},
+                # No TLS on the socket, whatever PGSSLMODE a test sets for the sidecar.
+                ssl=False,
             )
             try:
                 return await run(conn)
@@ -651,7 +875,9 @@ class PostgresServer:
 
     def _create(self) -> None:
         self.base_dir = _make_base_dir("pg-test-")
-        if self._use_template:
+        if self.replica_of is not None:
+            self._base_backup(self.replica_of)
+        elif self._use_template:
             template = _template_data_dir(self.bindir)
             # As root, cp -a keeps the postgres ownership; otherwise everything is ours anyway.
             copied = subprocess.run(
@@ -667,6 +893,31 @@ class PostgresServer:
         else:
             self._initdb()
         self._created = True
+
+    def _base_backup(self, primary: PostgresServer) -> None:
+        """The primary's data directory, streamed: -R writes standby.signal and a
+        primary_conninfo that reaches the primary over its Unix socket (trust, no password)."""
+        result = self._run(
+            str(self.bindir / "pg_basebackup"),
+            "-D",
+            str(self.data_dir),
+            "-h",
+            str(primary.socket_dir),
+            "-p",
+            str(primary.port),
+            "-U",
+            SUPERUSER,
+            "-R",
+            "-X",
+            "stream",
+            "-c",
+            "fast",  # an immediate checkpoint, not a spread one
+            "--no-sync",
+        )
+        if result.returncode != 0:
+            raise PostgresSetupError(f"pg_basebackup failed:\n{result.stdout}{result.stderr}")
+        # Copied from a bootstrapped primary, and read-only anyway.
+        self._bootstrapped = True
 
     def _initdb(self) -> None:
         assert self.base_dir is not None
@@ -713,11 +964,41 @@ class PostgresServer:
             "shared_buffers": "32MB",
             "dynamic_shared_memory_type": "mmap",
             "logging_collector": False,
+            **self._tls_settings(),
+            **self._hba_settings(),
             **self.settings,
         }
         path = self.data_dir / SETTINGS_FILE
         path.write_text("".join(f"{key} = {_guc(value)}\n" for key, value in values.items()))
         _give_to_os_user(path)
+
+    def _tls_settings(self) -> dict[str, SettingValue]:
+        if self.tls is None:
+            return {}
+        # Copies the postgres user owns: it refuses a key that others can read, and may not be
+        # able to reach the test's own directory at all.
+        installed: dict[str, SettingValue] = {"ssl": True}
+        for setting, source in (
+            ("ssl_cert_file", self.tls.server_cert),
+            ("ssl_key_file", self.tls.server_key),
+            ("ssl_ca_file", self.tls.ca),
+        ):
+            copy = self.data_dir / f"test_{source.name}"
+            shutil.copyfile(source, copy)
+            copy.chmod(0o600)
+            _give_to_os_user(copy)
+            installed[setting] = str(copy)
+        return installed
+
+    def _hba_settings(self) -> dict[str, SettingValue]:
+        if not self.hba_lines:
+            return {}
+        # First match wins: ours go before initdb's catch-all `host all all ... scram` line.
+        original = (self.data_dir / "pg_hba.conf").read_text()
+        path = self.data_dir / HBA_FILE
+        path.write_text("".join(f"{line}\n" for line in self.hba_lines) + original)
+        _give_to_os_user(path)
+        return {"hba_file": str(path)}
 
     def _bootstrap(self) -> None:
         """What every cluster needs once: pg_stat_statements (the benchmark reads it) and the

@@ -73,6 +73,40 @@ database-url
 /etc/health-sidecar/database
 {{- end }}
 
+{{/*
+Roots of the other mounts in the sidecar. extraDatabaseSecrets[i] lands in
+<dbMountRoot>/<name>/<key>, tlsSecrets[i] in <tlsMountRoot>/<name>/<every key>, the check file at
+<checksMountPath>/checks.yaml.
+*/}}
+{{- define "health-sidecar.dbMountRoot" -}}
+/etc/health-sidecar/db
+{{- end }}
+
+{{- define "health-sidecar.tlsMountRoot" -}}
+/etc/health-sidecar/tls
+{{- end }}
+
+{{- define "health-sidecar.checksMountPath" -}}
+/etc/health-sidecar/checks
+{{- end }}
+
+{{/*
+The check file (SIDECAR_CONFIG_FILE) in the sidecar's format: `defaults:` (when checkDefaults is
+set) and `checks:`. toYaml keeps the values' types, which the sidecar checks strictly (a quoted
+"5" is not a number). The ConfigMap holds it and the pod template carries its checksum.
+*/}}
+{{- define "health-sidecar.checkFile" -}}
+{{- with .Values.checkDefaults }}
+{{- toYaml (dict "defaults" .) }}
+{{ end }}
+{{- toYaml (dict "checks" .Values.checks) }}
+{{- end }}
+
+{{/* The ConfigMap holding the check file. */}}
+{{- define "health-sidecar.checksConfigMapName" -}}
+{{- printf "%s-checks" (include "health-sidecar.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
 {{/* "repository:tag" or "repository@digest"; a digest wins over a tag. */}}
 {{- define "health-sidecar.image" -}}
 {{- $image := .image }}
@@ -99,6 +133,25 @@ database-url
 {{- end }}
 {{- if and .Values.podDisruptionBudget.enabled (ne (toString .Values.podDisruptionBudget.minAvailable) "") (ne (toString .Values.podDisruptionBudget.maxUnavailable) "") }}
 {{- fail "set only one of podDisruptionBudget.minAvailable and podDisruptionBudget.maxUnavailable" }}
+{{- end }}
+{{- if and .Values.checkDefaults (not .Values.checks) }}
+{{- fail "checkDefaults applies only to the checks list, which is empty; set checks, or tune the single check with sidecar.checkInterval and friends" }}
+{{- end }}
+{{- $checkNames := dict }}
+{{- range .Values.checks }}
+{{- if hasKey $checkNames .name }}
+{{- fail (printf "checks: the name %q is used twice; check names must be unique" .name) }}
+{{- end }}
+{{- $_ := set $checkNames .name true }}
+{{- end }}
+{{- range $field := list "extraDatabaseSecrets" "tlsSecrets" }}
+{{- $names := dict }}
+{{- range (index $.Values $field) }}
+{{- if hasKey $names .name }}
+{{- fail (printf "%s: the name %q is used twice; each one is its own directory and volume" $field .name) }}
+{{- end }}
+{{- $_ := set $names .name true }}
+{{- end }}
 {{- end }}
 {{- end }}
 
@@ -142,6 +195,10 @@ restartPolicy: Always) or as a plain container; deployment.yaml decides where it
   env:
     - name: SIDECAR_DATABASE_URL_FILE
       value: {{ printf "%s/url" (include "health-sidecar.databaseMountPath" .) | quote }}
+    {{- if .Values.checks }}
+    - name: SIDECAR_CONFIG_FILE
+      value: {{ printf "%s/checks.yaml" (include "health-sidecar.checksMountPath" .) | quote }}
+    {{- end }}
     - name: SIDECAR_PORT
       value: {{ $sc.port | quote }}
     - name: SIDECAR_CHECK_INTERVAL
@@ -189,8 +246,26 @@ restartPolicy: Always) or as a plain container; deployment.yaml decides where it
     {{- toYaml $sc.resources | nindent 4 }}
   securityContext:
     {{- toYaml $sc.securityContext | nindent 4 }}
+  # Every Secret is mounted as a directory, never with subPath: the kubelet updates a Secret
+  # volume in place (an atomic symlink swap), which is how a rotated DSN reaches the sidecar
+  # without a restart; a subPath mount is a bind mount of one file and never sees an update.
   volumeMounts:
     - name: database-url
       mountPath: {{ include "health-sidecar.databaseMountPath" . }}
       readOnly: true
+    {{- if .Values.checks }}
+    - name: checks
+      mountPath: {{ include "health-sidecar.checksMountPath" . }}
+      readOnly: true
+    {{- end }}
+    {{- range .Values.extraDatabaseSecrets }}
+    - name: {{ printf "db-%s" .name }}
+      mountPath: {{ printf "%s/%s" (include "health-sidecar.dbMountRoot" $) .name }}
+      readOnly: true
+    {{- end }}
+    {{- range .Values.tlsSecrets }}
+    - name: {{ printf "tls-%s" .name }}
+      mountPath: {{ printf "%s/%s" (include "health-sidecar.tlsMountRoot" $) .name }}
+      readOnly: true
+    {{- end }}
 {{- end }}
