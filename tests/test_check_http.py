@@ -254,6 +254,21 @@ async def test_runs_reuse_one_connection_until_reset(site: Site) -> None:
         assert site.open_connections == 1
 
 
+async def test_idle_connection_closed_by_the_server_is_not_a_failure(
+    aiohttp_server: AiohttpServer,
+) -> None:
+    """A server that drops the kept-alive connection between runs costs a reconnect, not a fail."""
+    target = Target()
+    app = web.Application()
+    app.router.add_route("GET", "/{tail:.*}", target.handle)
+    server = await aiohttp_server(app, keepalive_timeout=0.2)
+    async with http_check(str(server.make_url("/livez"))) as check:
+        for _ in range(3):
+            await check.run()
+            await asyncio.sleep(0.5)  # the server closes the idle connection meanwhile
+    assert len(set(target.peer_ports)) == 3
+
+
 async def test_close_releases_the_connection(site: Site) -> None:
     """close() ends the kept-alive connection promptly."""
     check = HttpCheck(HttpSpec(name="app", url=site.url()))
@@ -297,18 +312,26 @@ async def test_self_signed_certificate_is_tls_error(
 async def test_server_not_speaking_http_is_network_error() -> None:
     """A listener that answers with something other than HTTP fails with network_error."""
 
+    answered = asyncio.Event()
+
     async def banner(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.read(4096)
-        writer.write(b"SSH-2.0-OpenSSH_9.6\r\n")
-        with contextlib.suppress(OSError):
-            await reader.read()  # until the check hangs up
-        writer.close()
+        try:
+            await reader.read(4096)  # the request
+            writer.write(b"SSH-2.0-OpenSSH_9.6\r\n")
+            await writer.drain()
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            answered.set()
 
     server = await asyncio.start_server(banner, LOOPBACK, 0)
     try:
         port = server.sockets[0].getsockname()[1]
         async with http_check(f"http://{LOOPBACK}:{port}/livez") as check:
             assert (await failure(check)).reason is Reason.NETWORK_ERROR
+        # The handler must be done before the loop ends, or its socket outlives the test.
+        await asyncio.wait_for(answered.wait(), 5)
     finally:
         server.close()
 

@@ -139,8 +139,11 @@ def running_sidecar(dsn: str, workdir: Path) -> Iterator[Running]:
     port = free_port()
     # Only what this test sets: no SIDECAR_*/PG* from the calling shell leaks in.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SIDECAR_", "PG"))}
+    # From a file, as the chart mounts it: that also exports the DSN reload series.
+    dsn_file = workdir / f"dsn-{port}"
+    dsn_file.write_text(dsn + "\n")
     env |= {
-        "SIDECAR_DATABASE_URL": dsn,
+        "SIDECAR_DATABASE_URL_FILE": str(dsn_file),
         "SIDECAR_HOST": LOOPBACK,
         "SIDECAR_PORT": str(port),
         "SIDECAR_CHECK_INTERVAL": "1",
