@@ -2,8 +2,8 @@
 #
 # health-sidecar: answers kubelet probes for the glucolens backend from cached PostgreSQL state.
 #
-#   docker build -t health-sidecar:0.1.0 .
-#   docker run --rm -p 8081:8081 -e SIDECAR_DATABASE_URL=postgresql://... health-sidecar:0.1.0
+#   docker build -t health-sidecar:0.2.0 .
+#   docker run --rm -p 8081:8081 -e SIDECAR_DATABASE_URL=postgresql://... health-sidecar:0.2.0
 #
 # tests/test_dockerfile.py replays the build stage's ENV, WORKDIR, COPY and RUN lines in a fresh
 # venv (this machine has no Docker engine), so keep them plain shell that works outside Docker.
@@ -43,7 +43,7 @@ FROM python:3.11-slim-bookworm AS runtime
 
 LABEL org.opencontainers.image.title="health-sidecar" \
       org.opencontainers.image.description="Kubernetes health sidecar for the glucolens backend: cached PostgreSQL readiness" \
-      org.opencontainers.image.version="0.1.0" \
+      org.opencontainers.image.version="0.2.0" \
       org.opencontainers.image.licenses="Apache-2.0"
 
 # The official image deletes the standard library's .pyc files; compile them once here so a

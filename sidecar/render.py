@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from sidecar import SERVICE_ID, __version__
+from sidecar.checkspec import NAME_PATTERN
 from sidecar.health import (
     Verdict,
     check_liveness,
@@ -154,7 +155,8 @@ def unknown_excludes(names: Collection[str], exclude: Iterable[str]) -> list[str
     unknown = [name for name in dict.fromkeys(exclude) if name not in names]
     if not unknown:
         return []
-    quoted = ", ".join(json.dumps(name) for name in unknown)
+    # Echo only what could be a check name: a client's bytes never come back out raw.
+    quoted = ", ".join(json.dumps(n) if NAME_PATTERN.match(n) else '"?"' for n in unknown)
     return [f"some health checks cannot be excluded: no matches for {quoted}"]
 
 

@@ -121,6 +121,11 @@ async def test_exclude_ignores_named_checks_and_reports_unknown(aiohttp_client: 
     ]
     response = await client.get("/ready?exclude=app")
     assert response.status == 503
+    response = await client.get("/ready?exclude=%3Cscript%3E&exclude=cache")
+    assert response.status == 200
+    assert "<script>" not in await response.text()
+    body = await response.json(content_type=None)
+    assert body["notes"] == ['some health checks cannot be excluded: no matches for "?"']
 
 
 async def test_text_plain_verbose_lists_every_check(aiohttp_client: Any) -> None:
