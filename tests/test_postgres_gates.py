@@ -329,6 +329,17 @@ async def test_failing_custom_query_is_query_failed_and_recovers(
     assert await outcome(healthy) == (None, {})
 
 
+async def test_custom_query_cannot_change_data(
+    pg: PostgresServer, make_postgres_check: PostgresCheckFactory
+) -> None:
+    """The gates run read-only: a writing query fails with query_failed and writes nothing."""
+    pg.execute("CREATE TABLE IF NOT EXISTS gate_writes (n int)")
+    pg.execute("TRUNCATE gate_writes")
+    check = make_postgres_check(pg.dsn(), query="INSERT INTO gate_writes VALUES (1) RETURNING n")
+    assert await outcome(check) == (Reason.QUERY_FAILED, {})
+    assert pg.fetchval("SELECT count(*) FROM gate_writes") == 0
+
+
 async def test_gates_run_in_order_role_schema_query(
     pg_private: PostgresServer,
     make_replica: ReplicaFactory,

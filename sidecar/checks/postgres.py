@@ -169,8 +169,9 @@ class PostgresCheck:
             return
         # The gates read rows, which asyncpg does with the extended protocol over several round
         # trips (parse, then bind/execute). A transaction pins one server connection behind a
-        # transaction-mode pooler for all of them, and gives the gates one snapshot.
-        async with conn.transaction():
+        # transaction-mode pooler for all of them, and gives the gates one snapshot. Read-only:
+        # a health check must never change data, whatever query an operator configures.
+        async with conn.transaction(readonly=True):
             if role_gate:
                 await self._role_gate(conn)
             if spec.alembic_revisions:
