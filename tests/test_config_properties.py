@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 from sidecar_proc import SidecarProcess
 from support import free_port
 
-from sidecar.checkfile import load_check_file, parse_checks
+from sidecar.checkfile import COMMON_KEYS, KIND_KEYS, load_check_file, parse_checks
 from sidecar.checkspec import AnySpec, DatabaseTarget, HttpSpec, ProbePolicy, TcpSpec
 from sidecar.config import ConfigError, Settings
 
@@ -586,36 +586,12 @@ def file_values(key: str) -> st.SearchStrategy[tuple[str, Any]]:
     return st.one_of(tagged(OK, good[key]), tagged(BAD, bad[key]), tagged(ANY, ANY_VALUE))
 
 
+# Every key a check may carry, from the loader's own tables (a new key must get strategies below).
 CHECK_KEYS: Final = (
-    "criticality",
-    "interval_seconds",
-    "timeout_seconds",
-    "backoff_max_seconds",
-    "failure_threshold",
-    "success_threshold",
-    "dsn",
-    "dsn_file",
-    "require_primary",
-    "allow_replica",
-    "max_replica_lag_seconds",
-    "alembic_revision",
-    "query",
-    "expect",
-    "ca_file",
-    "cert_file",
-    "key_file",
-    "url",
-    "expect_status",
-    "host",
-    "port",
+    *(key for key in COMMON_KEYS if key not in ("name", "kind")),
+    *(key for keys in KIND_KEYS.values() for key in keys),
 )
-KIND_OF_KEY: Final = {
-    **dict.fromkeys(CHECK_KEYS[6:17], "postgres"),
-    "url": "http",
-    "expect_status": "http",
-    "host": "tcp",
-    "port": "tcp",
-}
+KIND_OF_KEY: Final = {key: kind for kind, keys in KIND_KEYS.items() for key in keys}
 CHECK_NAME = st.from_regex(r"[a-z0-9]([a-z0-9_-]{0,10}[a-z0-9])?", fullmatch=True)
 
 
