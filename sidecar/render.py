@@ -216,19 +216,15 @@ class Views:
             return rendered
         notes = unknown_excludes(self.names, query.exclude)
         if query.text:
-            if verdict.ok and not query.verbose:
-                return (200, b"ok\n", TEXT_CONTENT_TYPE)
-            lines = [
-                f"[+]{s.name} excluded: ok"
-                if s.name in exclude
-                else check_line(s, check_readiness(s, now=now))
-                for s in board.checks.values()
-            ]
-            lines.extend(self._lifecycle_lines(ready=True))
-            return (
-                _status(verdict),
-                text_report("ready", lines, verdict, notes),
-                TEXT_CONTENT_TYPE,
+            return _text_answer(
+                "ready",
+                verdict,
+                query,
+                lambda: [
+                    *self._listing(exclude, lambda s: check_line(s, check_readiness(s, now=now))),
+                    *self._lifecycle_lines(ready=True),
+                ],
+                notes,
             )
         states = [s for s in board.checks.values() if s.name not in exclude]
         doc = document(board, verdict, states=states, verbose=query.verbose, now=now, notes=notes)
@@ -264,19 +260,15 @@ class Views:
             return rendered
         notes = unknown_excludes(self.names, query.exclude)
         if query.text:
-            if verdict.ok and not query.verbose:
-                return (200, b"ok\n", TEXT_CONTENT_TYPE)
-            lines = [
-                f"[+]{s.name} excluded: ok"
-                if s.name in exclude
-                else _loop_line(s, check_liveness(s, now=now))
-                for s in board.checks.values()
-            ]
-            lines.extend(self._lifecycle_lines(ready=False))
-            return (
-                _status(verdict),
-                text_report("health", lines, verdict, notes),
-                TEXT_CONTENT_TYPE,
+            return _text_answer(
+                "health",
+                verdict,
+                query,
+                lambda: [
+                    *self._listing(exclude, lambda s: _loop_line(s, check_liveness(s, now=now))),
+                    *self._lifecycle_lines(ready=False),
+                ],
+                notes,
             )
         doc = document(
             board, verdict, with_checks=False, verbose=query.verbose, now=now, notes=notes
@@ -296,12 +288,18 @@ class Views:
                 ),
             )
         if query.text:
-            if verdict.ok and not query.verbose:
-                return (200, b"ok\n", TEXT_CONTENT_TYPE)
-            lines = [_startup_line(s) for s in board.checks.values()]
-            return (_status(verdict), text_report("startup", lines, verdict, ()), TEXT_CONTENT_TYPE)
+            return _text_answer(
+                "startup", verdict, query, lambda: [_startup_line(s) for s in board.checks.values()]
+            )
         doc = document(board, verdict, states=board.checks.values(), verbose=query.verbose, now=now)
         return (_status(verdict), encode(doc), CONTENT_TYPE)
+
+    def _listing(self, exclude: Collection[str], line: Callable[[CheckState], str]) -> list[str]:
+        """One text line per check, excluded ones marked as kube-apiserver does."""
+        return [
+            f"[+]{s.name} excluded: ok" if s.name in exclude else line(s)
+            for s in self._board.checks.values()
+        ]
 
     def _lifecycle_lines(self, *, ready: bool) -> list[str]:
         board = self._board
@@ -342,10 +340,7 @@ class Views:
         line: Callable[[CheckState, Verdict], str],
     ) -> Rendered:
         if query.text:
-            if verdict.ok and not query.verbose:
-                return (200, b"ok\n", TEXT_CONTENT_TYPE)
-            body = text_report(endpoint, [line(state, verdict)], verdict, ())
-            return (_status(verdict), body, TEXT_CONTENT_TYPE)
+            return _text_answer(endpoint, verdict, query, lambda: [line(state, verdict)])
         if not query.verbose:
             return self._memo(
                 f"{endpoint}/{state.name}",
@@ -354,6 +349,22 @@ class Views:
             )
         doc = document(self._board, verdict, states=[state], verbose=True, now=now)
         return (_status(verdict), encode(doc), CONTENT_TYPE)
+
+
+TEXT_OK: Final[Rendered] = (200, b"ok\n", TEXT_CONTENT_TYPE)
+
+
+def _text_answer(
+    endpoint: str,
+    verdict: Verdict,
+    query: Query,
+    lines: Callable[[], list[str]],
+    notes: Collection[str] = (),
+) -> Rendered:
+    """kube-apiserver's text: `ok` when passing and not verbose, else the check list."""
+    if verdict.ok and not query.verbose:
+        return TEXT_OK
+    return (_status(verdict), text_report(endpoint, lines(), verdict, notes), TEXT_CONTENT_TYPE)
 
 
 def _loop_line(state: CheckState, verdict: Verdict) -> str:
