@@ -274,25 +274,36 @@ def dsn_problem(dsn: str) -> str | None:
     return None
 
 
+def read_text_file(path: str, limit: int, *, encoding: str = "utf-8") -> str:
+    """A small text file's content; ValueError says why there is none, as the rest of a
+    sentence that begins with the file's name ("does not exist", "is a directory, ...")."""
+    try:
+        with Path(path).open("rb") as handle:
+            data = handle.read(limit + 1)
+    except FileNotFoundError:
+        raise ValueError("does not exist") from None
+    except IsADirectoryError:
+        raise ValueError("is a directory, not a file") from None
+    except PermissionError:
+        raise ValueError("is not readable (permission denied)") from None
+    except OSError as exc:
+        raise ValueError(f"cannot be read ({exc.strerror or type(exc).__name__})") from None
+    except ValueError:  # a NUL in the path: open() refuses it before asking the system
+        raise ValueError("is not a valid path") from None
+    if len(data) > limit:
+        raise ValueError(f"is larger than {limit} bytes")
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError:
+        raise ValueError("is not UTF-8 text") from None
+
+
 def read_dsn_file(path: str) -> str:
     """Read a DSN from a mounted Secret file; ValueError says why it is unusable."""
     try:
-        with Path(path).open("rb") as handle:
-            data = handle.read(MAX_DSN_FILE_BYTES + 1)
-    except FileNotFoundError:
-        raise ValueError(f"file {path!r} does not exist") from None
-    except IsADirectoryError:
-        raise ValueError(f"{path!r} is a directory, not a file") from None
-    except PermissionError:
-        raise ValueError(f"file {path!r} is not readable (permission denied)") from None
-    except OSError as exc:
-        raise ValueError(f"file {path!r} cannot be read ({exc.strerror})") from None
-    if len(data) > MAX_DSN_FILE_BYTES:
-        raise ValueError(f"file {path!r} is larger than {MAX_DSN_FILE_BYTES} bytes")
-    try:
-        dsn = data.decode("utf-8").strip()
-    except UnicodeDecodeError:
-        raise ValueError(f"file {path!r} is not UTF-8 text") from None
+        dsn = read_text_file(path, MAX_DSN_FILE_BYTES).strip()
+    except ValueError as exc:
+        raise ValueError(f"file {path!r} {exc}") from None
     if not dsn:
         raise ValueError(f"file {path!r} is empty")
     problem = dsn_problem(dsn)

@@ -12,6 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from sidecar.config import read_text_file
 from sidecar.fields import clip, one_line
 
 if TYPE_CHECKING:
@@ -40,37 +41,14 @@ def read_document(path: str, problems: list[str]) -> object:
         )
         return UNREADABLE
     try:
-        text = _read_text(path)
+        # utf-8-sig: an editor's byte order mark is not a syntax error.
+        text = read_text_file(path, MAX_CHECK_FILE_BYTES, encoding="utf-8-sig")
     except ValueError as exc:
         problems.append(f"{ORIGIN}: file {path!r} {exc}")
         return UNREADABLE
     if suffix in TOML_SUFFIXES:
         return _parse_toml(path, text, problems)
     return _parse_yaml(path, text, problems)
-
-
-def _read_text(path: str) -> str:
-    """The file's text; ValueError says why there is none (as read_dsn_file does)."""
-    try:
-        with Path(path).open("rb") as handle:
-            data = handle.read(MAX_CHECK_FILE_BYTES + 1)
-    except FileNotFoundError:
-        raise ValueError("does not exist") from None
-    except IsADirectoryError:
-        raise ValueError("is a directory, not a file") from None
-    except PermissionError:
-        raise ValueError("is not readable (permission denied)") from None
-    except OSError as exc:
-        raise ValueError(f"cannot be read ({exc.strerror or type(exc).__name__})") from None
-    except ValueError:  # a NUL in the path: open() refuses it before asking the system
-        raise ValueError("is not a valid path") from None
-    if len(data) > MAX_CHECK_FILE_BYTES:
-        raise ValueError(f"is larger than {MAX_CHECK_FILE_BYTES} bytes")
-    try:
-        # utf-8-sig: an editor's byte order mark is not a syntax error.
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise ValueError("is not UTF-8 text") from None
 
 
 def _parse_toml(path: str, text: str, problems: list[str]) -> object:
