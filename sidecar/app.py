@@ -11,8 +11,9 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
 from sidecar.checks import Check, CredentialsStatus
-from sidecar.checks.factory import SecretsSink, build_check
+from sidecar.checks.factory import build_check
 from sidecar.config import Settings
+from sidecar.credentials import SecretsSink, ignore_secrets
 from sidecar.handlers import (
     Handler,
     make_check_handler,
@@ -52,7 +53,7 @@ def create_app(
     registry: CollectorRegistry | None = None,
     clock: Clock | None = None,
     board: Board | None = None,
-    on_secrets: SecretsSink | None = None,
+    on_secrets: SecretsSink = ignore_secrets,
 ) -> web.Application:
     """Build the application; nothing runs until the app starts (then the probers do).
 
@@ -63,7 +64,7 @@ def create_app(
     specs = {spec.name: spec for spec in settings.check_specs}
     credentials: dict[str, CredentialsStatus] = {}
     if checks is None:
-        built = [build_check(spec, on_secrets=on_secrets or _ignore) for spec in specs.values()]
+        built = [build_check(spec, on_secrets=on_secrets) for spec in specs.values()]
         checks = [b.check for b in built]
         credentials = {b.spec.name: b.credentials for b in built if b.credentials is not None}
     checks = list(checks)
@@ -167,10 +168,6 @@ def _add(app: web.Application, path: str, handler: Handler, not_allowed: Handler
     resource.add_route("GET", handler)
     resource.add_route("HEAD", handler)  # aiohttp drops the body for HEAD
     resource.add_route("*", not_allowed)
-
-
-def _ignore(secrets: Sequence[str]) -> None:
-    """No redactor to tell (tests that build the app without logs.configure)."""
 
 
 def _watch(board: Board, name: str) -> Callable[[asyncio.Task[None]], None]:

@@ -35,8 +35,8 @@ StatKey = tuple[int, int, int, int, int] | tuple[str, int]
 SecretsSink = Callable[[Sequence[str]], None]
 
 
-def _ignore_secrets(secrets: Sequence[str]) -> None:
-    """Default sink: no redactor to tell (tests of the watcher alone)."""
+def ignore_secrets(secrets: Sequence[str]) -> None:
+    """Default sink: no redactor to tell (tests, or an app built without logs.configure)."""
 
 
 def _stat(path: str) -> tuple[StatKey, bool]:
@@ -63,7 +63,7 @@ class DsnFile:
         initial: str,
         *,
         name: str | None = None,
-        on_secrets: SecretsSink = _ignore_secrets,
+        on_secrets: SecretsSink = ignore_secrets,
     ) -> None:
         self.path = path
         self._current = initial

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sidecar.checks import Check, CredentialsStatus
+from sidecar.checks.http import HttpCheck
+from sidecar.checks.postgres import PostgresCheck
+from sidecar.checks.tcp import TcpCheck
 from sidecar.checkspec import AnySpec, HttpSpec, PostgresSpec, TcpSpec
-
-SecretsSink = Callable[[Sequence[str]], None]
-
-
-def _ignore(secrets: Sequence[str]) -> None:
-    """Default sink for new secrets, for tests that configure no redactor."""
+from sidecar.credentials import DsnFile, SecretsSink, ignore_secrets
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,13 +21,9 @@ class Built:
     credentials: CredentialsStatus | None = None
 
 
-def build_check(spec: AnySpec, *, on_secrets: SecretsSink = _ignore) -> Built:
+def build_check(spec: AnySpec, *, on_secrets: SecretsSink = ignore_secrets) -> Built:
     """Make the check for one spec. A DSN read from a file is watched for rotation."""
-    # Imported per kind: each module pulls in only what its kind needs.
     if isinstance(spec, PostgresSpec):
-        from sidecar.checks.postgres import PostgresCheck  # noqa: PLC0415
-        from sidecar.credentials import DsnFile  # noqa: PLC0415
-
         target = spec.target
         if target.file_path is not None and target.dsn is not None:
             credentials = DsnFile(
@@ -39,11 +32,7 @@ def build_check(spec: AnySpec, *, on_secrets: SecretsSink = _ignore) -> Built:
             return Built(PostgresCheck(spec, credentials=credentials), spec, credentials)
         return Built(PostgresCheck(spec), spec)
     if isinstance(spec, HttpSpec):
-        from sidecar.checks.http import HttpCheck  # noqa: PLC0415
-
         return Built(HttpCheck(spec), spec)
     if isinstance(spec, TcpSpec):
-        from sidecar.checks.tcp import TcpCheck  # noqa: PLC0415
-
         return Built(TcpCheck(spec), spec)
     raise TypeError(f"no check for {type(spec).__name__}")  # unreachable: AnySpec is closed
