@@ -9,30 +9,10 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import NoReturn
 
-from sidecar import __version__
+from sidecar import __version__, options
 from sidecar.config import ConfigError, Settings
 
 PROG = "health-sidecar"
-# Every setting's long flag; the variable is SIDECAR_ + the flag in upper snake case.
-SETTING_FLAGS = (
-    ("--database-url", "a postgresql:// DSN (prefer the _FILE form: argv is visible in ps)"),
-    ("--database-url-file", "a file holding the DSN, e.g. a mounted Secret"),
-    ("--config-file", "a YAML (.yaml, .yml) or TOML (.toml) file listing the checks to run"),
-    ("--host", "listen address (default 0.0.0.0)"),
-    ("--port", "listen port (default 8081)"),
-    ("--check-interval", "seconds between checks while healthy (default 5)"),
-    ("--check-timeout", "seconds one check may take, connect and query (default 2)"),
-    ("--backoff-max", "cap of the retry delay while failing, seconds (default 30)"),
-    ("--failure-threshold", "failures in a row before not ready (default 1)"),
-    ("--success-threshold", "successes in a row before ready again (default 1)"),
-    ("--drain-seconds", "seconds to keep answering after SIGTERM (default 5)"),
-    ("--log-level", "debug, info, warning, error (default info)"),
-    ("--log-format", "json or console (default json)"),
-)
-
-
-def env_name(flag: str) -> str:
-    return "SIDECAR_" + flag.removeprefix("--").upper().replace("-", "_")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -48,10 +28,14 @@ def _parser() -> argparse.ArgumentParser:
         description="Answer kubelet probes from cached PostgreSQL state. "
         "Every flag is also an environment variable (--check-interval is "
         "SIDECAR_CHECK_INTERVAL); flags win.",
+        epilog=f"{PROG} probe {{ready,health,startup}}: ask a running sidecar, exit 0 when it "
+        f"answers 200 (an exec probe; see {PROG} probe --help)",
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    for flag, help_text in SETTING_FLAGS:
-        parser.add_argument(flag, metavar="VALUE", help=f"{help_text} [{env_name(flag)}]")
+    for setting in options.SETTINGS:
+        parser.add_argument(
+            setting.flag, metavar="VALUE", help=f"{setting.help_line} [{setting.env}]"
+        )
     return parser
 
 
@@ -88,13 +72,13 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
 
 def _serve(args: list[str], env: dict[str, str]) -> int:
-    options = vars(_parser().parse_args(args))
+    given = vars(_parser().parse_args(args))
     from_flags: dict[str, str] = {}
-    for flag, _ in SETTING_FLAGS:
-        value = options.get(flag.removeprefix("--").replace("-", "_"))
+    for setting in options.SETTINGS:
+        value = given.get(setting.flag.removeprefix("--").replace("-", "_"))
         if value is not None:
-            env[env_name(flag)] = value
-            from_flags[env_name(flag)] = flag
+            env[setting.env] = value
+            from_flags[setting.env] = setting.flag
     try:
         settings = Settings.from_environ(env)
     except ConfigError as exc:
@@ -113,19 +97,22 @@ def _serve(args: list[str], env: dict[str, str]) -> int:
     # `*_created` series double the series count and carry nothing a probe dashboard uses.
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
     log = structlog.get_logger("sidecar")
+    for name, guess in options.unknown_variables(env):
+        log.warning("sidecar.unknown_setting", variable=name, did_you_mean=guess)
     log.info(
         "sidecar.starting",
         version=__version__,
-        check_interval=settings.check_interval,
-        check_timeout=settings.check_timeout,
-        backoff_max=settings.backoff_max,
-        failure_threshold=settings.failure_threshold,
-        success_threshold=settings.success_threshold,
         drain_seconds=settings.drain_seconds,
         config_file=settings.config_file,
-        # Names, kinds and criticality only: a spec also holds DSNs and URLs.
+        # What each check will use, after the check file's defaults and its own keys. Names,
+        # kinds, criticality and timings only: a spec also holds DSNs and URLs.
         checks=[
-            {"name": spec.name, "kind": spec.kind, "critical": spec.critical}
+            {
+                "name": spec.name,
+                "kind": spec.kind,
+                "critical": spec.critical,
+                **{s.file_key: getattr(spec.policy, s.field) for s in options.PER_CHECK},
+            }
             for spec in settings.check_specs
         ],
         event_loop="uvloop" if _loop_factory() else "asyncio",

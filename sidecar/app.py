@@ -109,7 +109,7 @@ def create_app(
 
     probers = [probe_for(check) for check in checks]
     # Shutdown waits at most this long for the loops: the slowest check's timeout, plus slack.
-    stop_timeout = max((p.policy.timeout for p in probers), default=settings.check_timeout) + 1
+    stop_timeout = max((p.policy.timeout for p in probers), default=settings.policy.timeout) + 1
 
     async def run_probers(app: web.Application) -> AsyncIterator[None]:
         tasks = app[PROBER_TASKS]

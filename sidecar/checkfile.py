@@ -1,4 +1,4 @@
-"""The check file (SIDECAR_CONFIG_FILE): YAML or TOML in, check specs out (issue 7).
+"""The check file (SIDECAR_CONFIG_FILE): YAML or TOML in, check specs out.
 
 Nothing here raises for a bad file: every problem is one line appended to `problems`, naming
 the check (its index, and its name when known) and the key, so that all of them are reported at
@@ -18,15 +18,15 @@ from sidecar.checkspec import (
     KINDS,
     NAME_PATTERN,
     AnySpec,
+    CheckPolicy,
     DatabaseTarget,
     HttpSpec,
     PostgresSpec,
-    ProbePolicy,
     TcpSpec,
 )
-from sidecar.config import dsn_problem, read_dsn_file
 from sidecar.documents import MAX_CHECK_FILE_BYTES, ORIGIN, UNREADABLE, read_document
 from sidecar.fields import ABSENT, COMMON_KEYS, KIND_KEYS, TIMING, Fields, kind_of, shown, shown_key
+from sidecar.inputs import dsn_problem, read_dsn_file
 
 # Tests and the chart's schema check read these from here.
 __all__ = [
@@ -47,7 +47,7 @@ NAME_RULE: Final = (
 
 
 def load_check_file(
-    path: str, *, defaults: ProbePolicy, database: DatabaseTarget, problems: list[str]
+    path: str, *, defaults: CheckPolicy, database: DatabaseTarget, problems: list[str]
 ) -> tuple[AnySpec, ...]:
     """The checks of the file at `path`; problems appended, never raised."""
     document = read_document(path, problems)
@@ -59,7 +59,7 @@ def load_check_file(
 def parse_checks(
     document: object,
     *,
-    defaults: ProbePolicy,
+    defaults: CheckPolicy,
     database: DatabaseTarget,
     problems: list[str],
     origin: str = ORIGIN,
@@ -111,7 +111,7 @@ def parse_checks(
     return tuple(specs)
 
 
-def _defaults(raw: object, base: ProbePolicy, problems: list[str], origin: str) -> ProbePolicy:
+def _defaults(raw: object, base: CheckPolicy, problems: list[str], origin: str) -> CheckPolicy:
     """The schedule every check starts from: `base` with the file's `defaults` applied."""
     if raw is ABSENT:
         return base
@@ -131,7 +131,7 @@ def _defaults(raw: object, base: ProbePolicy, problems: list[str], origin: str) 
 def _parse_check(
     raw: object,
     where: str,
-    policy: ProbePolicy,
+    policy: CheckPolicy,
     database: DatabaseTarget,
     problems: list[str],
 ) -> AnySpec | None:
@@ -177,7 +177,7 @@ class _Common:
     """What every kind's spec takes."""
 
     name: str
-    policy: ProbePolicy
+    policy: CheckPolicy
     critical: bool
 
 

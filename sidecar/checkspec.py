@@ -1,4 +1,4 @@
-"""What to check: one immutable spec per configured check (issue 7).
+"""What to check: one immutable spec per configured check.
 
 Built by `sidecar.checkfile` from SIDECAR_CONFIG_FILE, or by `Settings.from_environ` from the
 environment alone (one `postgres` check named "postgres"). Pure data: no I/O here.
@@ -11,12 +11,13 @@ from dataclasses import dataclass, field
 from typing import Final, Literal
 from urllib.parse import unquote, urlsplit
 
+from sidecar.options import default
+
 KINDS: Final = ("postgres", "http", "tcp")
 CRITICALITIES: Final = ("critical", "warn")
 # A check name is a URL path segment (/ready/<name>) and a metric label value: keep it to a
 # DNS-label-like shape so neither needs escaping.
 NAME_PATTERN: Final = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$")
-DEFAULT_CHECK_NAME: Final = "postgres"
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,14 +47,15 @@ class DatabaseTarget:
 
 
 @dataclass(frozen=True, slots=True)
-class ProbePolicy:
+class CheckPolicy:
     """How one check is scheduled and judged."""
 
-    interval: float = 5.0
-    timeout: float = 2.0
-    backoff_max: float = 30.0
-    failure_threshold: int = 1
-    success_threshold: int = 1
+    # The defaults are the SIDECAR_* settings' (sidecar.options declares them).
+    interval: float = default("interval")
+    timeout: float = default("timeout")
+    backoff_max: float = default("backoff_max")
+    failure_threshold: int = default("failure_threshold")
+    success_threshold: int = default("success_threshold")
 
     @property
     def freshness_seconds(self) -> float:
@@ -66,7 +68,7 @@ class CheckSpec:
     """Common to every kind."""
 
     name: str
-    policy: ProbePolicy = field(default_factory=ProbePolicy)
+    policy: CheckPolicy = field(default_factory=CheckPolicy)
     # critical: a failure makes /ready 503. warn: shown as `warn`, /ready stays 200.
     critical: bool = True
 

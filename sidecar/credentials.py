@@ -21,7 +21,7 @@ from typing import Final
 import structlog
 
 from sidecar.checkspec import DatabaseTarget
-from sidecar.config import read_dsn_file
+from sidecar.inputs import read_dsn_file
 from sidecar.state import Reason
 
 OUTCOMES: Final = ("applied", "invalid", "rejected")

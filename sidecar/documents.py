@@ -12,8 +12,8 @@ import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from sidecar.config import read_text_file
 from sidecar.fields import clip, one_line
+from sidecar.inputs import read_text_file
 
 if TYPE_CHECKING:
     import yaml

@@ -16,18 +16,12 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from sidecar.checkspec import ProbePolicy
-from sidecar.config import valid_host
+from sidecar.checkspec import CheckPolicy
+from sidecar.inputs import valid_host
+from sidecar.options import PER_CHECK, Setting
 
-# key -> (ProbePolicy field, minimum, maximum, minimum allowed?, whole number?): the same
-# ranges as SIDECAR_CHECK_INTERVAL, _TIMEOUT, _BACKOFF_MAX, _FAILURE_/_SUCCESS_THRESHOLD.
-TIMING: Final[dict[str, tuple[str, float, float, bool, bool]]] = {
-    "interval_seconds": ("interval", 0, 3600, False, False),
-    "timeout_seconds": ("timeout", 0, 600, False, False),
-    "backoff_max_seconds": ("backoff_max", 0, 3600, False, False),
-    "failure_threshold": ("failure_threshold", 1, 1000, True, True),
-    "success_threshold": ("success_threshold", 1, 1000, True, True),
-}
+# The timing keys of `defaults:` and of each check: the SIDECAR_* settings' own ranges.
+TIMING: Final[dict[str, Setting]] = {str(s.file_key): s for s in PER_CHECK}
 COMMON_KEYS: Final = ("name", "kind", "criticality", *TIMING)
 KIND_KEYS: Final[dict[str, tuple[str, ...]]] = {
     "postgres": (
@@ -103,13 +97,20 @@ class Fields:
                 hint = f"; {_a(str(kind))} check takes: {', '.join(sorted(own))}"
             self.problems.append(f"{self.where}: unknown key {shown_key(key)}{hint}")
 
-    def policy(self, base: ProbePolicy) -> ProbePolicy:
+    def policy(self, base: CheckPolicy) -> CheckPolicy:
         """`base`, with the timing keys this mapping sets."""
         changes: dict[str, Any] = {}
-        for key, (field, low, high, inclusive, whole) in TIMING.items():
-            value = self.number(key, minimum=low, maximum=high, inclusive=inclusive, whole=whole)
+        for key, setting in TIMING.items():
+            whole = setting.type == "whole"
+            value = self.number(
+                key,
+                minimum=setting.minimum,
+                maximum=setting.maximum,
+                inclusive=not setting.above_minimum,
+                whole=whole,
+            )
             if value is not None:
-                changes[field] = value if whole else float(value)
+                changes[setting.field] = value if whole else float(value)
         return replace(base, **changes)
 
     def number(

@@ -15,7 +15,7 @@ import backoff
 import structlog
 
 from sidecar.checks import Check, CheckFailed
-from sidecar.checkspec import ProbePolicy
+from sidecar.checkspec import CheckPolicy
 from sidecar.state import Board, CheckResult, CheckState, Reason, Transition, advance
 
 # A jittered delay can come out near zero; never retry faster than this.
@@ -67,7 +67,7 @@ class Prober:
         self,
         check: Check,
         board: Board,
-        policy: ProbePolicy,
+        policy: CheckPolicy,
         *,
         kind: str = "postgres",
         critical: bool = True,
@@ -88,7 +88,7 @@ class Prober:
         self._log = structlog.get_logger("sidecar.prober").bind(check=check.name)
 
     @property
-    def policy(self) -> ProbePolicy:
+    def policy(self) -> CheckPolicy:
         return self._policy
 
     async def run(self) -> None:

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Final
 
+from sidecar.checkspec import CheckPolicy
+
 
 class Reason(StrEnum):
     """Why a check failed: a small fixed set, safe as a metric label."""
@@ -58,8 +60,8 @@ class CheckState:
     # Fixed for the life of the check; carried in every snapshot so verdicts need nothing else.
     kind: str = "postgres"
     critical: bool = True  # False: `warn` criticality, never fails readiness
-    timeout_seconds: float = 2.0
-    freshness_seconds: float = 14.0
+    timeout_seconds: float = CheckPolicy().timeout
+    freshness_seconds: float = CheckPolicy().freshness_seconds
     passing: bool = False  # after thresholds: what readiness uses
     ever_passed: bool = False  # startup latch: once true, never false again
     last: CheckResult | None = None

@@ -37,7 +37,7 @@ from support.pg import (
 )
 
 from sidecar.checks.postgres import Credentials, PostgresCheck
-from sidecar.checkspec import DatabaseTarget, PostgresSpec, ProbePolicy
+from sidecar.checkspec import CheckPolicy, DatabaseTarget, PostgresSpec
 
 
 @pytest.fixture(scope="session")
@@ -133,7 +133,7 @@ async def make_postgres_check() -> AsyncIterator[PostgresCheckFactory]:
     ) -> PostgresCheck:
         spec = PostgresSpec(
             name=fields.pop("name", "postgres"),
-            policy=ProbePolicy(timeout=timeout),
+            policy=CheckPolicy(timeout=timeout),
             target=DatabaseTarget(dsn=target) if isinstance(target, str) else target,
             **fields,
         )

@@ -584,11 +584,12 @@ def test_schema_knows_exactly_the_sidecars_check_keys() -> None:
         if "if" in rule
     }
     assert per_kind == {kind: sorted([*COMMON_KEYS, *keys]) for kind, keys in KIND_KEYS.items()}
-    for key, (_, low, high, inclusive, whole) in TIMING.items():
+    for key, setting in TIMING.items():
         for where in (properties[key], schema["checkDefaults"]["properties"][key]):
-            assert where["type"] == ("integer" if whole else "number"), key
-            assert where["minimum" if inclusive else "exclusiveMinimum"] == low, key
-            assert where["maximum"] == high, key
+            assert where["type"] == ("integer" if setting.type == "whole" else "number"), key
+            bound = "exclusiveMinimum" if setting.above_minimum else "minimum"
+            assert where[bound] == setting.minimum, key
+            assert where["maximum"] == setting.maximum, key
 
 
 def test_documented_example_is_chart_values_as_it_is() -> None:

@@ -23,7 +23,7 @@ from support.faultproxy import ProxyFactory
 from sidecar import __version__
 from sidecar.checks import CheckFailed
 from sidecar.checks.http import HttpCheck, classify
-from sidecar.checkspec import HttpSpec, ProbePolicy
+from sidecar.checkspec import CheckPolicy, HttpSpec
 from sidecar.prober import Prober
 from sidecar.state import Board, Reason
 
@@ -209,7 +209,7 @@ async def test_hanging_server_times_out_at_the_bound_then_recovers(site: Site) -
     """A handler that never answers is timeout at the prober's bound; the next run passes."""
     site.target.stall = True
     async with http_check(site.url()) as check:
-        prober = Prober(check, Board(), ProbePolicy(timeout=0.5))
+        prober = Prober(check, Board(), CheckPolicy(timeout=0.5))
         started = time.monotonic()
         result = await prober.run_once()
         assert result.reason is Reason.TIMEOUT
@@ -368,7 +368,7 @@ async def test_reset_on_connect_is_connection_reset(
 async def test_prober_shows_status_failure_and_recovery_on_the_board(site: Site) -> None:
     """End to end: passing, then unexpected_status on a 503, then passing again."""
     board = Board()
-    policy = ProbePolicy(interval=0.1, timeout=1.0, backoff_max=0.2)
+    policy = CheckPolicy(interval=0.1, timeout=1.0, backoff_max=0.2)
     async with http_check(site.url()) as check:
         task = asyncio.create_task(Prober(check, board, policy).run())
         try:

@@ -17,7 +17,7 @@ from support.faultproxy import ProxyFactory
 
 from sidecar.checks import CheckFailed
 from sidecar.checks.tcp import TcpCheck, classify_os_error
-from sidecar.checkspec import ProbePolicy, TcpSpec
+from sidecar.checkspec import CheckPolicy, TcpSpec
 from sidecar.prober import Prober
 from sidecar.state import Board, Reason
 
@@ -139,7 +139,7 @@ async def test_unresolvable_name_is_dns_failure() -> None:
 async def test_dropped_handshake_times_out_within_the_bound(unanswered_port: int) -> None:
     """A connect the network never answers ends as timeout at the prober's bound."""
     board = Board()
-    prober = Prober(tcp(LOOPBACK, unanswered_port), board, ProbePolicy(timeout=0.5))
+    prober = Prober(tcp(LOOPBACK, unanswered_port), board, CheckPolicy(timeout=0.5))
     started = time.monotonic()
     result = await prober.run_once()
     assert result.reason is Reason.TIMEOUT
@@ -161,7 +161,7 @@ async def test_prober_shows_refusal_and_recovery_on_the_board(
     """End to end: passing, then connection_refused while the path refuses, then passing."""
     proxy = make_fault_proxy(LOOPBACK, listener.port)
     board = Board()
-    policy = ProbePolicy(interval=0.1, timeout=1.0, backoff_max=0.2)
+    policy = CheckPolicy(interval=0.1, timeout=1.0, backoff_max=0.2)
     prober = Prober(tcp(LOOPBACK, proxy.port), board, policy)
     task = asyncio.create_task(prober.run())
     try:

@@ -17,10 +17,10 @@ from sidecar_proc import SidecarProcess
 from sidecar.checkfile import MAX_CHECK_FILE_BYTES, load_check_file, parse_checks
 from sidecar.checkspec import (
     AnySpec,
+    CheckPolicy,
     DatabaseTarget,
     HttpSpec,
     PostgresSpec,
-    ProbePolicy,
     TcpSpec,
 )
 from sidecar.config import ConfigError, Settings
@@ -28,7 +28,7 @@ from sidecar.logs import REDACTED
 
 REPO = Path(__file__).resolve().parent.parent
 ENV_TARGET = DatabaseTarget(host="db.env", port=5432, user="env", source="libpq")
-ENV_POLICY = ProbePolicy(
+ENV_POLICY = CheckPolicy(
     interval=7.0, timeout=3.0, backoff_max=40.0, failure_threshold=2, success_threshold=3
 )
 SECRET = "hunter2-do-not-print"
@@ -151,7 +151,7 @@ success_threshold = 2
 
 
 def expected_specs(files: dict[str, str]) -> tuple[AnySpec, ...]:
-    from_file = ProbePolicy(
+    from_file = CheckPolicy(
         interval=4.0, timeout=1.5, backoff_max=40.0, failure_threshold=3, success_threshold=3
     )
     return (
@@ -173,7 +173,7 @@ def expected_specs(files: dict[str, str]) -> tuple[AnySpec, ...]:
         ),
         PostgresSpec(
             name="replica",
-            policy=ProbePolicy(
+            policy=CheckPolicy(
                 interval=10.0,
                 timeout=1.5,
                 backoff_max=40.0,
@@ -188,7 +188,7 @@ def expected_specs(files: dict[str, str]) -> tuple[AnySpec, ...]:
         ),
         HttpSpec(
             name="app",
-            policy=ProbePolicy(
+            policy=CheckPolicy(
                 interval=4.0,
                 timeout=0.5,
                 backoff_max=40.0,
@@ -201,7 +201,7 @@ def expected_specs(files: dict[str, str]) -> tuple[AnySpec, ...]:
         ),
         TcpSpec(
             name="cache",
-            policy=ProbePolicy(
+            policy=CheckPolicy(
                 interval=4.0,
                 timeout=1.5,
                 backoff_max=40.0,
@@ -242,7 +242,7 @@ def test_timing_falls_back_from_check_to_defaults_to_environment() -> None:
             "checks": [{"name": "c", "kind": "tcp", "host": "h", "port": 1, "timeout_seconds": 9}],
         }
     )[0]
-    assert spec.policy == ProbePolicy(
+    assert spec.policy == CheckPolicy(
         interval=7.0, timeout=9.0, backoff_max=40.0, failure_threshold=2, success_threshold=5
     )
     assert isinstance(spec.policy.timeout, float)  # 9 in the file, seconds as a float
@@ -955,7 +955,8 @@ def test_cli_starts_with_a_good_file_and_logs_its_checks(
     tmp_path: Path, files: dict[str, str]
 ) -> None:
     """`--config-file` with good checks: the sidecar starts, serves /health, logs the check
-    names and kinds in sidecar.starting, and redacts the DSN file's password from its logs."""
+    names, kinds and effective timings in sidecar.starting, and redacts the DSN file's
+    password from its logs."""
     # The check file sits in a directory named like that password: the logged `config_file`
     # then carries it, which shows that the checks' secrets reach the redactor at start.
     (tmp_path / SECRET).mkdir()
@@ -977,15 +978,19 @@ port = 1
 criticality = "warn"
 """,
     )
-    with SidecarProcess({}, args=["--config-file", str(path)], log_dir=tmp_path) as sidecar:
+    env = {"SIDECAR_CHECK_TIMEOUT": "3"}
+    with SidecarProcess(env, args=["--config-file", str(path)], log_dir=tmp_path) as sidecar:
         sidecar.wait_listening()
         assert sidecar.get("/health").status == 200
         (starting,) = sidecar.events("sidecar.starting")
         assert starting["config_file"] == str(path).replace(SECRET, REDACTED)
-        assert starting["checks"] == [
-            {"name": "primary", "kind": "postgres", "critical": True},
-            {"name": "cache", "kind": "tcp", "critical": False},
+        shown = ("name", "kind", "critical", "timeout_seconds")
+        assert [{key: check[key] for key in shown} for check in starting["checks"]] == [
+            # Each check's effective timing: its own key, else the environment's.
+            {"name": "primary", "kind": "postgres", "critical": True, "timeout_seconds": 0.5},
+            {"name": "cache", "kind": "tcp", "critical": False, "timeout_seconds": 3.0},
         ]
+        assert "check_timeout" not in starting  # not the environment's alone
     assert SECRET not in sidecar.log_text()
     assert "Traceback" not in sidecar.log_text()
 

@@ -20,12 +20,12 @@ def test_defaults_match_the_contract() -> None:
     """An empty environment gives the documented defaults."""
     s = Settings.from_environ({})
     assert (s.host, s.port) == ("0.0.0.0", 8081)  # noqa: S104 -- the documented default
-    assert (s.check_interval, s.check_timeout, s.backoff_max) == (5.0, 2.0, 30.0)
-    assert (s.failure_threshold, s.success_threshold, s.drain_seconds) == (1, 1, 5.0)
+    assert (s.policy.interval, s.policy.timeout, s.policy.backoff_max) == (5.0, 2.0, 30.0)
+    assert (s.policy.failure_threshold, s.policy.success_threshold, s.drain_seconds) == (1, 1, 5.0)
     assert (s.log_level, s.log_format) == ("info", "json")
     assert s.database.dsn is None
     assert s.database.source == "libpq"
-    assert s.freshness_seconds == 14.0
+    assert s.policy.freshness_seconds == 14.0
 
 
 def test_every_setting_is_read() -> None:
@@ -46,8 +46,12 @@ def test_every_setting_is_read() -> None:
         }
     )
     assert s.database.dsn == "postgres://u:p@db:5432/app"
-    assert (s.host, s.port, s.check_interval, s.check_timeout) == ("127.0.0.1", 9000, 1.5, 0.5)
-    assert (s.backoff_max, s.failure_threshold, s.success_threshold) == (10.0, 3, 2)
+    assert (s.host, s.port, s.policy.interval, s.policy.timeout) == ("127.0.0.1", 9000, 1.5, 0.5)
+    assert (s.policy.backoff_max, s.policy.failure_threshold, s.policy.success_threshold) == (
+        10.0,
+        3,
+        2,
+    )
     assert (s.drain_seconds, s.log_level, s.log_format) == (0.0, "debug", "console")
 
 

@@ -32,7 +32,7 @@ from sidecar_proc import SidecarProcess
 from support import free_port
 
 from sidecar.checkfile import COMMON_KEYS, KIND_KEYS, load_check_file, parse_checks
-from sidecar.checkspec import AnySpec, DatabaseTarget, HttpSpec, ProbePolicy, TcpSpec
+from sidecar.checkspec import AnySpec, CheckPolicy, DatabaseTarget, HttpSpec, TcpSpec
 from sidecar.config import ConfigError, Settings
 
 OK: Final = "ok"
@@ -356,17 +356,17 @@ def check_values(accepted: Settings, env: dict[str, Tagged]) -> None:
     """What was accepted is what was given (or the default when not given)."""
     text = {name: value.strip() for name, (_, value) in env.items() if value.strip()}
     defaults = Settings()
-    assert accepted.check_interval == float(
-        text.get("SIDECAR_CHECK_INTERVAL", defaults.check_interval)
+    assert accepted.policy.interval == float(
+        text.get("SIDECAR_CHECK_INTERVAL", defaults.policy.interval)
     )
     assert accepted.port == int(text.get("SIDECAR_PORT", defaults.port))
     assert accepted.log_level == text.get("SIDECAR_LOG_LEVEL", defaults.log_level).lower()
-    assert accepted.check_timeout > 0
-    assert accepted.check_interval > 0
-    assert accepted.backoff_max > 0
+    assert accepted.policy.timeout > 0
+    assert accepted.policy.interval > 0
+    assert accepted.policy.backoff_max > 0
     assert accepted.drain_seconds >= 0
-    assert 1 <= accepted.failure_threshold <= 1000
-    assert math.isfinite(accepted.freshness_seconds)
+    assert 1 <= accepted.policy.failure_threshold <= 1000
+    assert math.isfinite(accepted.policy.freshness_seconds)
 
 
 # ---- the real CLI: a handful ---------------------------------------------------------------------
@@ -644,7 +644,7 @@ def check_documents(draw: st.DrawFn) -> DrawnFile:
 def parse_document(document: object) -> tuple[tuple[AnySpec, ...], list[str]]:
     problems: list[str] = []
     specs = parse_checks(
-        document, defaults=ProbePolicy(), database=DatabaseTarget(), problems=problems
+        document, defaults=CheckPolicy(), database=DatabaseTarget(), problems=problems
     )
     return specs, problems
 
@@ -700,7 +700,7 @@ def test_a_dumped_yaml_document_loads_as_it_parses(drawn: DrawnFile) -> None:
     try:
         problems: list[str] = []
         specs = load_check_file(
-            str(path), defaults=ProbePolicy(), database=DatabaseTarget(), problems=problems
+            str(path), defaults=CheckPolicy(), database=DatabaseTarget(), problems=problems
         )
     finally:
         path.unlink()
@@ -751,7 +751,7 @@ def test_any_file_content_is_loaded_or_refused(content: bytes | str, suffix: str
     try:
         problems: list[str] = []
         load_check_file(
-            str(path), defaults=ProbePolicy(), database=DatabaseTarget(), problems=problems
+            str(path), defaults=CheckPolicy(), database=DatabaseTarget(), problems=problems
         )
     finally:
         path.unlink()

@@ -23,8 +23,8 @@ import structlog
 from support.secretvolume import LogCapture, SecretVolume, captured_logs
 
 from sidecar import logs
-from sidecar.config import MAX_DSN_FILE_BYTES, read_dsn_file
 from sidecar.credentials import RACY_WINDOW_NS, DsnFile
+from sidecar.inputs import MAX_DSN_FILE_BYTES, read_dsn_file
 from sidecar.state import Reason
 
 OLD_PASSWORD: Final = "0ld-Passw0rd-Kx7"

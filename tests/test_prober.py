@@ -8,7 +8,7 @@ import itertools
 import pytest
 from fakes import FakeClock, ScriptedCheck
 
-from sidecar.checkspec import ProbePolicy
+from sidecar.checkspec import CheckPolicy
 from sidecar.prober import (
     BACKOFF_FACTOR_SECONDS,
     MIN_RETRY_DELAY_SECONDS,
@@ -56,7 +56,7 @@ def make(
     prober = Prober(
         check,
         board,
-        ProbePolicy(
+        CheckPolicy(
             interval=policy.get("interval", 5.0),
             timeout=policy.get("timeout", 2.0),
             backoff_max=policy.get("backoff_max", 30.0),

@@ -29,7 +29,7 @@ from support.secretvolume import LogCapture, SecretVolume, captured_logs
 
 from sidecar import logs
 from sidecar.checks.postgres import APPLICATION_NAME, PostgresCheck
-from sidecar.checkspec import DatabaseTarget, PostgresSpec, ProbePolicy
+from sidecar.checkspec import CheckPolicy, DatabaseTarget, PostgresSpec
 from sidecar.credentials import DsnFile
 from sidecar.prober import Prober
 from sidecar.state import Board, CheckResult, CheckState, Transition
@@ -38,7 +38,7 @@ ROLE: Final = "rotor"
 OLD_PASSWORD: Final = "0ld-R0tation#Pw-Ab3"
 NEW_PASSWORD: Final = "n3w-R0tation#Pw-Xy7"
 # Half the timeout (2 s) bounds a candidate's connection: ample for a local server.
-POLICY: Final = ProbePolicy(interval=0.2, timeout=4.0, backoff_max=1.0)
+POLICY: Final = CheckPolicy(interval=0.2, timeout=4.0, backoff_max=1.0)
 SLACK: Final = 20.0
 
 

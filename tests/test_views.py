@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.app import create_app
-from sidecar.checkspec import HttpSpec, PostgresSpec, ProbePolicy, TcpSpec
+from sidecar.checkspec import CheckPolicy, HttpSpec, PostgresSpec, TcpSpec
 from sidecar.config import Settings
 from sidecar.handlers import prefers_text
 from sidecar.health import readiness, startup
@@ -27,7 +27,7 @@ from sidecar.state import Board, CheckResult, CheckState, Reason
 Client = TestClient[web.Request, web.Application]
 MakeClient = Callable[[web.Application], Awaitable[Client]]
 
-FAST = ProbePolicy(interval=0.05, timeout=0.5, backoff_max=0.1)
+FAST = CheckPolicy(interval=0.05, timeout=0.5, backoff_max=0.1)
 SETTINGS = Settings(
     checks=(
         PostgresSpec(name="primary", policy=FAST),

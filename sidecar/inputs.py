@@ -1,0 +1,84 @@
+"""Leaf helpers that judge raw input: a small file's text, a DSN, a host name.
+
+Imports nothing of ours, so that settings, the check file and the DSN watcher can all use it.
+A reason is always worded so that it never quotes a DSN (it may hold a password).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Final
+from urllib.parse import urlsplit
+
+DSN_SCHEMES: Final = ("postgresql", "postgres")
+# A DSN file is a mounted Secret holding one line; anything bigger is a wrong mount.
+MAX_DSN_FILE_BYTES: Final = 64 * 1024
+
+
+def valid_host(host: str) -> bool:
+    """False for whitespace, a slash, or a name the resolver cannot even encode (an empty or
+    64+ character label): binding or connecting to it would raise UnicodeError, a traceback
+    instead of exit 2 (tests/test_config_properties.py)."""
+    if any(ch.isspace() for ch in host) or "/" in host:
+        return False
+    try:
+        host.encode("idna")
+    except UnicodeError:
+        return False
+    return True
+
+
+def dsn_problem(dsn: str) -> str | None:
+    """Why this DSN is refused, without ever quoting it (it may hold a password)."""
+    scheme, sep, _rest = dsn.partition("://")
+    if not sep:
+        return "not a URL: expected postgresql://user:password@host:port/database"
+    if scheme.lower() not in DSN_SCHEMES:
+        shown = scheme if scheme.isascii() and scheme.isalnum() and len(scheme) <= 20 else "?"
+        return f"scheme {shown!r} is not supported; use postgresql:// or postgres://"
+    if any(ch.isspace() or ord(ch) < 32 for ch in dsn):
+        return "contains whitespace or control characters"
+    try:
+        parts = urlsplit(dsn)
+        _ = parts.port  # raises ValueError on a port that is not a number
+    except ValueError:
+        return "malformed URL (bad port or brackets)"
+    return None
+
+
+def read_text_file(path: str, limit: int, *, encoding: str = "utf-8") -> str:
+    """A small text file's content; ValueError says why there is none, as the rest of a
+    sentence that begins with the file's name ("does not exist", "is a directory, ...")."""
+    try:
+        with Path(path).open("rb") as handle:
+            data = handle.read(limit + 1)
+    except FileNotFoundError:
+        raise ValueError("does not exist") from None
+    except IsADirectoryError:
+        raise ValueError("is a directory, not a file") from None
+    except PermissionError:
+        raise ValueError("is not readable (permission denied)") from None
+    except OSError as exc:
+        raise ValueError(f"cannot be read ({exc.strerror or type(exc).__name__})") from None
+    except ValueError:  # a NUL in the path: open() refuses it before asking the system
+        raise ValueError("is not a valid path") from None
+    if len(data) > limit:
+        raise ValueError(f"is larger than {limit} bytes")
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError:
+        raise ValueError("is not UTF-8 text") from None
+
+
+def read_dsn_file(path: str) -> str:
+    """Read a DSN from a mounted Secret file; ValueError says why it is unusable."""
+    try:
+        dsn = read_text_file(path, MAX_DSN_FILE_BYTES).strip()
+    except ValueError as exc:
+        raise ValueError(f"file {path!r} {exc}") from None
+    if not dsn:
+        raise ValueError(f"file {path!r} is empty")
+    problem = dsn_problem(dsn)
+    if problem:
+        raise ValueError(f"file {path!r}: {problem}")
+    return dsn

@@ -1,0 +1,262 @@
+"""Every SIDECAR_* setting, declared once: variable, flag, type, default, range and help.
+
+Everything else derives from `SETTINGS`: reading the environment (`config.Settings`), the flags
+and `--help` (`__main__`), the refusal lines, the check file's `defaults:` and per-check timing
+keys (`fields`, the ones with a `file_key`), and the check file's JSON Schema. A test compares
+the README's settings table with this table.
+
+To add a setting: append one `Setting` here; add a field named `Setting.field` to
+`config.Settings` (or, for a per-check timing with a `file_key`, to `checkspec.Schedule`); add
+its row to the README's settings table. Nothing else needs to know.
+
+Imports only the leaf `inputs`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+from sidecar.inputs import valid_host
+
+Type = Literal["seconds", "whole", "choice", "text", "host"]
+# A Service named like our prefix gives every pod SIDECAR_PORT=tcp://10.0.0.1:8081 and these.
+_SERVICE_LINK_NAME: Final = re.compile(
+    r"^[A-Z0-9_]+_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT|PORT_[0-9]+_[A-Z]+(_[A-Z]+)*)$"
+)
+_SERVICE_LINK_VALUE: Final = re.compile(r"^(tcp|udp|sctp)://", re.IGNORECASE)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Setting:
+    """One setting. `field` is its attribute on Settings (or on Schedule, with `file_key`)."""
+
+    env: str
+    field: str
+    type: Type
+    help: str
+    default: float | str | None = None
+    minimum: float = 0
+    maximum: float = math.inf
+    # True: the value must be greater than `minimum`; False: at least `minimum`.
+    above_minimum: bool = False
+    choices: tuple[str, ...] = ()
+    # The key of the check file's `defaults:` and of each check, for a per-check timing.
+    file_key: str | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.env.removeprefix("SIDECAR_").lower().replace("_", "-")
+
+    @property
+    def rule(self) -> str:
+        """The range as one phrase: 'must be greater than 0 and at most 3600'."""
+        low, high = f"{self.minimum:g}", f"{self.maximum:g}"
+        if self.above_minimum:
+            return f"must be greater than {low} and at most {high}"
+        if self.type == "whole":
+            return f"must be between {low} and {high}"
+        return f"must be at least {low} and at most {high}"
+
+    @property
+    def help_line(self) -> str:
+        if self.choices:
+            return f"{self.help}: {', '.join(self.choices)} (default {self.default})"
+        if self.default is None:
+            return self.help
+        shown = f"{self.default:g}" if isinstance(self.default, float | int) else self.default
+        return f"{self.help} (default {shown})"
+
+    def in_range(self, value: float) -> bool:
+        above = value > self.minimum if self.above_minimum else value >= self.minimum
+        return math.isfinite(value) and above and value <= self.maximum
+
+    def parse(self, raw: str) -> tuple[float | int | str | None, str | None]:
+        """(value, None), or (None, the problem without the variable's name)."""
+        if self.env in SERVICE_LINK_TARGETS and _SERVICE_LINK_VALUE.match(raw):
+            return None, (
+                f"{raw!r} looks like a Kubernetes service link (from a Service named "
+                f"'sidecar' in the namespace); set {self.env} on the container explicitly, "
+                "or set enableServiceLinks: false on the pod"
+            )
+        if self.type in ("seconds", "whole"):
+            return self._number(raw)
+        if self.type == "choice":
+            if raw.lower() not in self.choices:
+                return None, f"must be one of {', '.join(self.choices)}, got {raw!r}"
+            return raw.lower(), None
+        if self.type == "host" and not valid_host(raw):
+            return None, f"not a host name or address: {raw!r}"
+        return raw, None
+
+    def _number(self, raw: str) -> tuple[float | int | None, str | None]:
+        value: float | int
+        try:
+            value = int(raw, 10) if self.type == "whole" else float(raw)
+        except ValueError:
+            what = "a whole number" if self.type == "whole" else "a number"
+            return None, f"not {what}: {raw!r}"
+        if not self.in_range(value):
+            return None, f"{self.rule}, got {raw!r}"
+        return value, None
+
+
+SETTINGS: Final = (
+    Setting(
+        env="SIDECAR_DATABASE_URL",
+        field="database_url",
+        type="text",
+        help="a postgresql:// DSN (prefer the _FILE form: argv is visible in ps)",
+    ),
+    Setting(
+        env="SIDECAR_DATABASE_URL_FILE",
+        field="database_url_file",
+        type="text",
+        help="a file holding the DSN, e.g. a mounted Secret",
+    ),
+    Setting(
+        env="SIDECAR_CONFIG_FILE",
+        field="config_file",
+        type="text",
+        help="a YAML (.yaml, .yml) or TOML (.toml) file listing the checks to run",
+    ),
+    Setting(
+        env="SIDECAR_HOST",
+        field="host",
+        type="host",
+        default="0.0.0.0",  # noqa: S104 -- a sidecar must be reachable by kubelet on the pod IP
+        help="listen address",
+    ),
+    Setting(
+        env="SIDECAR_PORT",
+        field="port",
+        type="whole",
+        default=8081,
+        minimum=1,
+        maximum=65535,
+        help="listen port",
+    ),
+    Setting(
+        env="SIDECAR_CHECK_INTERVAL",
+        field="interval",
+        file_key="interval_seconds",
+        type="seconds",
+        default=5.0,
+        above_minimum=True,
+        maximum=3600,
+        help="seconds between checks while healthy",
+    ),
+    Setting(
+        env="SIDECAR_CHECK_TIMEOUT",
+        field="timeout",
+        file_key="timeout_seconds",
+        type="seconds",
+        default=2.0,
+        above_minimum=True,
+        maximum=600,
+        help="seconds one check may take, connect and query",
+    ),
+    Setting(
+        env="SIDECAR_BACKOFF_MAX",
+        field="backoff_max",
+        file_key="backoff_max_seconds",
+        type="seconds",
+        default=30.0,
+        above_minimum=True,
+        maximum=3600,
+        help="cap of the retry delay while failing, seconds",
+    ),
+    Setting(
+        env="SIDECAR_FAILURE_THRESHOLD",
+        field="failure_threshold",
+        file_key="failure_threshold",
+        type="whole",
+        default=1,
+        minimum=1,
+        maximum=1000,
+        help="failures in a row before not ready",
+    ),
+    Setting(
+        env="SIDECAR_SUCCESS_THRESHOLD",
+        field="success_threshold",
+        file_key="success_threshold",
+        type="whole",
+        default=1,
+        minimum=1,
+        maximum=1000,
+        help="successes in a row before ready again",
+    ),
+    Setting(
+        env="SIDECAR_DRAIN_SECONDS",
+        field="drain_seconds",
+        type="seconds",
+        default=5.0,
+        maximum=3600,
+        help="seconds to keep answering after SIGTERM",
+    ),
+    Setting(
+        env="SIDECAR_LOG_LEVEL",
+        field="log_level",
+        type="choice",
+        default="info",
+        choices=("debug", "info", "warning", "error", "critical"),
+        help="log level",
+    ),
+    Setting(
+        env="SIDECAR_LOG_FORMAT",
+        field="log_format",
+        type="choice",
+        default="json",
+        choices=("json", "console"),
+        help="log format",
+    ),
+)
+BY_FIELD: Final = {setting.field: setting for setting in SETTINGS}
+# The per-check timings: the check file's `defaults:` keys and each check's own.
+PER_CHECK: Final = tuple(setting for setting in SETTINGS if setting.file_key)
+# Kubernetes service links can only collide with these two (`<SERVICE>_HOST` is not one).
+SERVICE_LINK_TARGETS: Final = ("SIDECAR_PORT", "SIDECAR_HOST")
+
+
+def default(field: str) -> Any:
+    """The declared default of the setting whose field is `field`."""
+    return BY_FIELD[field].default
+
+
+def unknown_variables(environ: Iterable[str]) -> list[tuple[str, str | None]]:
+    """SIDECAR_* names that are no setting, with the closest setting's name (or None).
+
+    Never an error: Kubernetes service links (`SIDECAR_SERVICE_HOST`, `SIDECAR_PORT_8081_TCP`,
+    ...) are left out quietly, any other name is worth one warning, since a typo would
+    otherwise be silently ignored.
+    """
+    known = [setting.env for setting in SETTINGS]
+    found: list[tuple[str, str | None]] = []
+    for name in sorted(environ):
+        if not name.startswith("SIDECAR_") or name in known or _SERVICE_LINK_NAME.match(name):
+            continue
+        # Matched without the shared prefix, which would make every name look close.
+        guess = difflib.get_close_matches(name[8:], [env[8:] for env in known], n=1)
+        found.append((name, f"SIDECAR_{guess[0]}" if guess else None))
+    return found
+
+
+def values(environ: Mapping[str, str]) -> tuple[dict[str, Any], list[str]]:
+    """Every setting's value by field (the default when unset or blank), and problem lines."""
+    found: dict[str, Any] = {}
+    problems: list[str] = []
+    for setting in SETTINGS:
+        raw = (environ.get(setting.env) or "").strip()
+        if not raw:
+            found[setting.field] = setting.default
+            continue
+        value, problem = setting.parse(raw)
+        if problem is not None:
+            problems.append(f"{setting.env}: {problem}")
+            value = setting.default
+        found[setting.field] = value
+    return found, problems
