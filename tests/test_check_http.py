@@ -22,7 +22,8 @@ from support.faultproxy import ProxyFactory
 
 from sidecar import __version__
 from sidecar.checks import CheckFailed
-from sidecar.checks.http import HttpCheck, classify
+from sidecar.checks.failures import HTTP, classify
+from sidecar.checks.http import HttpCheck
 from sidecar.checkspec import CheckPolicy, HttpSpec
 from sidecar.prober import Prober
 from sidecar.state import Board, Reason
@@ -401,7 +402,7 @@ async def test_prober_shows_status_failure_and_recovery_on_the_board(site: Site)
 )
 def test_client_errors_map_to_fixed_reasons(exc: BaseException, reason: Reason) -> None:
     """aiohttp's own errors map to the fixed reasons (the ones hard to provoke for real)."""
-    assert classify(exc) is reason
+    assert classify(exc, HTTP) is reason
 
 
 @pytest.mark.parametrize(
@@ -409,4 +410,4 @@ def test_client_errors_map_to_fixed_reasons(exc: BaseException, reason: Reason) 
 )
 def test_cancellation_and_bugs_are_never_classified(exc: BaseException) -> None:
     """Cancellation propagates; a bad URL or a bug is internal_error, not the target's fault."""
-    assert classify(exc) is None
+    assert classify(exc, HTTP) is None

@@ -16,7 +16,8 @@ from support import LOOPBACK, free_port, wait_until_async
 from support.faultproxy import ProxyFactory
 
 from sidecar.checks import CheckFailed
-from sidecar.checks.tcp import TcpCheck, classify_os_error
+from sidecar.checks.failures import SOCKET, classify
+from sidecar.checks.tcp import TcpCheck
 from sidecar.checkspec import CheckPolicy, TcpSpec
 from sidecar.prober import Prober
 from sidecar.state import Board, Reason
@@ -207,7 +208,7 @@ async def test_prober_shows_refusal_and_recovery_on_the_board(
 )
 def test_socket_errors_map_to_fixed_reasons(exc: BaseException, reason: Reason) -> None:
     """Each socket-level error maps to its one reason (the table http.py reuses)."""
-    assert classify_os_error(exc) is reason
+    assert classify(exc, SOCKET) is reason
 
 
 @pytest.mark.parametrize(
@@ -215,4 +216,4 @@ def test_socket_errors_map_to_fixed_reasons(exc: BaseException, reason: Reason) 
 )
 def test_cancellation_exits_and_bugs_are_never_classified(exc: BaseException) -> None:
     """Cancellation and exits must propagate, and a bug is not a network fault."""
-    assert classify_os_error(exc) is None
+    assert classify(exc, SOCKET) is None

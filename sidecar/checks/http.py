@@ -6,14 +6,13 @@ body is not judged. Unlike kubelet, the connection is kept and reused between ru
 
 from __future__ import annotations
 
-import asyncio
 from typing import Final
 
 import aiohttp
 
 from sidecar import __version__
 from sidecar.checks import CheckFailed
-from sidecar.checks.tcp import classify_os_error
+from sidecar.checks.failures import HTTP, close_within, failures_as_reasons
 from sidecar.checkspec import HttpSpec
 from sidecar.state import Reason
 
@@ -22,8 +21,6 @@ USER_AGENT: Final = f"health-sidecar/{__version__}"
 # this is left unread, which makes aiohttp close the connection rather than keep it.
 BODY_LIMIT_BYTES: Final = 64 * 1024
 READ_CHUNK_BYTES: Final = 16 * 1024
-# Closing the session closes its connection; never wait longer than this for it to go.
-CLOSE_TIMEOUT_SECONDS: Final = 1.0
 
 
 class HttpCheck:
@@ -43,15 +40,8 @@ class HttpCheck:
         return f"{self._spec.status_min}-{self._spec.status_max}"
 
     async def run(self) -> None:
-        try:
+        with failures_as_reasons(HTTP):
             status = await self._get()
-        except CheckFailed:
-            raise
-        except BaseException as exc:
-            reason = classify(exc)
-            if reason is None:
-                raise
-            raise CheckFailed(reason) from None
         if not self._spec.status_min <= status <= self._spec.status_max:
             # No URL in the details: its query string may carry a token.
             raise CheckFailed(
@@ -78,13 +68,9 @@ class HttpCheck:
         session, self._session = self._session, None
         if session is None or session.closed:
             return
-        try:
-            # Closing starts at once (TLS connections are aborted, not shut down politely);
-            # only the wait for the transports to report closed is cut short.
-            async with asyncio.timeout(CLOSE_TIMEOUT_SECONDS):
-                await session.close()
-        except (TimeoutError, OSError):
-            pass
+        # Closing starts at once (TLS connections are aborted, not shut down politely); only
+        # the wait for the transports to report closed is cut short.
+        await close_within(session.close(), lambda: None)
 
 
 def _new_session() -> aiohttp.ClientSession:
@@ -113,47 +99,3 @@ async def _drain(response: aiohttp.ClientResponse) -> None:
         if not chunk:
             return
         left -= len(chunk)
-
-
-def classify(exc: BaseException) -> Reason | None:  # noqa: PLR0911 -- one flat table
-    """Map an aiohttp (or socket) error to a fixed reason; None for what is not ours to judge.
-
-    Cancellation and interpreter exits are never classified: they must propagate.
-    """
-    if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
-        return None
-    match exc:
-        case aiohttp.ClientSSLError():
-            # Before ClientConnectorError, of which it is a kind (certificate errors included).
-            return Reason.TLS_ERROR
-        case aiohttp.ClientConnectorError():
-            return classify_os_error(exc.os_error) or Reason.NETWORK_ERROR
-        case aiohttp.ServerDisconnectedError():
-            # The server closed the connection before (or while) answering.
-            return Reason.CONNECTION_RESET
-        case aiohttp.ClientPayloadError():
-            # The body was cut short; the socket error, when there was one, is the cause.
-            return _classify_cause(exc) or Reason.CONNECTION_RESET
-        case aiohttp.InvalidURL():
-            # The URL was validated at start; an invalid one here is a bug, not the target.
-            return None
-        case TimeoutError() | OSError():
-            # ClientOSError and ClientConnectionResetError are OSErrors with an errno.
-            return classify_os_error(exc)
-        case aiohttp.ClientError():
-            # Anything else the client raises (a malformed response, a bad header) means the
-            # far end does not speak HTTP as expected.
-            return _classify_cause(exc) or Reason.NETWORK_ERROR
-    return None
-
-
-def _classify_cause(exc: BaseException) -> Reason | None:
-    """The reason of the first socket-level error in the cause chain, if there is one."""
-    seen: set[int] = set()
-    cause = exc.__cause__ or exc.__context__
-    while cause is not None and id(cause) not in seen:
-        seen.add(id(cause))
-        if isinstance(cause, OSError | TimeoutError):
-            return classify_os_error(cause)
-        cause = cause.__cause__ or cause.__context__
-    return None

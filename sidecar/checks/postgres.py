@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
-import ssl
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeAlias
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
 from sidecar.checks import CheckFailed
+from sidecar.checks.failures import POSTGRES, classify, close_within, failures_as_reasons
 from sidecar.checkspec import PostgresSpec
 from sidecar.state import Reason
 
@@ -25,8 +24,6 @@ if TYPE_CHECKING:
     Conn: TypeAlias = asyncpg.Connection[asyncpg.Record]
 
 APPLICATION_NAME: Final = "health-sidecar"
-# Closing politely sends Terminate; bound it so shutdown never waits on a hung server.
-CLOSE_TIMEOUT_SECONDS: Final = 1.0
 # `found` of unexpected_result shows what the query returned; keep ?verbose bodies small.
 FOUND_MAX_CHARS: Final = 64
 
@@ -72,24 +69,13 @@ class PostgresCheck:
     def name(self) -> str:
         return self._spec.name
 
-    @property
-    def connected(self) -> bool:
-        return self._conn is not None and not self._conn.is_closed()
-
     async def run(self) -> None:
-        try:
+        with failures_as_reasons(POSTGRES):
             await self._try_rotation()
             if self._conn is None or self._conn.is_closed():
                 self._conn = None
                 self._conn = await self._connect(self._dsn())
             await self._probe(self._conn)
-        except CheckFailed:
-            raise
-        except BaseException as exc:
-            reason = classify(exc)
-            if reason is None:
-                raise
-            raise CheckFailed(reason) from None
 
     async def _try_rotation(self) -> None:
         """Try a new DSN on a connection of its own; only a working one replaces the current.
@@ -112,7 +98,7 @@ class PostgresCheck:
             credentials.reject(candidate, exc.reason)
             return
         except Exception as exc:  # noqa: BLE001 -- whatever went wrong, the old DSN goes on
-            credentials.reject(candidate, classify(exc) or Reason.INTERNAL_ERROR)
+            credentials.reject(candidate, classify(exc, POSTGRES) or Reason.INTERNAL_ERROR)
             return
         credentials.accept(candidate)
         old, self._conn = self._conn, conn
@@ -247,10 +233,9 @@ class PostgresCheck:
         conn, self._conn = self._conn, None
         if conn is None or conn.is_closed():
             return
-        try:
-            await asyncio.wait_for(conn.close(), CLOSE_TIMEOUT_SECONDS)
-        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-            conn.terminate()
+        await close_within(
+            conn.close(), conn.terminate, (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+        )
 
 
 def as_text(value: object) -> str:
@@ -297,56 +282,3 @@ def _with_tls_files(dsn: str | None, spec: PostgresSpec) -> str | None:
     parts = urlsplit(dsn)
     query = f"{parts.query}&{extra}" if parts.query else extra
     return urlunsplit(parts._replace(query=query))
-
-
-def classify(exc: BaseException) -> Reason | None:  # noqa: PLR0911, PLR0912 -- one flat table
-    """Map a connection or query error to a fixed reason; None for what is not ours to judge.
-
-    Cancellation and interpreter exits are never classified: they must propagate.
-    """
-    if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
-        return None
-    match exc:
-        case TimeoutError():
-            return Reason.TIMEOUT
-        case asyncpg.InvalidAuthorizationSpecificationError():
-            # Covers InvalidPasswordError and "no pg_hba.conf entry": both are credentials.
-            return Reason.AUTH_FAILED
-        case asyncpg.InvalidCatalogNameError():
-            return Reason.DATABASE_NOT_FOUND
-        case asyncpg.TooManyConnectionsError():
-            return Reason.TOO_MANY_CONNECTIONS
-        case (
-            asyncpg.AdminShutdownError()
-            | asyncpg.CrashShutdownError()
-            | asyncpg.CannotConnectNowError()
-        ):
-            return Reason.SERVER_SHUTDOWN
-        case asyncpg.ConnectionDoesNotExistError() | ConnectionResetError() | BrokenPipeError():
-            # A TLS alert from the server (it refused our client certificate, say) surfaces as
-            # a lost connection whose cause is the SSLError: that is a TLS problem.
-            if isinstance(exc.__cause__, ssl.SSLError):
-                return Reason.TLS_ERROR
-            return Reason.CONNECTION_RESET
-        case ConnectionRefusedError():
-            return Reason.CONNECTION_REFUSED
-        case socket.gaierror():
-            return Reason.DNS_FAILURE
-        case ssl.SSLError() | ssl.CertificateError():
-            return Reason.TLS_ERROR
-        case asyncpg.ClientConfigurationError():
-            # What the config check cannot see ahead: sslmode=verify-* with no CA bundle at
-            # all (nor ~/.postgresql/root.crt), a bad PGSSLMODE. Everything else it refuses.
-            return Reason.TLS_ERROR
-        case asyncpg.PostgresConnectionError() | asyncpg.InterfaceError():
-            return Reason.NETWORK_ERROR
-        case asyncpg.PostgresError():
-            return Reason.QUERY_FAILED
-        case OSError():
-            # asyncpg raises a plain OSError listing every address it tried; refused is
-            # by far the commonest cause, so look inside before giving up.
-            errno_refused = 111
-            if exc.errno == errno_refused or "Connect call failed" in str(exc):
-                return Reason.CONNECTION_REFUSED
-            return Reason.NETWORK_ERROR
-    return None
