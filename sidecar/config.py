@@ -7,12 +7,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from sidecar import options
 from sidecar.checkfile import load_check_file
 from sidecar.checkspec import AnySpec, CheckPolicy, DatabaseTarget, PostgresSpec
 from sidecar.inputs import dsn_problem, read_dsn_file
+
+NO_DATABASE: Final = (
+    "SIDECAR_DATABASE_URL: no database given; set SIDECAR_DATABASE_URL, "
+    "SIDECAR_DATABASE_URL_FILE or PGHOST (or a dsn or dsn_file on every postgres check "
+    "of SIDECAR_CONFIG_FILE)"
+)
 
 
 class ConfigError(Exception):
@@ -49,9 +55,8 @@ class Settings:
     def secrets(self) -> tuple[str, ...]:
         """Every secret any check holds at start (rotated DSNs add theirs when they arrive)."""
         found = list(self.database.secrets())
-        for spec in self.checks:
-            if isinstance(spec, PostgresSpec):
-                found.extend(spec.target.secrets())
+        for spec in _postgres(self.checks):
+            found.extend(spec.target.secrets())
         return tuple(dict.fromkeys(found))
 
     @classmethod
@@ -66,6 +71,12 @@ class Settings:
             checks = load_check_file(
                 config_file, defaults=policy, database=database, problems=problems
             )
+        # Without a database, libpq's own fallback (a local socket) never exists in a pod: the
+        # sidecar would start and quietly never become ready.
+        needed = config_file is None or any(spec.target is database for spec in _postgres(checks))
+        given = (found["database_url"], found["database_url_file"], database.host)
+        if needed and given == (None, None, None):
+            problems.append(NO_DATABASE)
         if problems:
             raise ConfigError(problems)
         return cls(
@@ -79,6 +90,10 @@ class Settings:
             checks=checks,
             config_file=config_file,
         )
+
+
+def _postgres(checks: tuple[AnySpec, ...]) -> list[PostgresSpec]:
+    return [spec for spec in checks if isinstance(spec, PostgresSpec)]
 
 
 def _database_target(

@@ -24,6 +24,7 @@ from sidecar.checkspec import DatabaseTarget
 from sidecar.inputs import read_dsn_file
 from sidecar.state import Reason
 
+# The outcomes of a file change: health_sidecar_dsn_reloads_total{outcome=...}.
 OUTCOMES: Final = ("applied", "invalid", "rejected")
 # A file changed this recently may change again within the same timestamp tick with the same
 # size and inode (an in-place writer, a 1-second-granular filesystem); the stat could not tell,
@@ -39,7 +40,7 @@ def ignore_secrets(secrets: Sequence[str]) -> None:
     """Default sink: no redactor to tell (tests, or an app built without logs.configure)."""
 
 
-def _stat(path: str) -> tuple[StatKey, bool]:
+def _stat(path: str, now_ns: int) -> tuple[StatKey, bool]:
     """The file's key, and whether it changed so recently that the key may hide a change."""
     try:
         st = os.stat(path)  # follows symlinks: the `..data` swap gives a new inode
@@ -47,7 +48,7 @@ def _stat(path: str) -> tuple[StatKey, bool]:
         # A missing or unreachable file keeps one key while it stays that way: logged once.
         return (type(exc).__name__, exc.errno or 0), False
     key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-    return key, time.time_ns() - st.st_ctime_ns < RACY_WINDOW_NS
+    return key, now_ns - st.st_ctime_ns < RACY_WINDOW_NS
 
 
 class DsnFile:
@@ -64,8 +65,10 @@ class DsnFile:
         *,
         name: str | None = None,
         on_secrets: SecretsSink = ignore_secrets,
+        clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         self.path = path
+        self._clock_ns = clock_ns
         self._current = initial
         self._pending: str | None = None
         self._on_secrets = on_secrets
@@ -92,7 +95,7 @@ class DsnFile:
 
     def poll(self) -> str | None:
         """A new DSN to try, or None. One stat when the file has not changed."""
-        key, racy = _stat(self.path)
+        key, racy = _stat(self.path, self._clock_ns())
         if key == self._key and not self._racy:
             return self._pending
         self._key, self._racy = key, racy
@@ -128,11 +131,13 @@ class DsnFile:
         self._log.info("credentials.reloaded")
 
     def reject(self, dsn: str, reason: Reason) -> None:
-        """The server refused `dsn`: keep the current one; `dsn` is offered again later."""
+        """The server refused `dsn`: keep the current one; `dsn` is offered again later.
+
+        Counted and logged once per file content, however often the candidate is retried."""
         self.last_reload_ok = False
-        self.reloads["rejected"] += 1
         if self._rejection_logged != dsn:
             self._rejection_logged = dsn
+            self.reloads["rejected"] += 1
             self._log.warning("credentials.rejected", reason=reason.value)
 
     def _invalid(self, key: StatKey, problem: str) -> None:

@@ -8,6 +8,7 @@ hold a DSN, and the problem lines end up on stderr and in the pod's events.
 from __future__ import annotations
 
 import functools
+import re
 import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -23,6 +24,8 @@ ORIGIN: Final = "SIDECAR_CONFIG_FILE"
 MAX_CHECK_FILE_BYTES: Final = 1024 * 1024
 YAML_SUFFIXES: Final = (".yaml", ".yml")
 TOML_SUFFIXES: Final = (".toml",)
+_BOOL_TAG: Final = "tag:yaml.org,2002:bool"
+_CORE_BOOL: Final = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
 
 
 class _Unreadable:
@@ -122,6 +125,15 @@ def _unique_key_loader() -> type[yaml.SafeLoader]:
     import yaml  # noqa: PLC0415 -- see _parse_yaml
 
     class UniqueKeyLoader(yaml.SafeLoader):
+        # YAML 1.2 core booleans: only true/false (any case form the spec lists). PyYAML reads
+        # YAML 1.1, where yes/no/on/off are booleans too: `require_primary: no` would then
+        # mean something other than what the README promises, so they stay text and are
+        # refused where a boolean is expected.
+        yaml_implicit_resolvers = {  # noqa: RUF012 -- PyYAML reads it from the class
+            first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL_TAG]
+            for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+        }
+
         def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
             seen: set[tuple[str, str]] = set()
             for key_node, _ in node.value:
@@ -134,4 +146,5 @@ def _unique_key_loader() -> type[yaml.SafeLoader]:
                     seen.add(key)
             return super().construct_mapping(node, deep=deep)
 
+    UniqueKeyLoader.add_implicit_resolver(_BOOL_TAG, _CORE_BOOL, list("tTfF"))
     return UniqueKeyLoader

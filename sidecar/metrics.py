@@ -16,6 +16,7 @@ from prometheus_client.registry import Collector
 
 from sidecar import __version__
 from sidecar.checks import CredentialsStatus
+from sidecar.credentials import OUTCOMES
 from sidecar.health import liveness, readiness, startup
 from sidecar.state import ALL_REASONS, Board, CheckResult, CheckState, Transition
 
@@ -36,7 +37,6 @@ DURATION_BUCKETS: Final = (
     10.0,
 )
 HANDLERS: Final = ("health", "ready", "startup", "metrics", "other")
-RELOAD_OUTCOMES: Final = ("applied", "invalid", "rejected")
 
 
 class RequestCounts:
@@ -235,7 +235,7 @@ class StateCollector(Collector):
             labels=["check"],
         )
         for name, status in sorted(self._credentials.items()):
-            for outcome in RELOAD_OUTCOMES:
+            for outcome in OUTCOMES:
                 reloads.add_metric([name, outcome], float(status.reloads.get(outcome, 0)))
             last_ok.add_metric([name], 1.0 if status.last_reload_ok else 0.0)
         yield reloads

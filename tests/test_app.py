@@ -24,7 +24,12 @@ Client = TestClient[web.Request, web.Application]
 MakeClient = Callable[[web.Application], Awaitable[Client]]
 
 FAST = Settings.from_environ(
-    {"SIDECAR_CHECK_INTERVAL": "0.05", "SIDECAR_CHECK_TIMEOUT": "0.2", "SIDECAR_BACKOFF_MAX": "0.1"}
+    {
+        "PGHOST": "db.invalid",
+        "SIDECAR_CHECK_INTERVAL": "0.05",
+        "SIDECAR_CHECK_TIMEOUT": "0.2",
+        "SIDECAR_BACKOFF_MAX": "0.1",
+    }
 )
 
 
@@ -150,7 +155,7 @@ async def test_draining_makes_ready_fail_at_once(aiohttp_client: Any) -> None:
 async def test_stale_result_is_not_ready(aiohttp_client: Any) -> None:
     """A passing result older than the freshness window no longer makes the pod ready."""
     settings = Settings.from_environ(
-        {"SIDECAR_CHECK_INTERVAL": "0.05", "SIDECAR_CHECK_TIMEOUT": "0.05"}
+        {"PGHOST": "db.invalid", "SIDECAR_CHECK_INTERVAL": "0.05", "SIDECAR_CHECK_TIMEOUT": "0.05"}
     )
 
     async def freeze() -> None:  # the second check holds the loop past freshness

@@ -848,15 +848,20 @@ def test_empty_file_and_byte_order_mark(tmp_path: Path) -> None:
         assert [spec.name for spec in specs] == ["c"]
 
 
-def test_yaml_reads_yes_as_a_boolean_and_quoted_values_as_text(tmp_path: Path) -> None:
-    """YAML's own types decide: `yes` is a boolean, `"5"` is text and refused as a number."""
+@pytest.mark.parametrize("word", ["yes", "no", "on", "off", "Yes", "OFF"])
+def test_yaml_reads_booleans_by_the_1_2_core_rules(tmp_path: Path, word: str) -> None:
+    """Only true/false are booleans (YAML 1.2 core): `yes`, `on`, ... are text and refused
+    where a boolean belongs; `"5"` is text and refused as a number."""
     path = write(
         tmp_path,
         "c.yaml",
-        'checks:\n  - {name: db, kind: postgres, require_primary: yes, interval_seconds: "5"}\n',
+        "checks:\n  - {name: db, kind: postgres, require_primary: "
+        + word
+        + ', interval_seconds: "5", allow_replica: FALSE}\n',
     )
     assert load(path)[1] == [
-        f"{P}: checks[0] (db): interval_seconds: must be a number, got text '5'"
+        f"{P}: checks[0] (db): interval_seconds: must be a number, got text '5'",
+        f"{P}: checks[0] (db): require_primary: must be true or false, got text {word!r}",
     ]
 
 

@@ -16,6 +16,8 @@ CLI = [sys.executable, "-m", "sidecar"]
 
 def run(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("SIDECAR_", "PG"))}
+    # A database host, so that a refusal under test is the only line (none is a refusal too).
+    clean["PGHOST"] = "127.0.0.1"
     return subprocess.run(
         [*CLI, *args],
         env={**clean, **(env or {})},

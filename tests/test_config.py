@@ -10,15 +10,16 @@ from sidecar.checkspec import PostgresSpec
 from sidecar.config import ConfigError, Settings
 
 
-def problems_for(env: dict[str, str]) -> list[str]:
+def problems_for(env: dict[str, str], *, database: bool = True) -> list[str]:
+    """The problem lines for `env`; with `database`, on top of a PGHOST (a database given)."""
     with pytest.raises(ConfigError) as caught:
-        Settings.from_environ(env)
+        Settings.from_environ({"PGHOST": "db", **env} if database else env)
     return caught.value.problems
 
 
 def test_defaults_match_the_contract() -> None:
-    """An empty environment gives the documented defaults."""
-    s = Settings.from_environ({})
+    """An environment naming only the database host gives the documented defaults."""
+    s = Settings.from_environ({"PGHOST": "db"})
     assert (s.host, s.port) == ("0.0.0.0", 8081)  # noqa: S104 -- the documented default
     assert (s.policy.interval, s.policy.timeout, s.policy.backoff_max) == (5.0, 2.0, 30.0)
     assert (s.policy.failure_threshold, s.policy.success_threshold, s.drain_seconds) == (1, 1, 5.0)
@@ -26,6 +27,27 @@ def test_defaults_match_the_contract() -> None:
     assert s.database.dsn is None
     assert s.database.source == "libpq"
     assert s.policy.freshness_seconds == 14.0
+
+
+def test_no_database_at_all_is_refused_naming_the_three_ways() -> None:
+    """Without a DSN, a DSN file or PGHOST the sidecar could never be ready: one line says so."""
+    (line,) = problems_for({"PGUSER": "app", "PGDATABASE": "x"}, database=False)
+    for way in ("SIDECAR_DATABASE_URL", "SIDECAR_DATABASE_URL_FILE", "PGHOST"):
+        assert way in line
+
+
+def test_check_file_whose_checks_need_no_environment_database_is_enough(tmp_path: Path) -> None:
+    """A check file with only tcp checks, or postgres checks with their own DSN, needs none."""
+    path = tmp_path / "checks.yaml"
+    path.write_text(
+        "checks:\n"
+        "  - {name: cache, kind: tcp, host: 127.0.0.1, port: 6379}\n"
+        "  - {name: db, kind: postgres, dsn: 'postgresql://app@db/x'}\n"
+    )
+    assert len(Settings.from_environ({"SIDECAR_CONFIG_FILE": str(path)}).checks) == 2
+    path.write_text("checks:\n  - {name: db, kind: postgres}\n")
+    (line,) = problems_for({"SIDECAR_CONFIG_FILE": str(path)}, database=False)
+    assert "no database given" in line
 
 
 def test_every_setting_is_read() -> None:
@@ -169,7 +191,7 @@ def test_secrets_stay_out_of_repr_and_are_listed_for_redaction() -> None:
     assert "p%40ssw0rd" not in repr(s)
     assert "p@ssw0rd" in s.database.secrets()
     assert "p%40ssw0rd" in s.database.secrets()
-    libpq = Settings.from_environ({"PGPASSWORD": "libpq-secret"})
+    libpq = Settings.from_environ({"PGHOST": "db", "PGPASSWORD": "libpq-secret"})
     assert "libpq-secret" not in repr(libpq)
     assert libpq.database.secrets() == ("libpq-secret",)
 
@@ -179,7 +201,7 @@ def test_without_a_check_file_there_is_one_postgres_check() -> None:
     s = Settings.from_environ({"SIDECAR_DATABASE_URL": "postgresql://u:p@h/db", "PGPORT": ""})
     assert (s.checks, s.config_file) == ((), None)
     assert s.check_specs == (PostgresSpec(name="postgres", policy=s.policy, target=s.database),)
-    blank = Settings.from_environ({"SIDECAR_CONFIG_FILE": "   "})
+    blank = Settings.from_environ({"PGHOST": "db", "SIDECAR_CONFIG_FILE": "   "})
     assert (blank.checks, blank.config_file) == ((), None)
 
 

@@ -291,7 +291,6 @@ def expected(env: dict[str, Tagged]) -> tuple[set[str], set[str]]:
             judge(name)
     # The database target: the URL and the URL file exclude each other, and PGPORT is only
     # read when neither is set; a variable that is not read is never named.
-    database = ("SIDECAR_DATABASE_URL", "SIDECAR_DATABASE_URL_FILE", "PGPORT")
     if present("SIDECAR_DATABASE_URL") and present("SIDECAR_DATABASE_URL_FILE"):
         must.add("SIDECAR_DATABASE_URL_FILE")
         must_not.add("SIDECAR_DATABASE_URL")
@@ -305,7 +304,9 @@ def expected(env: dict[str, Tagged]) -> tuple[set[str], set[str]]:
     else:
         if "PGPORT" in env:
             judge("PGPORT")
-        must_not.update(database[:2])
+        must_not.add("SIDECAR_DATABASE_URL_FILE")
+        # No database at all: one line, under the first of the ways to give one.
+        (must if not present("PGHOST") else must_not).add("SIDECAR_DATABASE_URL")
     return must, must_not
 
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from sidecar_proc import SidecarProcess
 
 from sidecar import options
 from sidecar.__main__ import _parser
@@ -130,3 +134,40 @@ def test_unknown_variables_warn_with_a_guess_and_service_links_are_quiet() -> No
     ]
     # Never refused.
     Settings.from_environ({"PGHOST": "db", **environ})
+
+
+def test_cli_warns_once_per_unknown_variable_and_starts(tmp_path: Path) -> None:
+    """A typo'd SIDECAR_* name is one warning at start naming the closest setting; service
+    links are not mentioned; the sidecar starts all the same."""
+    env = {
+        "PGHOST": "127.0.0.1",
+        "PGPORT": "1",
+        "SIDECAR_CHEK_INTERVAL": "2",
+        "SIDECAR_SERVICE_HOST": "10.96.0.12",
+        "SIDECAR_PORT_8081_TCP": "tcp://10.96.0.12:8081",
+    }
+    with SidecarProcess(env, log_dir=tmp_path) as sidecar:
+        sidecar.wait_listening()
+        warnings = sidecar.events("sidecar.unknown_setting")
+    assert [(w["variable"], w["did_you_mean"]) for w in warnings] == [
+        ("SIDECAR_CHEK_INTERVAL", "SIDECAR_CHECK_INTERVAL")
+    ]
+    assert warnings[0]["level"] == "warning"
+
+
+def test_cli_refuses_no_database_with_one_line() -> None:
+    """No DSN, DSN file nor PGHOST: exit 2, one line naming the three ways, no traceback."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("SIDECAR_", "PG"))}
+    result = subprocess.run(
+        [sys.executable, "-m", "sidecar"],
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    (line,) = result.stderr.splitlines()
+    assert "no database given" in line
+    assert "SIDECAR_DATABASE_URL_FILE" in line
+    assert "PGHOST" in line
