@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, PlatformCollector, ProcessColle
 
 from sidecar.checks import Check, CredentialsStatus
 from sidecar.checks.factory import build_check
+from sidecar.checkspec import AnySpec
 from sidecar.config import Settings
 from sidecar.credentials import SecretsSink, ignore_secrets
 from sidecar.handlers import (
@@ -27,8 +28,6 @@ from sidecar.render import Views
 from sidecar.state import Board
 
 BOARD: Final = web.AppKey("board", Board)
-REGISTRY: Final = web.AppKey("registry", CollectorRegistry)
-SETTINGS: Final = web.AppKey("settings", Settings)
 PROBER_TASKS: Final = web.AppKey("prober_tasks", list["asyncio.Task[None]"])
 
 # Aliases follow the Kubernetes API server's own endpoint names.
@@ -49,7 +48,7 @@ log = structlog.get_logger("sidecar.app")
 def create_app(
     settings: Settings,
     *,
-    checks: Sequence[Check] | None = None,
+    checks: Sequence[tuple[AnySpec, Check]] | None = None,
     registry: CollectorRegistry | None = None,
     clock: Clock | None = None,
     board: Board | None = None,
@@ -57,18 +56,16 @@ def create_app(
 ) -> web.Application:
     """Build the application; nothing runs until the app starts (then the probers do).
 
-    `checks` replaces the checks built from the settings (tests inject fakes); each takes
-    its schedule and criticality from the spec of the same name, or the SIDECAR_* defaults.
-    `on_secrets` learns every secret a rotated DSN file brings (logs.add_secrets).
+    `checks` pairs each spec with the check that runs it; by default they are built from the
+    settings' specs (tests pass fakes). `on_secrets` learns every secret a rotated DSN file
+    brings (logs.add_secrets).
     """
-    specs = {spec.name: spec for spec in settings.check_specs}
     credentials: dict[str, CredentialsStatus] = {}
     if checks is None:
-        built = [build_check(spec, on_secrets=on_secrets) for spec in specs.values()]
-        checks = [b.check for b in built]
+        built = [build_check(spec, on_secrets=on_secrets) for spec in settings.check_specs]
+        checks = [(b.spec, b.check) for b in built]
         credentials = {b.spec.name: b.credentials for b in built if b.credentials is not None}
-    checks = list(checks)
-    names = [check.name for check in checks]
+    names = [spec.name for spec, _ in checks]
     if len(set(names)) != len(names):
         raise ValueError(f"check names must be unique, got {names}")
     registry = registry if registry is not None else CollectorRegistry()
@@ -89,33 +86,17 @@ def create_app(
 
     app = web.Application()
     app[BOARD] = board
-    app[REGISTRY] = registry
-    app[SETTINGS] = settings
     app[PROBER_TASKS] = []
-
     _add_routes(app, views, counts, registry, clock, names)
-
-    def probe_for(check: Check) -> Prober:
-        spec = specs.get(check.name)
-        return Prober(
-            check,
-            board,
-            spec.policy if spec is not None else settings.policy,
-            kind=spec.kind if spec is not None else "postgres",
-            critical=spec.critical if spec is not None else True,
-            observer=metrics,
-            clock=clock,
-        )
-
-    probers = [probe_for(check) for check in checks]
+    probers = [Prober(spec, check, board, observer=metrics, clock=clock) for spec, check in checks]
     # Shutdown waits at most this long for the loops: the slowest check's timeout, plus slack.
-    stop_timeout = max((p.policy.timeout for p in probers), default=settings.policy.timeout) + 1
+    stop_timeout = max(spec.policy.timeout for spec, _ in checks) + 1
 
     async def run_probers(app: web.Application) -> AsyncIterator[None]:
         tasks = app[PROBER_TASKS]
-        for prober, check in zip(probers, checks, strict=True):
-            task = asyncio.create_task(prober.run(), name=f"prober:{check.name}")
-            task.add_done_callback(_watch(board, check.name))
+        for prober, name in zip(probers, names, strict=True):
+            task = asyncio.create_task(prober.run(), name=f"prober:{name}")
+            task.add_done_callback(_watch(board, name))
             tasks.append(task)
         yield
         for task in tasks:
@@ -124,11 +105,11 @@ def create_app(
         _, pending = await asyncio.wait(tasks, timeout=stop_timeout)
         for task in pending:
             log.warning("prober.stop_timed_out", task=task.get_name())
-        for check in checks:
+        for name, (_, check) in zip(names, checks, strict=True):
             try:
                 await check.close()
             except Exception as exc:  # noqa: BLE001 -- shutdown goes on whatever a check does
-                log.warning("check.close_failed", check=check.name, error_type=type(exc).__name__)
+                log.warning("check.close_failed", check=name, error_type=type(exc).__name__)
 
     app.cleanup_ctx.append(run_probers)
     return app

@@ -15,7 +15,7 @@ import backoff
 import structlog
 
 from sidecar.checks import Check, CheckFailed
-from sidecar.checkspec import CheckPolicy
+from sidecar.checkspec import AnySpec, CheckPolicy
 from sidecar.state import Board, CheckResult, CheckState, Reason, Transition, advance
 
 # A jittered delay can come out near zero; never retry faster than this.
@@ -65,27 +65,24 @@ class Prober:
 
     def __init__(
         self,
+        spec: AnySpec,
         check: Check,
         board: Board,
-        policy: CheckPolicy,
         *,
-        kind: str = "postgres",
-        critical: bool = True,
         observer: ProbeObserver | None = None,
         clock: Clock | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         jitter: Callable[[float], float] = backoff.full_jitter,
     ) -> None:
+        self._spec = spec
         self._check = check
         self._board = board
-        self._policy = policy
-        self._kind = kind
-        self._critical = critical
+        self._policy = spec.policy
         self._observer = observer
         self._clock = clock or SystemClock()
         self._sleep = sleep
         self._jitter = jitter
-        self._log = structlog.get_logger("sidecar.prober").bind(check=check.name)
+        self._log = structlog.get_logger("sidecar.prober").bind(check=spec.name)
 
     @property
     def policy(self) -> CheckPolicy:
@@ -97,9 +94,9 @@ class Prober:
         now = clock.monotonic()
         policy = self._policy
         state = CheckState(
-            name=self._check.name,
-            kind=self._kind,
-            critical=self._critical,
+            name=self._spec.name,
+            kind=self._spec.kind,
+            critical=self._spec.critical,
             timeout_seconds=policy.timeout,
             freshness_seconds=policy.freshness_seconds,
             state_since_monotonic=now,

@@ -38,7 +38,7 @@ async def start(
 ) -> tuple[Client, ScriptedCheck, CollectorRegistry]:
     check = ScriptedCheck(script)  # type: ignore[arg-type]
     registry = CollectorRegistry()
-    app = create_app(settings, checks=[check], registry=registry)
+    app = create_app(settings, checks=[(settings.check_specs[0], check)], registry=registry)
     client: Client = await aiohttp_client(app)
     return client, check, registry
 

@@ -139,6 +139,11 @@ def self_signed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return cert, key
 
 
+def spec_of(check: HttpCheck, policy: CheckPolicy) -> HttpSpec:
+    """A spec for the prober: only its name, kind, criticality and schedule are read."""
+    return HttpSpec(name=check.name, url="http://unused.invalid/", policy=policy)
+
+
 @contextlib.asynccontextmanager
 async def http_check(
     url: str, *, status_min: int = 200, status_max: int = 399
@@ -210,7 +215,7 @@ async def test_hanging_server_times_out_at_the_bound_then_recovers(site: Site) -
     """A handler that never answers is timeout at the prober's bound; the next run passes."""
     site.target.stall = True
     async with http_check(site.url()) as check:
-        prober = Prober(check, Board(), CheckPolicy(timeout=0.5))
+        prober = Prober(spec_of(check, CheckPolicy(timeout=0.5)), check, Board())
         started = time.monotonic()
         result = await prober.run_once()
         assert result.reason is Reason.TIMEOUT
@@ -371,7 +376,7 @@ async def test_prober_shows_status_failure_and_recovery_on_the_board(site: Site)
     board = Board()
     policy = CheckPolicy(interval=0.1, timeout=1.0, backoff_max=0.2)
     async with http_check(site.url()) as check:
-        task = asyncio.create_task(Prober(check, board, policy).run())
+        task = asyncio.create_task(Prober(spec_of(check, policy), check, board).run())
         try:
             await wait_until_async(lambda: passing(board, "app"), timeout=5, message="pass")
             site.target.status = 503

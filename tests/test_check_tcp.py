@@ -140,7 +140,10 @@ async def test_unresolvable_name_is_dns_failure() -> None:
 async def test_dropped_handshake_times_out_within_the_bound(unanswered_port: int) -> None:
     """A connect the network never answers ends as timeout at the prober's bound."""
     board = Board()
-    prober = Prober(tcp(LOOPBACK, unanswered_port), board, CheckPolicy(timeout=0.5))
+    spec = TcpSpec(
+        name="cache", host=LOOPBACK, port=unanswered_port, policy=CheckPolicy(timeout=0.5)
+    )
+    prober = Prober(spec, TcpCheck(spec), board)
     started = time.monotonic()
     result = await prober.run_once()
     assert result.reason is Reason.TIMEOUT
@@ -163,7 +166,8 @@ async def test_prober_shows_refusal_and_recovery_on_the_board(
     proxy = make_fault_proxy(LOOPBACK, listener.port)
     board = Board()
     policy = CheckPolicy(interval=0.1, timeout=1.0, backoff_max=0.2)
-    prober = Prober(tcp(LOOPBACK, proxy.port), board, policy)
+    spec = TcpSpec(name="cache", host=LOOPBACK, port=proxy.port, policy=policy)
+    prober = Prober(spec, TcpCheck(spec), board)
     task = asyncio.create_task(prober.run())
     try:
         await wait_until_async(lambda: passing(board, "cache"), timeout=5, message="pass")

@@ -8,7 +8,7 @@ import itertools
 import pytest
 from fakes import FakeClock, ScriptedCheck
 
-from sidecar.checkspec import CheckPolicy
+from sidecar.checkspec import CheckPolicy, PostgresSpec
 from sidecar.prober import (
     BACKOFF_FACTOR_SECONDS,
     MIN_RETRY_DELAY_SECONDS,
@@ -53,14 +53,15 @@ def make(
     check = ScriptedCheck(script)  # type: ignore[arg-type]
     board = Board()
     recorder = Recorder()
+    schedule = CheckPolicy(
+        interval=policy.get("interval", 5.0),
+        timeout=policy.get("timeout", 2.0),
+        backoff_max=policy.get("backoff_max", 30.0),
+    )
     prober = Prober(
+        PostgresSpec(name=check.name, policy=schedule),
         check,
         board,
-        CheckPolicy(
-            interval=policy.get("interval", 5.0),
-            timeout=policy.get("timeout", 2.0),
-            backoff_max=policy.get("backoff_max", 30.0),
-        ),
         observer=recorder,
         clock=clock,
         sleep=clock.sleep,

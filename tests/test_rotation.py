@@ -158,7 +158,7 @@ async def rig(
         spec = PostgresSpec(name="primary", policy=POLICY, target=target)
         check = PostgresCheck(spec, credentials=watcher)
         recorder = Recorder()
-        prober = Prober(check, Board(), POLICY, observer=recorder)
+        prober = Prober(spec, check, Board(), observer=recorder)
         task = asyncio.create_task(prober.run())
         try:
             await recorder.more_passes(2)

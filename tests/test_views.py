@@ -54,7 +54,8 @@ class Checks:
 async def start(aiohttp_client: Any) -> tuple[Client, Checks, CollectorRegistry]:
     checks = Checks()
     registry = CollectorRegistry()
-    app = create_app(SETTINGS, checks=list(checks.by_name.values()), registry=registry)
+    pairs = [(spec, checks[spec.name]) for spec in SETTINGS.check_specs]
+    app = create_app(SETTINGS, checks=pairs, registry=registry)
     client: Client = await aiohttp_client(app)
     return client, checks, registry
 
