@@ -146,25 +146,25 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 def _probe(args: list[str], env: dict[str, str]) -> int:
     from sidecar.probe import probe
 
-    options = _probe_parser().parse_args(args)
+    given = _probe_parser().parse_args(args)
     problems = []
-    host = options.host or env.get("SIDECAR_HOST", "").strip() or "127.0.0.1"
-    raw_port = options.port or env.get("SIDECAR_PORT", "").strip() or "8081"
-    name = "--port" if options.port else "SIDECAR_PORT"
-    port = int(raw_port) if raw_port.isdigit() else 0
-    if not 1 <= port <= 65535:
-        problems.append(f"{name}: must be a port between 1 and 65535, got {raw_port!r}")
+    host = given.host or env.get("SIDECAR_HOST", "").strip() or "127.0.0.1"
+    setting = options.BY_FIELD["port"]
+    raw_port = given.port or env.get(setting.env, "").strip() or str(setting.default)
+    port, problem = setting.parse(raw_port)
+    if problem is not None:
+        problems.append(f"{'--port' if given.port else setting.env}: {problem}")
     try:
-        timeout = float(options.timeout)
+        timeout = float(given.timeout)
     except ValueError:
         timeout = 0.0
     if not 0 < timeout <= 300:
         problems.append(
-            f"--timeout: must be a number of seconds in (0, 300], got {options.timeout!r}"
+            f"--timeout: must be a number of seconds in (0, 300], got {given.timeout!r}"
         )
     if problems:
         return _fail(problems)
-    ok, detail = probe(options.endpoint, host=host, port=port, timeout=timeout)
+    ok, detail = probe(given.endpoint, host=host, port=int(port or 0), timeout=timeout)
     print(detail, file=sys.stdout if ok else sys.stderr)
     return 0 if ok else 1
 

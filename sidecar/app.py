@@ -1,4 +1,4 @@
-"""The app factory: routes, and one cleanup context that owns the probe loops."""
+"""The app factory: routes, and one cleanup context that owns the check loops."""
 
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ from sidecar.handlers import (
     make_metrics_handler,
     make_probe_handler,
 )
+from sidecar.loop import CheckLoop, Clock, SystemClock
 from sidecar.metrics import Metrics, RequestCounts
-from sidecar.prober import Clock, Prober, SystemClock
 from sidecar.render import Views
 from sidecar.state import Board
 
@@ -31,12 +31,12 @@ BOARD: Final = web.AppKey("board", Board)
 PROBER_TASKS: Final = web.AppKey("prober_tasks", list["asyncio.Task[None]"])
 
 # Aliases follow the Kubernetes API server's own endpoint names.
-PROBE_ROUTES: Final = (
+ENDPOINT_ROUTES: Final = (
     ("health", ("/health", "/livez")),
     ("ready", ("/ready", "/readyz")),
     ("startup", ("/startup", "/startupz")),
 )
-# One check's view (issue 7), as kube-apiserver's /readyz/<check>.
+# One check's view, as kube-apiserver's /readyz/<check>.
 CHECK_ROUTES: Final = (
     ("health", ("/health", "/livez")),
     ("ready", ("/ready", "/readyz")),
@@ -54,7 +54,7 @@ def create_app(
     board: Board | None = None,
     on_secrets: SecretsSink = ignore_secrets,
 ) -> web.Application:
-    """Build the application; nothing runs until the app starts (then the probers do).
+    """Build the application; nothing runs until the app starts (then the check loops do).
 
     `checks` pairs each spec with the check that runs it; by default they are built from the
     settings' specs (tests pass fakes). `on_secrets` learns every secret a rotated DSN file
@@ -88,14 +88,14 @@ def create_app(
     app[BOARD] = board
     app[PROBER_TASKS] = []
     _add_routes(app, views, counts, registry, clock, names)
-    probers = [Prober(spec, check, board, observer=metrics, clock=clock) for spec, check in checks]
+    loops = [CheckLoop(spec, check, board, observer=metrics, clock=clock) for spec, check in checks]
     # Shutdown waits at most this long for the loops: the slowest check's timeout, plus slack.
     stop_timeout = max(spec.policy.timeout for spec, _ in checks) + 1
 
-    async def run_probers(app: web.Application) -> AsyncIterator[None]:
+    async def run_loops(app: web.Application) -> AsyncIterator[None]:
         tasks = app[PROBER_TASKS]
-        for prober, name in zip(probers, names, strict=True):
-            task = asyncio.create_task(prober.run(), name=f"prober:{name}")
+        for loop, name in zip(loops, names, strict=True):
+            task = asyncio.create_task(loop.run(), name=f"prober:{name}")
             task.add_done_callback(_watch(board, name))
             tasks.append(task)
         yield
@@ -111,7 +111,7 @@ def create_app(
             except Exception as exc:  # noqa: BLE001 -- shutdown goes on whatever a check does
                 log.warning("check.close_failed", check=name, error_type=type(exc).__name__)
 
-    app.cleanup_ctx.append(run_probers)
+    app.cleanup_ctx.append(run_loops)
     return app
 
 
@@ -125,7 +125,7 @@ def _add_routes(  # noqa: PLR0917 -- one private call site
 ) -> None:
     not_found, not_allowed = make_fallback_handlers(counts)
     view_for = {"health": views.health, "ready": views.ready, "startup": views.startup}
-    for name, paths in PROBE_ROUTES:
+    for name, paths in ENDPOINT_ROUTES:
         # /startup is a one-way latch over the critical checks: nothing to exclude there.
         handler = make_probe_handler(
             name, view_for[name], counts, clock.monotonic, allow_exclude=name != "startup"
@@ -152,7 +152,7 @@ def _add(app: web.Application, path: str, handler: Handler, not_allowed: Handler
 
 
 def _watch(board: Board, name: str) -> Callable[[asyncio.Task[None]], None]:
-    """Mark the board when a probe loop ends for any reason but shutdown: /health goes 503."""
+    """Mark the board when a check loop ends for any reason but shutdown: /health goes 503."""
 
     def done(task: asyncio.Task[None]) -> None:
         if task.cancelled():

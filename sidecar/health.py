@@ -2,7 +2,7 @@
 
 Pure functions of the board and a monotonic `now`: no I/O, shared by the handlers and the
 metrics collector so the two can never disagree. Each check's snapshot carries its own
-timeout, freshness and criticality (issue 7), so no setting is needed here.
+timeout, freshness and criticality, so no setting is needed here.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Final
 
 from sidecar.state import Board, CheckState
 
-# How late a check may finish, beyond its timeout, before the probe loop counts as stalled.
+# How late a check may finish, beyond its timeout, before the check loop counts as stalled.
 # Covers event-loop lag and the connection reset that follows a failure.
 STALL_GRACE_SECONDS: Final = 2.0
 

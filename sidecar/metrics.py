@@ -1,7 +1,7 @@
 """Every metric, built against an injected registry (never the global one).
 
 Counters and the histogram are updated by the prober once per check. Gauges that depend on
-time (ready, probe loop healthy) are computed at scrape time from the same verdicts the
+time (ready, check loop healthy) are computed at scrape time from the same verdicts the
 handlers use, so /metrics and /ready never disagree.
 """
 
@@ -219,7 +219,7 @@ class StateCollector(Collector):
         yield build
 
     def _credential_metrics(self) -> Iterator[Metric]:
-        """Only for checks whose DSN comes from a watched file (issue 7, rotation)."""
+        """Only for checks whose DSN comes from a watched file (rotation)."""
         if not self._credentials:
             return
         reloads = CounterMetricFamily(

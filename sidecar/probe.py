@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import http.client
 import ipaddress
-from typing import Final
-
-ENDPOINTS: Final = ("ready", "health", "startup")
 
 
 def connect_host(host: str) -> str:

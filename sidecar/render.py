@@ -1,8 +1,8 @@
 """Response bodies: the IETF "Health Check Response Format for HTTP APIs" (health+json), or
-kube-apiserver's plain-text check list when the client asks for text/plain (issue 7).
+kube-apiserver's plain-text check list when the client asks for text/plain.
 
 Plain answers are serialised once per state change and reused for every request until the
-prober publishes again (issue 6: no allocation-heavy work per request). Only `?verbose`,
+check loop publishes again (no allocation-heavy work per request). Only `?verbose`,
 `?exclude` and text answers, which people and scripts ask for, render per request.
 """
 
@@ -321,7 +321,7 @@ class Views:
         return self._one("ready", state, verdict, now, query, check_line)
 
     def health_check(self, name: str, now: float, query: Query = PLAIN) -> Rendered | None:
-        """/health/<name>: that check's probe loop keeps its schedule; None if unknown."""
+        """/health/<name>: that check's loop keeps its schedule; None if unknown."""
         state = self._board.checks.get(name)
         if state is None:
             return None

@@ -28,7 +28,7 @@ class Reason(StrEnum):
     QUERY_FAILED = "query_failed"
     NETWORK_ERROR = "network_error"
     INTERNAL_ERROR = "internal_error"
-    # Gates (issue 7): the dependency answered, but not what this pod needs.
+    # Gates: the dependency answered, but not what this pod needs.
     UNEXPECTED_RESULT = "unexpected_result"  # a custom query returned something else
     NOT_PRIMARY = "not_primary"  # require_primary, and the server is in recovery
     REPLICATION_LAG = "replication_lag"  # a replica further behind than allowed
@@ -161,7 +161,7 @@ class Board:
 
     checks: dict[str, CheckState] = field(default_factory=dict)
     draining: bool = False
-    # Set by the prober's supervisor when the probe loop has ended for good.
+    # Set by the app's supervisor when a check loop has ended for good.
     prober_stopped: bool = False
 
     def publish(self, state: CheckState) -> None:

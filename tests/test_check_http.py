@@ -25,7 +25,7 @@ from sidecar.checks import CheckFailed
 from sidecar.checks.failures import HTTP, classify
 from sidecar.checks.http import HttpCheck
 from sidecar.checkspec import CheckPolicy, HttpSpec
-from sidecar.prober import Prober
+from sidecar.loop import CheckLoop
 from sidecar.state import Board, Reason
 
 SLACK = 3.0  # seconds on top of every bound: CI machines are slow and busy
@@ -215,7 +215,7 @@ async def test_hanging_server_times_out_at_the_bound_then_recovers(site: Site) -
     """A handler that never answers is timeout at the prober's bound; the next run passes."""
     site.target.stall = True
     async with http_check(site.url()) as check:
-        prober = Prober(spec_of(check, CheckPolicy(timeout=0.5)), check, Board())
+        prober = CheckLoop(spec_of(check, CheckPolicy(timeout=0.5)), check, Board())
         started = time.monotonic()
         result = await prober.run_once()
         assert result.reason is Reason.TIMEOUT
@@ -376,7 +376,7 @@ async def test_prober_shows_status_failure_and_recovery_on_the_board(site: Site)
     board = Board()
     policy = CheckPolicy(interval=0.1, timeout=1.0, backoff_max=0.2)
     async with http_check(site.url()) as check:
-        task = asyncio.create_task(Prober(spec_of(check, policy), check, board).run())
+        task = asyncio.create_task(CheckLoop(spec_of(check, policy), check, board).run())
         try:
             await wait_until_async(lambda: passing(board, "app"), timeout=5, message="pass")
             site.target.status = 503

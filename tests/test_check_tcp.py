@@ -19,7 +19,7 @@ from sidecar.checks import CheckFailed
 from sidecar.checks.failures import SOCKET, classify
 from sidecar.checks.tcp import TcpCheck
 from sidecar.checkspec import CheckPolicy, TcpSpec
-from sidecar.prober import Prober
+from sidecar.loop import CheckLoop
 from sidecar.state import Board, Reason
 
 SLACK = 3.0  # seconds on top of every bound: CI machines are slow and busy
@@ -143,7 +143,7 @@ async def test_dropped_handshake_times_out_within_the_bound(unanswered_port: int
     spec = TcpSpec(
         name="cache", host=LOOPBACK, port=unanswered_port, policy=CheckPolicy(timeout=0.5)
     )
-    prober = Prober(spec, TcpCheck(spec), board)
+    prober = CheckLoop(spec, TcpCheck(spec), board)
     started = time.monotonic()
     result = await prober.run_once()
     assert result.reason is Reason.TIMEOUT
@@ -167,7 +167,7 @@ async def test_prober_shows_refusal_and_recovery_on_the_board(
     board = Board()
     policy = CheckPolicy(interval=0.1, timeout=1.0, backoff_max=0.2)
     spec = TcpSpec(name="cache", host=LOOPBACK, port=proxy.port, policy=policy)
-    prober = Prober(spec, TcpCheck(spec), board)
+    prober = CheckLoop(spec, TcpCheck(spec), board)
     task = asyncio.create_task(prober.run())
     try:
         await wait_until_async(lambda: passing(board, "cache"), timeout=5, message="pass")

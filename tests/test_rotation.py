@@ -1,7 +1,7 @@
 """Credential rotation end to end: a real PostgreSQL, ALTER ROLE, and a Secret volume swapped
 the way kubelet swaps it (tests/test_credentials.py, SecretVolume).
 
-In-process: the real PostgresCheck watching a DsnFile, driven by the real Prober, logs through
+In-process: the real PostgresCheck watching a DsnFile, driven by the real CheckLoop, logs through
 the real pipeline into memory. Every check result is recorded: a rotation, in either order, must
 not fail a single one, and must end on a new session that logged in with the new password.
 Last, the real process (`python -m sidecar` with SIDECAR_DATABASE_URL_FILE): /ready stays 200
@@ -31,7 +31,7 @@ from sidecar import logs
 from sidecar.checks.postgres import APPLICATION_NAME, PostgresCheck
 from sidecar.checkspec import CheckPolicy, DatabaseTarget, PostgresSpec
 from sidecar.credentials import DsnFile
-from sidecar.prober import Prober
+from sidecar.loop import CheckLoop
 from sidecar.state import Board, CheckResult, CheckState, Transition
 
 ROLE: Final = "rotor"
@@ -43,7 +43,7 @@ SLACK: Final = 20.0
 
 
 class Recorder:
-    """A ProbeObserver keeping every result the prober produced."""
+    """A ResultObserver keeping every result the prober produced."""
 
     def __init__(self) -> None:
         self.results: list[CheckResult] = []
@@ -158,7 +158,7 @@ async def rig(
         spec = PostgresSpec(name="primary", policy=POLICY, target=target)
         check = PostgresCheck(spec, credentials=watcher)
         recorder = Recorder()
-        prober = Prober(spec, check, Board(), observer=recorder)
+        prober = CheckLoop(spec, check, Board(), observer=recorder)
         task = asyncio.create_task(prober.run())
         try:
             await recorder.more_passes(2)

@@ -1,4 +1,4 @@
-"""From specs to running checks: the one place that knows every kind (issue 7)."""
+"""From specs to running checks: the one place that knows every kind."""
 
 from __future__ import annotations
 

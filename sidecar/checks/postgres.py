@@ -75,7 +75,7 @@ class PostgresCheck:
             if self._conn is None or self._conn.is_closed():
                 self._conn = None
                 self._conn = await self._connect(self._dsn())
-            await self._probe(self._conn)
+            await self._run_gates(self._conn)
 
     async def _try_rotation(self) -> None:
         """Try a new DSN on a connection of its own; only a working one replaces the current.
@@ -143,7 +143,7 @@ class PostgresCheck:
             "database": target.database,
         }
 
-    async def _probe(self, conn: Conn) -> None:
+    async def _run_gates(self, conn: Conn) -> None:
         spec = self._spec
         role_gate = spec.require_primary or (
             spec.allow_replica and spec.max_replica_lag_seconds is not None

@@ -115,7 +115,7 @@ class LogCapture:
 def captured_logs(secrets: Sequence[str] = ()) -> Iterator[LogCapture]:
     """Configure the sidecar's logging (debug, JSON, these secrets) into memory; restore after.
 
-    Loggers are bound when a DsnFile or Prober is built: build them inside the block."""
+    Loggers are bound when a DsnFile or CheckLoop is built: build them inside the block."""
     stream = io.StringIO()
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level

@@ -9,10 +9,10 @@ import pytest
 from fakes import FakeClock, ScriptedCheck
 
 from sidecar.checkspec import CheckPolicy, PostgresSpec
-from sidecar.prober import (
+from sidecar.loop import (
     BACKOFF_FACTOR_SECONDS,
     MIN_RETRY_DELAY_SECONDS,
-    Prober,
+    CheckLoop,
     backoff_delays,
 )
 from sidecar.state import Board, CheckResult, CheckState, Reason, Transition
@@ -33,7 +33,7 @@ class Recorder:
             self.transitions.append(transition)
 
 
-async def drive(prober: Prober, clock: FakeClock, checks: int) -> None:
+async def drive(prober: CheckLoop, clock: FakeClock, checks: int) -> None:
     """Run the loop until it has slept `checks` times, then cancel it."""
     task = asyncio.create_task(prober.run())
     loop = asyncio.get_running_loop()
@@ -48,7 +48,7 @@ async def drive(prober: Prober, clock: FakeClock, checks: int) -> None:
 
 def make(
     script: list[object], **policy: float
-) -> tuple[Prober, ScriptedCheck, FakeClock, Board, Recorder]:
+) -> tuple[CheckLoop, ScriptedCheck, FakeClock, Board, Recorder]:
     clock = FakeClock()
     check = ScriptedCheck(script)  # type: ignore[arg-type]
     board = Board()
@@ -58,7 +58,7 @@ def make(
         timeout=policy.get("timeout", 2.0),
         backoff_max=policy.get("backoff_max", 30.0),
     )
-    prober = Prober(
+    prober = CheckLoop(
         PostgresSpec(name=check.name, policy=schedule),
         check,
         board,

@@ -1,4 +1,4 @@
-"""The probe loop: the interval while healthy, jittered exponential backoff while failing.
+"""The check loop: the interval while healthy, jittered exponential backoff while failing.
 
 This is the only user of `backoff` and the only writer of check state.
 """
@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
-from typing import Any, Final, Protocol
+from typing import Final, Protocol
 
 import backoff
 import structlog
@@ -40,7 +40,7 @@ class SystemClock:
         return time.time()
 
 
-class ProbeObserver(Protocol):
+class ResultObserver(Protocol):
     """Receives every result (metrics); must be cheap and must not raise."""
 
     def observe(
@@ -50,17 +50,17 @@ class ProbeObserver(Protocol):
 
 def backoff_delays(
     backoff_max: float, jitter: Callable[[float], float] = backoff.full_jitter
-) -> Generator[float, None, None]:
-    """Retry delays while failing: backoff's exponential generator with jitter, capped."""
-    wait: Generator[float, Any, None] = backoff.expo(
-        base=2, factor=BACKOFF_FACTOR_SECONDS, max_value=backoff_max
-    )
-    wait.send(None)  # backoff's wait generators are primed with an empty send
-    for value in wait:
-        yield min(backoff_max, max(MIN_RETRY_DELAY_SECONDS, jitter(value)))
+) -> Iterator[float]:
+    """Retry delays while failing: ceilings of 1 s, 2 s, 4 s, ... capped at `backoff_max`,
+    each drawn with `jitter` (backoff's full jitter: uniform in [0, ceiling]), never under
+    MIN_RETRY_DELAY_SECONDS."""
+    ceiling = min(BACKOFF_FACTOR_SECONDS, backoff_max)
+    while True:
+        yield min(backoff_max, max(MIN_RETRY_DELAY_SECONDS, jitter(ceiling)))
+        ceiling = min(2 * ceiling, backoff_max)
 
 
-class Prober:
+class CheckLoop:
     """Runs one check forever, publishing a new immutable CheckState after each run."""
 
     def __init__(
@@ -69,7 +69,7 @@ class Prober:
         check: Check,
         board: Board,
         *,
-        observer: ProbeObserver | None = None,
+        observer: ResultObserver | None = None,
         clock: Clock | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         jitter: Callable[[float], float] = backoff.full_jitter,
@@ -103,7 +103,7 @@ class Prober:
             next_due_monotonic=now,
         )
         self._board.publish(state)
-        delays: Generator[float, None, None] | None = None
+        delays: Iterator[float] | None = None
         task = asyncio.current_task()
         while True:
             # A check that swallowed our cancellation must not make the loop immortal.
