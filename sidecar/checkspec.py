@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import ClassVar, Final, Literal
 from urllib.parse import unquote, urlsplit
 
 from sidecar.options import default
@@ -71,14 +71,12 @@ class CheckSpec:
     policy: CheckPolicy = field(default_factory=CheckPolicy)
     # critical: a failure makes /ready 503. warn: shown as `warn`, /ready stays 200.
     critical: bool = True
-
-    @property
-    def kind(self) -> str:
-        raise NotImplementedError
+    kind: ClassVar[str]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PostgresSpec(CheckSpec):
+    kind: ClassVar[Literal["postgres"]] = "postgres"
     target: DatabaseTarget = field(default_factory=DatabaseTarget)
     # A custom query run after connecting; with `expect`, its first column of the first row,
     # as text (NULL as "null"), must equal `expect`.
@@ -96,31 +94,21 @@ class PostgresSpec(CheckSpec):
     cert_file: str | None = None
     key_file: str | None = None
 
-    @property
-    def kind(self) -> Literal["postgres"]:
-        return "postgres"
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HttpSpec(CheckSpec):
+    kind: ClassVar[Literal["http"]] = "http"
     url: str
     # Inclusive range of passing status codes; kubelet's own httpGet passes 200-399.
     status_min: int = 200
     status_max: int = 399
 
-    @property
-    def kind(self) -> Literal["http"]:
-        return "http"
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TcpSpec(CheckSpec):
+    kind: ClassVar[Literal["tcp"]] = "tcp"
     host: str
     port: int
-
-    @property
-    def kind(self) -> Literal["tcp"]:
-        return "tcp"
 
 
 AnySpec = PostgresSpec | HttpSpec | TcpSpec

@@ -12,12 +12,11 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import replace
-from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
 
 from sidecar.checkspec import CheckPolicy
-from sidecar.inputs import valid_host
+from sidecar.inputs import read_head, valid_host
 from sidecar.options import PER_CHECK, Setting
 
 # The timing keys of `defaults:` and of each check: the SIDECAR_* settings' own ranges.
@@ -201,19 +200,11 @@ class Fields:
         if path is None:
             return None
         try:
-            with Path(path).open("rb"):
-                pass
-        except FileNotFoundError:
-            self.problem(key, f"file {path!r} does not exist")
-        except IsADirectoryError:
-            self.problem(key, f"{path!r} is a directory, not a file")
-        except PermissionError:
-            self.problem(key, f"file {path!r} is not readable (permission denied)")
-        except OSError as exc:
-            self.problem(key, f"file {path!r} cannot be read ({exc.strerror or 'error'})")
-        else:
-            return path
-        return None
+            read_head(path, 0)
+        except ValueError as exc:
+            self.problem(key, f"file {path!r} {exc}")
+            return None
+        return path
 
     def revisions(self, key: str) -> tuple[str, ...]:
         value = self.raw.get(key, ABSENT)

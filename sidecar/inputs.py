@@ -46,12 +46,12 @@ def dsn_problem(dsn: str) -> str | None:
     return None
 
 
-def read_text_file(path: str, limit: int, *, encoding: str = "utf-8") -> str:
-    """A small text file's content; ValueError says why there is none, as the rest of a
+def read_head(path: str, size: int) -> bytes:
+    """At most `size` bytes of a file; ValueError says why there are none, as the rest of a
     sentence that begins with the file's name ("does not exist", "is a directory, ...")."""
     try:
         with Path(path).open("rb") as handle:
-            data = handle.read(limit + 1)
+            return handle.read(size)
     except FileNotFoundError:
         raise ValueError("does not exist") from None
     except IsADirectoryError:
@@ -62,6 +62,11 @@ def read_text_file(path: str, limit: int, *, encoding: str = "utf-8") -> str:
         raise ValueError(f"cannot be read ({exc.strerror or type(exc).__name__})") from None
     except ValueError:  # a NUL in the path: open() refuses it before asking the system
         raise ValueError("is not a valid path") from None
+
+
+def read_text_file(path: str, limit: int, *, encoding: str = "utf-8") -> str:
+    """A small text file's content; ValueError says why there is none (see read_head)."""
+    data = read_head(path, limit + 1)
     if len(data) > limit:
         raise ValueError(f"is larger than {limit} bytes")
     try:
