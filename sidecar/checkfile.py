@@ -27,6 +27,7 @@ from sidecar.checkspec import (
 from sidecar.documents import MAX_CHECK_FILE_BYTES, ORIGIN, UNREADABLE, read_document
 from sidecar.fields import ABSENT, COMMON_KEYS, KIND_KEYS, TIMING, Fields, kind_of, shown, shown_key
 from sidecar.inputs import dsn_problem, read_dsn_file
+from sidecar.options import Setting
 
 # Tests and the chart's schema check read these from here.
 __all__ = [
@@ -38,8 +39,15 @@ __all__ = [
     "parse_checks",
 ]
 
-# A day: a replica further behind than that is broken, not lagging.
-MAX_REPLICA_LAG_SECONDS: Final = 86400
+# Up to a day: a replica further behind than that is broken, not lagging.
+MAX_REPLICA_LAG: Final = Setting(
+    env="",
+    field="max_replica_lag_seconds",
+    type="seconds",
+    above_minimum=True,
+    maximum=86400,
+    help="the largest replay lag a replica check accepts",
+)
 NAME_RULE: Final = (
     "must be 1 to 63 lowercase letters, digits, '-' or '_', "
     "starting and ending with a letter or digit"
@@ -186,9 +194,7 @@ def _postgres(fields: Fields, common: _Common, database: DatabaseTarget) -> Post
     target = _postgres_target(fields, database)
     require_primary = fields.boolean("require_primary")
     allow_replica = fields.boolean("allow_replica")
-    lag = fields.number(
-        "max_replica_lag_seconds", minimum=0, maximum=MAX_REPLICA_LAG_SECONDS, inclusive=False
-    )
+    lag = fields.number("max_replica_lag_seconds", MAX_REPLICA_LAG)
     if require_primary and allow_replica:
         fields.problem("allow_replica", "contradicts require_primary: true; set only one of them")
     lag_alone = "max_replica_lag_seconds" in raw and not allow_replica
@@ -219,7 +225,7 @@ def _postgres(fields: Fields, common: _Common, database: DatabaseTarget) -> Post
         expect=expect,
         require_primary=require_primary,
         allow_replica=allow_replica,
-        max_replica_lag_seconds=None if lag is None else float(lag),
+        max_replica_lag_seconds=lag,
         alembic_revisions=revisions,
         ca_file=ca_file,
         cert_file=cert_file,

@@ -8,7 +8,6 @@ even after the first problem. A line quotes a refused value only when it cannot 
 from __future__ import annotations
 
 import difflib
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import replace
@@ -98,51 +97,27 @@ class Fields:
 
     def policy(self, base: CheckPolicy) -> CheckPolicy:
         """`base`, with the timing keys this mapping sets."""
-        changes: dict[str, Any] = {}
-        for key, setting in TIMING.items():
-            whole = setting.type == "whole"
-            value = self.number(
-                key,
-                minimum=setting.minimum,
-                maximum=setting.maximum,
-                inclusive=not setting.above_minimum,
-                whole=whole,
-            )
-            if value is not None:
-                changes[setting.field] = value if whole else float(value)
+        found = {key: self.number(key, setting) for key, setting in TIMING.items()}
+        changes: dict[str, Any] = {
+            TIMING[key].field: value for key, value in found.items() if value is not None
+        }
         return replace(base, **changes)
 
-    def number(
-        self,
-        key: str,
-        *,
-        minimum: float,
-        maximum: float,
-        inclusive: bool,
-        whole: bool = False,
-    ) -> float | int | None:
+    def number(self, key: str, rule: Setting) -> float | int | None:
+        """The key's number within `rule`'s range (a float unless whole); None if absent."""
         value = self.raw.get(key, ABSENT)
         if value is ABSENT:
             return None
+        whole = rule.type == "whole"
         # bool is an int in Python; `true` is not a number in a config file.
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            self.problem(
-                key, f"must be {'a whole number' if whole else 'a number'}, got {shown(value)}"
-            )
+        if isinstance(value, bool) or not isinstance(value, int if whole else int | float):
+            what = "a whole number" if whole else "a number"
+            self.problem(key, f"must be {what}, got {shown(value)}")
             return None
-        if whole and not isinstance(value, int):
-            self.problem(key, f"must be a whole number, got {shown(value)}")
+        if not rule.in_range(value):
+            self.problem(key, f"{rule.rule}, got {shown(value)}")
             return None
-        finite = isinstance(value, int) or math.isfinite(value)
-        above = value >= minimum if inclusive else value > minimum
-        if not (finite and above and value <= maximum):
-            if inclusive:
-                rule = f"must be between {minimum:g} and {maximum:g}"
-            else:
-                rule = f"must be greater than {minimum:g} and at most {maximum:g}"
-            self.problem(key, f"{rule}, got {shown(value)}")
-            return None
-        return value
+        return value if whole else float(value)
 
     def boolean(self, key: str) -> bool:
         value = self.raw.get(key, False)

@@ -72,8 +72,10 @@ class Setting:
         return f"{self.help} (default {shown})"
 
     def in_range(self, value: float) -> bool:
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
         above = value > self.minimum if self.above_minimum else value >= self.minimum
-        return math.isfinite(value) and above and value <= self.maximum
+        return above and value <= self.maximum
 
     def parse(self, raw: str) -> tuple[float | int | str | None, str | None]:
         """(value, None), or (None, the problem without the variable's name)."""
