@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from sidecar import options
-from sidecar.checkfile import load_check_file
 from sidecar.checkspec import AnySpec, CheckPolicy, DatabaseTarget, PostgresSpec
 from sidecar.inputs import dsn_problem, read_dsn_file
 
@@ -68,6 +67,9 @@ class Settings:
         config_file = found["config_file"]
         checks: tuple[AnySpec, ...] = ()
         if config_file is not None:
+            # Imported here: only a deployment with a check file pays for its reader.
+            from sidecar.checkfile import load_check_file  # noqa: PLC0415
+
             checks = load_check_file(
                 config_file, defaults=policy, database=database, problems=problems
             )
