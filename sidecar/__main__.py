@@ -13,6 +13,8 @@ from sidecar import __version__, options
 from sidecar.config import ConfigError, Settings
 
 PROG = "health-sidecar"
+# The exec probe runs in the sidecar's own container: loopback reaches it on any listen address.
+PROBE_HOST = "127.0.0.1"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -45,8 +47,9 @@ def _probe_parser() -> argparse.ArgumentParser:
         description="Exit 0 when the sidecar's endpoint answers 200, else 1.",
     )
     parser.add_argument("endpoint", choices=("ready", "health", "startup"))
-    parser.add_argument("--host", help="sidecar address [SIDECAR_HOST, default 127.0.0.1]")
-    parser.add_argument("--port", help="sidecar port [SIDECAR_PORT, default 8081]")
+    parser.add_argument("--host", help=f"sidecar address [SIDECAR_HOST, default {PROBE_HOST}]")
+    port = options.PORT
+    parser.add_argument("--port", help=f"sidecar port [{port.env}, default {port.default}]")
     parser.add_argument("--timeout", default="2", help="seconds to wait (default 2)")
     return parser
 
@@ -148,8 +151,8 @@ def _probe(args: list[str], env: dict[str, str]) -> int:
 
     given = _probe_parser().parse_args(args)
     problems = []
-    host = given.host or env.get("SIDECAR_HOST", "").strip() or "127.0.0.1"
-    setting = options.BY_FIELD["port"]
+    host = given.host or env.get("SIDECAR_HOST", "").strip() or PROBE_HOST
+    setting = options.PORT
     raw_port = given.port or env.get(setting.env, "").strip() or str(setting.default)
     port, problem = setting.parse(raw_port)
     if problem is not None:

@@ -132,8 +132,8 @@ def _database_target(
             port = int(raw_port, 10)
         except ValueError:
             port = -1
-        if not 1 <= port <= 65535:
-            problems.append(f"PGPORT: must be a port between 1 and 65535, got {raw_port!r}")
+        if not options.PORT.in_range(port):
+            problems.append(f"PGPORT: {options.PORT_RULE}, got {raw_port!r}")
             port = None
     return DatabaseTarget(
         host=get("PGHOST"),

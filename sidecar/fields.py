@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from sidecar.checkspec import CheckPolicy
 from sidecar.inputs import read_head, valid_host
-from sidecar.options import PER_CHECK, Setting
+from sidecar.options import PER_CHECK, PORT, PORT_RULE, Setting
 
 # The timing keys of `defaults:` and of each check: the SIDECAR_* settings' own ranges.
 TIMING: Final[dict[str, Setting]] = {str(s.file_key): s for s in PER_CHECK}
@@ -252,8 +252,8 @@ class Fields:
         if value is ABSENT:
             self.problem(key, "missing; a tcp check needs one")
             return None
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
-            self.problem(key, f"must be a port between 1 and 65535, got {shown(value)}")
+        if isinstance(value, bool) or not isinstance(value, int) or not PORT.in_range(value):
+            self.problem(key, f"{PORT_RULE}, got {shown(value)}")
             return None
         return value
 

@@ -145,6 +145,9 @@ SETTINGS: Final = (
 )
 # fmt: on
 BY_FIELD: Final = {setting.field: setting for setting in SETTINGS}
+# Every port anywhere (PGPORT, a tcp check's) has SIDECAR_PORT's range.
+PORT: Final = BY_FIELD["port"]
+PORT_RULE: Final = f"must be a port between {PORT.minimum:g} and {PORT.maximum:g}"
 # The per-check timings: the check file's `defaults:` keys and each check's own.
 PER_CHECK: Final = tuple(setting for setting in SETTINGS if setting.file_key)
 # Kubernetes service links can only collide with these two (`<SERVICE>_HOST` is not one).
