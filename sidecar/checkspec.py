@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from typing import ClassVar, Final, Literal
-from urllib.parse import unquote, urlsplit
 
+from sidecar.inputs import dsn_passwords
 from sidecar.options import default
 
 KINDS: Final = ("postgres", "http", "tcp")
@@ -42,7 +42,7 @@ class DatabaseTarget:
             found.append(self.password)
         if self.dsn:
             found.append(self.dsn)
-            found.extend(_dsn_passwords(self.dsn))
+            found.extend(dsn_passwords(self.dsn))
         return tuple(s for s in found if s)
 
 
@@ -112,20 +112,3 @@ class TcpSpec(CheckSpec):
 
 
 AnySpec = PostgresSpec | HttpSpec | TcpSpec
-
-
-def _dsn_passwords(dsn: str) -> list[str]:
-    """The password of a DSN, as written and percent-decoded (either form could be echoed)."""
-    try:
-        parts = urlsplit(dsn)
-    except ValueError:
-        return []
-    found: list[str] = []
-    if parts.password:
-        found.append(parts.password)
-    # libpq also accepts the password as a query parameter.
-    for pair in parts.query.split("&"):
-        key, _, value = pair.partition("=")
-        if key == "password" and value:
-            found.append(value)
-    return found + [unquote(p) for p in found if unquote(p) != p]

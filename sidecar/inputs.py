@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Final
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 DSN_SCHEMES: Final = ("postgresql", "postgres")
 # A DSN file is a mounted Secret holding one line; anything bigger is a wrong mount.
@@ -87,3 +87,20 @@ def read_dsn_file(path: str) -> str:
     if problem:
         raise ValueError(f"file {path!r}: {problem}")
     return dsn
+
+
+def dsn_passwords(dsn: str) -> list[str]:
+    """The password of a DSN, as written and percent-decoded (either form could be echoed)."""
+    try:
+        parts = urlsplit(dsn)
+    except ValueError:
+        return []
+    found: list[str] = []
+    if parts.password:
+        found.append(parts.password)
+    # libpq also accepts the password as a query parameter.
+    for pair in parts.query.split("&"):
+        key, _, value = pair.partition("=")
+        if key == "password" and value:
+            found.append(value)
+    return found + [unquote(p) for p in found if unquote(p) != p]
