@@ -35,9 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     for setting in options.SETTINGS:
-        parser.add_argument(
-            setting.flag, metavar="VALUE", help=f"{setting.help_line} [{setting.env}]"
-        )
+        help_text = f"{setting.help_line} [{setting.env}]"
+        parser.add_argument(setting.flag, dest=setting.env, metavar="VALUE", help=help_text)
     return parser
 
 
@@ -78,7 +77,7 @@ def _serve(args: list[str], env: dict[str, str]) -> int:
     given = vars(_parser().parse_args(args))
     from_flags: dict[str, str] = {}
     for setting in options.SETTINGS:
-        value = given.get(setting.flag.removeprefix("--").replace("-", "_"))
+        value = given.get(setting.env)
         if value is not None:
             env[setting.env] = value
             from_flags[setting.env] = setting.flag
