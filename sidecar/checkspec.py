@@ -14,6 +14,8 @@ from sidecar.inputs import dsn_passwords
 from sidecar.options import default
 
 KINDS: Final = ("postgres", "http", "tcp")
+# An http check's passing status codes unless it says otherwise: kubelet's own httpGet rule.
+DEFAULT_STATUS: Final = (200, 399)
 CRITICALITIES: Final = ("critical", "warn")
 # A check name is a URL path segment (/ready/<name>) and a metric label value: keep it to a
 # DNS-label-like shape so neither needs escaping.
@@ -99,9 +101,9 @@ class PostgresSpec(CheckSpec):
 class HttpSpec(CheckSpec):
     kind: ClassVar[Literal["http"]] = "http"
     url: str
-    # Inclusive range of passing status codes; kubelet's own httpGet passes 200-399.
-    status_min: int = 200
-    status_max: int = 399
+    # Inclusive range of passing status codes.
+    status_min: int = DEFAULT_STATUS[0]
+    status_max: int = DEFAULT_STATUS[1]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

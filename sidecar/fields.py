@@ -14,7 +14,7 @@ from dataclasses import replace
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from sidecar.checkspec import CheckPolicy
+from sidecar.checkspec import DEFAULT_STATUS, CheckPolicy
 from sidecar.inputs import read_head, valid_host
 from sidecar.options import PER_CHECK, PORT, PORT_RULE, Setting
 
@@ -39,7 +39,6 @@ KIND_KEYS: Final[dict[str, tuple[str, ...]]] = {
     "tcp": ("host", "port"),
 }
 STATUS_RANGE: Final = (100, 599)
-DEFAULT_STATUS: Final = (200, 399)  # kubelet's own httpGet rule
 STATUS_RULE: Final = 'must be a status code (100-599) or a range "A-B" such as "200-399"'
 REVISION_RULE: Final = (
     "must be a revision id as text, or a list of them (quote one that looks like a number)"
