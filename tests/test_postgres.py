@@ -72,7 +72,7 @@ async def test_ready_with_exactly_one_named_session(
 
     # A few more checks reuse the connection rather than add one.
     before = passed()
-    await wait_until_async(lambda: passed() >= before + 3, timeout=10, message="3 more checks")
+    await wait_until_async(lambda: passed() >= before + 2, timeout=10, message="2 more checks")
     assert pg.sessions() == 1
 
 
