@@ -6,7 +6,7 @@ Which variables exist, their types, defaults and ranges are declared in `sidecar
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Final, Literal
 
 from sidecar import options
@@ -81,17 +81,12 @@ class Settings:
             problems.append(NO_DATABASE)
         if problems:
             raise ConfigError(problems)
-        return cls(
-            database=database,
-            host=found["host"],
-            port=found["port"],
-            policy=policy,
-            drain_seconds=found["drain_seconds"],
-            log_level=found["log_level"],
-            log_format="console" if found["log_format"] == "console" else "json",
-            checks=checks,
-            config_file=config_file,
-        )
+        # Every declared setting with a field of its own name lands there, as parsed.
+        own = {name: found[name] for name in found if name in _FIELD_NAMES}
+        return cls(database=database, policy=policy, checks=checks, **own)
+
+
+_FIELD_NAMES: Final = frozenset(field.name for field in fields(Settings))
 
 
 def _postgres(checks: tuple[AnySpec, ...]) -> list[PostgresSpec]:

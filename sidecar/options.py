@@ -2,12 +2,13 @@
 
 Everything else derives from `SETTINGS`: reading the environment (`config.Settings`), the flags
 and `--help` (`__main__`), the refusal lines, the check file's `defaults:` and per-check timing
-keys (`fields`, the ones with a `file_key`), and the check file's JSON Schema. A test compares
-the README's settings table with this table.
+keys (`fields`, the ones with a `file_key`). Tests compare the README's settings table and the
+check file's JSON Schema with this table.
 
-To add a setting: append one `Setting` here; add a field named `Setting.field` to
-`config.Settings` (or, for a per-check timing with a `file_key`, to `checkspec.Schedule`); add
-its row to the README's settings table. Nothing else needs to know.
+To add a setting: append one `Setting` here; add a typed field named `Setting.field`, its
+default `options.default(...)`, to `config.Settings` (or, for a per-check timing with a
+`file_key`, to `checkspec.CheckPolicy`), where the parsed value lands by that name; add its row
+to the README's settings table. Nothing else needs to know.
 
 Imports only the leaf `inputs`.
 """
@@ -33,7 +34,10 @@ _SERVICE_LINK_VALUE: Final = re.compile(r"^(tcp|udp|sctp)://", re.IGNORECASE)
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Setting:
-    """One setting. `field` is its attribute on Settings (or on Schedule, with `file_key`)."""
+    """One setting. `field` is its attribute on Settings (or on CheckPolicy, with `file_key`).
+
+    A number only the check file takes (the replica lag bound) is declared the same way, with
+    no `env`, so that its range and refusal wording come from here too."""
 
     env: str
     field: str
