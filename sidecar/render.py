@@ -135,11 +135,16 @@ def _failure_text(state: CheckState, verdict: Verdict) -> str:
 
 
 def check_line(state: CheckState, verdict: Verdict) -> str:
-    """One kube-apiserver-style line: `[+]name ok` or `[-]name failed: reason`."""
+    """One kube-apiserver-style line of /ready: `[+]name ok` or `[-]name failed: reason`."""
     suffix = "" if state.critical else " (criticality warn: does not fail readiness)"
+    return own_check_line(state, verdict) + ("" if verdict.ok else suffix)
+
+
+def own_check_line(state: CheckState, verdict: Verdict) -> str:
+    """The line of /ready/<name>, which judges that check alone whatever its criticality."""
     if verdict.ok:
         return f"[+]{state.name} ok"
-    return f"[-]{state.name} failed: {_failure_text(state, verdict)}{suffix}"
+    return f"[-]{state.name} failed: {_failure_text(state, verdict)}"
 
 
 def text_report(
@@ -318,7 +323,7 @@ class Views:
         if state is None:
             return None
         verdict = check_readiness(state, now=now)
-        return self._one("ready", state, verdict, now, query, check_line)
+        return self._one("ready", state, verdict, now, query, own_check_line)
 
     def health_check(self, name: str, now: float, query: Query = PLAIN) -> Rendered | None:
         """/health/<name>: that check's loop keeps its schedule; None if unknown."""
@@ -361,9 +366,14 @@ def _text_answer(
     lines: Callable[[], list[str]],
     notes: Collection[str] = (),
 ) -> Rendered:
-    """kube-apiserver's text: `ok` when passing and not verbose, else the check list."""
+    """kube-apiserver's text: `ok` when passing and not verbose, else the check list.
+
+    Notes (unknown `?exclude=` names) are printed either way, as `warn:` lines: they are the
+    only sign that an exclusion did nothing."""
     if verdict.ok and not query.verbose:
-        return TEXT_OK
+        if not notes:
+            return TEXT_OK
+        return (200, "".join(f"warn: {n}\n" for n in notes).encode() + b"ok\n", TEXT_CONTENT_TYPE)
     return (_status(verdict), text_report(endpoint, lines(), verdict, notes), TEXT_CONTENT_TYPE)
 
 

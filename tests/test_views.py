@@ -172,6 +172,35 @@ async def test_text_plain_pass_is_ok_and_verbose_lists(aiohttp_client: Any) -> N
     assert text.splitlines() == ["[+]cache ok", "health check passed"]
 
 
+async def test_warn_check_own_text_view_says_only_what_is_true(aiohttp_client: Any) -> None:
+    """/ready/<warn check> in text fails that view, so it never claims readiness is unaffected."""
+    client, checks, _ = await start(aiohttp_client)
+    await until(client, "/ready", 200)
+    checks["replica"].then(Reason.REPLICATION_LAG)
+    text = await until(client, "/ready/replica", 503, headers={"Accept": "text/plain"})
+    assert text.splitlines() == ["[-]replica failed: replication_lag", "ready check failed"]
+    # The aggregate view is where the criticality matters, and says so.
+    text = await until(client, "/ready?verbose", 200, headers={"Accept": "text/plain"})
+    assert (
+        "[-]replica failed: replication_lag (criticality warn: does not fail readiness)"
+        in text.splitlines()
+    )
+
+
+async def test_text_answer_prints_the_unknown_exclude_note(aiohttp_client: Any) -> None:
+    """?exclude=nope in text prints the note JSON carries, passing or not, verbose or not."""
+    client, checks, _ = await start(aiohttp_client)
+    note = 'warn: some health checks cannot be excluded: no matches for "nope"'
+    text = await until(client, "/ready?exclude=nope", 200, headers={"Accept": "text/plain"})
+    assert text.splitlines() == [note, "ok"]
+    text = await until(client, "/health?exclude=nope", 200, headers={"Accept": "text/plain"})
+    assert text.splitlines() == [note, "ok"]
+    checks["cache"].then(Reason.TIMEOUT)
+    text = await until(client, "/ready?exclude=nope", 503, headers={"Accept": "text/plain"})
+    assert note in text.splitlines()
+    assert text.splitlines()[-1] == "ready check failed"
+
+
 async def test_unknown_check_is_404_naming_the_configured_ones(aiohttp_client: Any) -> None:
     """/ready/<unknown> is a 404 listing the configured names; nothing is echoed raw."""
     client, _, _ = await start(aiohttp_client)

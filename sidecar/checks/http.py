@@ -37,7 +37,8 @@ class HttpCheck:
     @property
     def expected(self) -> str:
         """The passing range, as shown in failure details."""
-        return f"{self._spec.status_min}-{self._spec.status_max}"
+        low, high = self._spec.status_min, self._spec.status_max
+        return str(low) if low == high else f"{low}-{high}"
 
     async def run(self) -> None:
         with failures_as_reasons(HTTP):
