@@ -128,8 +128,10 @@ SETTINGS: Final = (
         env="SIDECAR_HOST",
         field="host",
         type="host",
-        default="0.0.0.0",  # noqa: S104 -- a sidecar must be reachable by kubelet on the pod IP
-        help="listen address",
+        # Every address family: IPv6 and IPv4 on one socket (IPv4 only where the kernel has no
+        # IPv6), so kubelet reaches the pod IP in IPv4, IPv6 and dual-stack clusters alike.
+        default="::",
+        help="listen address (:: for every address family, 0.0.0.0 for IPv4 only)",
     ),
     Setting(
         env="SIDECAR_PORT",
@@ -197,6 +199,24 @@ SETTINGS: Final = (
         default=5.0,
         maximum=3600,
         help="seconds to keep answering after SIGTERM",
+    ),
+    Setting(
+        env="SIDECAR_MAX_CONNECTIONS",
+        field="max_connections",
+        type="whole",
+        default=256,
+        minimum=1,
+        maximum=65535,
+        help="open HTTP connections at most; beyond it the oldest is closed",
+    ),
+    Setting(
+        env="SIDECAR_DATABASE_MAX_CONNECTION_AGE",
+        field="max_connection_age",
+        type="seconds",
+        default=300.0,
+        maximum=86400,
+        help="seconds a postgres check keeps its connection before opening a new one; 0: a "
+        "new connection for every check",
     ),
     Setting(
         env="SIDECAR_LOG_LEVEL",
