@@ -44,6 +44,9 @@ LISTEN_BACKLOG: Final = 1024
 # the listening sockets, the DSN file, the interpreter's own.
 FD_RESERVE: Final = 64
 MIN_CONNECTIONS: Final = 8
+# Connections closed at once when accept runs out of descriptors (the limit was lowered under
+# us, or something else holds descriptors): room for the next few probes.
+FD_SLACK: Final = 8
 # Accept errors (out of file descriptors) come in bursts of hundreds a second; one line per
 # interval with the count says the same.
 ACCEPT_ERROR_LOG_INTERVAL_SECONDS: Final = 10.0
@@ -110,31 +113,48 @@ def connection_limit(wanted: int) -> int:
 
 
 class ConnectionCap:
-    """At most `limit` open connections: a new one beyond it closes the oldest.
+    """At most `wanted` open connections, fewer when the open-files limit is lower: a new one
+    beyond the cap closes the oldest.
 
     The oldest is almost always an idle client (kubelet's requests take microseconds), so
-    probes keep being answered at the cap, and the process never runs out of descriptors.
+    probes keep being answered at the cap, and the process does not run out of descriptors.
+    The limit is read again at every connection (one getrlimit call): it can be lowered under
+    a running process (prlimit), and an accept that fails anyway lowers the cap further.
     """
 
-    def __init__(self, limit: int, counts: ServerCounts) -> None:
-        self.limit = limit
+    def __init__(self, wanted: int, counts: ServerCounts) -> None:
+        self._wanted = wanted
+        self._ceiling = wanted
         self._counts = counts
         self._open: dict[_Counted, asyncio.BaseTransport] = {}
+
+    @property
+    def limit(self) -> int:
+        return min(self._ceiling, connection_limit(self._wanted))
 
     def wrap(self, factory: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
         return lambda: _Counted(factory(), self)
 
     def opened(self, protocol: _Counted, transport: asyncio.BaseTransport) -> None:
         self._open[protocol] = transport
-        while len(self._open) > self.limit:
+        self._close_beyond(self.limit)
+
+    def closed(self, protocol: _Counted) -> None:
+        self._open.pop(protocol, None)
+
+    def out_of_descriptors(self) -> None:
+        """Accept failed for want of descriptors: something else holds them. Lower the cap
+        under what is open now and close the oldest, so the next probe can be accepted."""
+        self._ceiling = max(MIN_CONNECTIONS, len(self._open) - FD_SLACK)
+        self._close_beyond(self._ceiling)
+
+    def _close_beyond(self, limit: int) -> None:
+        while len(self._open) > limit:
             oldest, oldest_transport = next(iter(self._open.items()))
             del self._open[oldest]
             self._counts.connections_evicted += 1
             with contextlib.suppress(Exception):
                 oldest_transport.abort()  # type: ignore[attr-defined]
-
-    def closed(self, protocol: _Counted) -> None:
-        self._open.pop(protocol, None)
 
 
 class _Counted(asyncio.Protocol):
@@ -192,8 +212,14 @@ class CappedSockSite(web.SockSite):
 class AcceptErrors:
     """A loop exception handler: accept errors are counted, and logged once an interval."""
 
-    def __init__(self, counts: ServerCounts, monotonic: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        counts: ServerCounts,
+        on_error: Callable[[], None],
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._counts = counts
+        self._on_error = on_error
         self._monotonic = monotonic
         self._unlogged = 0
         self._logged_at: float | None = None
@@ -204,6 +230,7 @@ class AcceptErrors:
             loop.default_exception_handler(context)
             return
         self._counts.accept_errors += 1
+        self._on_error()
         self._unlogged += 1
         now = self._monotonic()
         if self._logged_at is None or now - self._logged_at >= ACCEPT_ERROR_LOG_INTERVAL_SECONDS:
@@ -222,13 +249,13 @@ async def serve(app: web.Application, settings: Settings) -> None:
     sockets = bind(settings.host, settings.port)
     loop = asyncio.get_running_loop()
     counts = app[SERVER_COUNTS]
-    loop.set_exception_handler(AcceptErrors(counts))
+    cap = ConnectionCap(connection_limit(settings.max_connections), counts)
+    loop.set_exception_handler(AcceptErrors(counts, cap.out_of_descriptors))
     signals: asyncio.Queue[str] = asyncio.Queue()
     for sig in DRAIN_SIGNALS:
         loop.add_signal_handler(sig, signals.put_nowait, sig.name)
     for sig in IGNORED_SIGNALS:
         loop.add_signal_handler(sig, _ignored, sig.name)
-    cap = ConnectionCap(connection_limit(settings.max_connections), counts)
 
     runner = web.AppRunner(
         app,
