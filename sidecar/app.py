@@ -65,7 +65,10 @@ def create_app(
     """
     credentials: dict[str, CredentialsStatus] = {}
     if checks is None:
-        built = [build_check(spec, on_secrets=on_secrets) for spec in settings.check_specs]
+        built = [
+            build_check(spec, on_secrets=on_secrets, max_connection_age=settings.max_connection_age)
+            for spec in settings.check_specs
+        ]
         checks = [(b.spec, b.check) for b in built]
         credentials = {b.spec.name: b.credentials for b in built if b.credentials is not None}
     names = [spec.name for spec, _ in checks]

@@ -24,7 +24,7 @@ from typing import Any, Final
 import structlog
 from aiohttp import web
 
-from sidecar import __version__
+from sidecar import __version__, resolver
 from sidecar.app import BOARD, SERVER_COUNTS
 from sidecar.config import Settings
 from sidecar.metrics import ServerCounts
@@ -248,6 +248,8 @@ async def serve(app: web.Application, settings: Settings) -> None:
     """Bind, start, serve until TERM/INT/QUIT, drain, then close cleanly."""
     sockets = bind(settings.host, settings.port)
     loop = asyncio.get_running_loop()
+    # asyncio resolves names in the default executor, whose threads exit would wait for.
+    loop.set_default_executor(resolver.shared())
     counts = app[SERVER_COUNTS]
     cap = ConnectionCap(connection_limit(settings.max_connections), counts)
     loop.set_exception_handler(AcceptErrors(counts, cap.out_of_descriptors))

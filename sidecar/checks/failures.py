@@ -159,10 +159,10 @@ POSTGRES: Final[Rules] = (
     (asyncpg.InvalidAuthorizationSpecificationError, Reason.AUTH_FAILED),
     (asyncpg.InvalidCatalogNameError, Reason.DATABASE_NOT_FOUND),
     (asyncpg.TooManyConnectionsError, Reason.TOO_MANY_CONNECTIONS),
-    (
-        (asyncpg.AdminShutdownError, asyncpg.CrashShutdownError, asyncpg.CannotConnectNowError),
-        Reason.SERVER_SHUTDOWN,
-    ),
+    # 57P03 is "not yet" (starting up, crash recovery, hot_standby=off), not "going away".
+    (asyncpg.CannotConnectNowError, Reason.SERVER_STARTING),
+    ((asyncpg.AdminShutdownError, asyncpg.CrashShutdownError), Reason.SERVER_SHUTDOWN),
+    (asyncpg.exceptions.TargetServerAttributeNotMatched, Reason.SESSION_ATTRS_MISMATCH),
     (
         (asyncpg.ConnectionDoesNotExistError, ConnectionResetError, BrokenPipeError),
         _lost_connection,
@@ -176,4 +176,7 @@ POSTGRES: Final[Rules] = (
     ((asyncpg.PostgresConnectionError, asyncpg.InterfaceError), Reason.NETWORK_ERROR),
     (asyncpg.PostgresError, Reason.QUERY_FAILED),
     (OSError, _postgres_os_error),
+    # Whatever else the client raises (a protocol error, a class added in a later release)
+    # is about the conversation with the server, not a bug of ours.
+    (asyncpg.exceptions.InternalClientError, Reason.NETWORK_ERROR),
 )
