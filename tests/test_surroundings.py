@@ -7,18 +7,21 @@ import contextlib
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, Final
 
 import pytest
 from sidecar_proc import Sampler, SidecarProcess
 from support import wait_until
-from support.faultproxy import FaultProxy
+from support.faultproxy import FaultProxy, ProxyFactory
 from support.pg import PostgresServer
 
 
@@ -177,3 +180,200 @@ def test_hup_and_usr1_are_logged_and_ignored(
         assert sidecar.status("/health") == 200
         assert sidecar.stop() == 0
     assert sidecar.events("sidecar.stopped")
+
+
+# ---- name resolution -----------------------------------------------------------------------
+
+NETNS: Final = "hs15-dns"
+# A Kubernetes-like resolv.conf: three search domains and ndots:5 multiply every retry.
+SILENT_RESOLV_CONF: Final = (
+    "nameserver 127.0.0.1\n"
+    "search ns.svc.cluster.local svc.cluster.local cluster.local\n"
+    "options ndots:5 timeout:5 attempts:2\n"
+)
+SILENT_LISTENER: Final = (
+    "import socket, time\n"
+    "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+    "s.bind(('127.0.0.1', 53))\n"
+    "t = time.monotonic()\n"
+    "while time.monotonic() - t < 300:\n"
+    "    s.recv(4096)\n"
+)
+
+
+@pytest.fixture
+def silent_resolver_netns() -> Iterator[str]:
+    """A network namespace of our own whose resolv.conf names a UDP listener that never
+    answers; removed afterwards."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("network namespaces need root and iproute2 in CI")
+        pytest.skip("network namespaces need root and iproute2")
+    subprocess.run(["ip", "netns", "del", NETNS], capture_output=True, check=False)
+    subprocess.run(["ip", "netns", "add", NETNS], check=True, timeout=10)
+    etc = Path("/etc/netns") / NETNS
+    listener: subprocess.Popen[bytes] | None = None
+    try:
+        subprocess.run(["ip", "-n", NETNS, "link", "set", "lo", "up"], check=True, timeout=10)
+        etc.mkdir(parents=True, exist_ok=True)
+        (etc / "resolv.conf").write_text(SILENT_RESOLV_CONF)
+        listener = subprocess.Popen(
+            ["ip", "netns", "exec", NETNS, sys.executable, "-c", SILENT_LISTENER]
+        )
+        yield NETNS
+    finally:
+        if listener is not None:
+            listener.kill()
+            listener.wait(10)
+        shutil.rmtree(etc, ignore_errors=True)
+        subprocess.run(["ip", "netns", "del", NETNS], capture_output=True, check=False)
+
+
+class NetnsSidecar(SidecarProcess):
+    """The sidecar started inside a network namespace (its logs still come out here)."""
+
+    def __init__(self, netns: str, env: dict[str, str], **kwargs: Any) -> None:
+        super().__init__(env, **kwargs)
+        self.netns = netns
+
+    def command(self) -> list[str]:
+        return ["ip", "netns", "exec", self.netns, *super().command()]
+
+
+def test_a_silent_resolver_is_dns_failure_and_cannot_hold_the_exit(
+    silent_resolver_netns: str, tmp_path: Path
+) -> None:
+    """The DSN's host is a name the resolver never answers: checks fail as dns_failure
+    (timed out), lookups do not pile up, and SIGTERM exits 0 within drain + 1 s."""
+    drain = 1.0
+    sidecar = NetnsSidecar(
+        silent_resolver_netns,
+        {
+            "SIDECAR_DATABASE_URL": "postgresql://u:secret@db.example.internal:5432/postgres",
+            "SIDECAR_CHECK_TIMEOUT": "2",
+            "SIDECAR_DRAIN_SECONDS": str(drain),
+        },
+        log_dir=tmp_path,
+    )
+    with sidecar:
+        sidecar.wait_event("sidecar.listening", timeout=30)
+        changed = sidecar.wait_event("check.state_changed", timeout=30, to="failing")
+        assert changed["reason"] == "dns_failure", changed
+        assert changed["details"] == {"timed_out": "true"}, changed
+        # Several failed checks later, the stuck lookups are bounded by the pool.
+        sidecar.wait_event("check.completed", timeout=30, after=4, ok=False)
+        threads = len(os.listdir(f"/proc/{sidecar.pid}/task"))
+        assert threads <= 12, threads
+        signalled = time.monotonic()
+        os.kill(sidecar.pid, signal.SIGTERM)
+        assert sidecar.wait_exit(drain + 20) == 0
+        took = time.monotonic() - signalled
+    assert took < drain + 1.0 + 0.5, took  # half a second for a loaded machine
+    reasons = {e["reason"] for e in sidecar.events("check.completed", ok=False)}
+    assert reasons == {"dns_failure"}, reasons
+    assert "Traceback" not in sidecar.log_text()
+
+
+# ---- the database: kept connection, multi-host, session attributes, 57P03 ----------------
+
+
+def test_a_smart_shutdown_is_seen_within_the_connection_age(
+    pg_private: PostgresServer, tmp_path: Path
+) -> None:
+    """pg_ctl stop -m smart waits for sessions to end; the sidecar's kept connection is
+    replaced within SIDECAR_DATABASE_MAX_CONNECTION_AGE, so /ready turns 503 and the server
+    can finish stopping."""
+    age = 2.0
+    sidecar = SidecarProcess(
+        {
+            "SIDECAR_DATABASE_URL": pg_private.dsn(),
+            "SIDECAR_DATABASE_MAX_CONNECTION_AGE": str(age),
+        },
+        log_dir=tmp_path,
+    )
+    with sidecar:
+        sidecar.wait_listening()
+        wait_until(lambda: sidecar.status("/ready") == 200, timeout=20, message="ready")
+        started = time.monotonic()
+        stopper = threading.Thread(target=pg_private.stop, args=("smart",), daemon=True)
+        stopper.start()
+        wait_until(lambda: sidecar.status("/ready") == 503, timeout=age + 10, message="not ready")
+        assert time.monotonic() - started < age + 5
+        stopper.join(30)
+        assert not stopper.is_alive()
+        assert not pg_private.is_running
+    reasons = {e["reason"] for e in sidecar.events("check.completed", ok=False)}
+    assert reasons <= {"server_shutdown", "connection_refused"}, reasons
+
+
+def test_a_role_set_nologin_is_seen_within_the_connection_age(
+    pg: PostgresServer, tmp_path: Path
+) -> None:
+    """ALTER ROLE ... NOLOGIN leaves the kept session working; the next one within the
+    connection age is refused: auth_failed."""
+    pg.create_role("hs15_nologin", "pw15")
+    sidecar = SidecarProcess(
+        {
+            "SIDECAR_DATABASE_URL": pg.dsn("hs15_nologin", "pw15"),
+            "SIDECAR_DATABASE_MAX_CONNECTION_AGE": "2",
+        },
+        log_dir=tmp_path,
+    )
+    with sidecar:
+        sidecar.wait_listening()
+        wait_until(lambda: sidecar.status("/ready") == 200, timeout=20, message="ready")
+        pg.execute("ALTER ROLE hs15_nologin NOLOGIN")
+        try:
+            changed = sidecar.wait_event("check.state_changed", timeout=15, to="failing")
+        finally:
+            pg.execute("ALTER ROLE hs15_nologin LOGIN")
+    assert changed["reason"] == "auth_failed", changed
+
+
+def test_a_silent_first_host_does_not_hide_the_second(
+    pg: PostgresServer, make_fault_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    """postgresql://u@h1,h2/db with h1 accepting TCP and never answering: ready on h2, each
+    host getting its share of the check timeout as libpq's connect_timeout."""
+    silent = make_fault_proxy(pg.host, pg.port)
+    silent.blackhole()
+    host, port = silent.address
+    password = pg.dsn().split(":")[2].split("@")[0]
+    dsn = f"postgresql://postgres:{password}@{host}:{port},{pg.host}:{pg.port}/postgres"
+    sidecar = SidecarProcess(
+        {"SIDECAR_DATABASE_URL": dsn, "SIDECAR_CHECK_TIMEOUT": "2"}, log_dir=tmp_path
+    )
+    with sidecar:
+        sidecar.wait_listening()
+        wait_until(lambda: sidecar.status("/ready") == 200, timeout=20, message="ready")
+        assert silent.accepted_total >= 1
+
+
+def test_target_session_attrs_standby_against_a_primary_has_its_own_reason(
+    pg: PostgresServer, tmp_path: Path
+) -> None:
+    """target_session_attrs=standby on a primary: session_attrs_mismatch, no crash line."""
+    sidecar = SidecarProcess(
+        {"SIDECAR_DATABASE_URL": pg.dsn() + "?target_session_attrs=standby"}, log_dir=tmp_path
+    )
+    with sidecar:
+        sidecar.wait_listening()
+        changed = sidecar.wait_event("check.state_changed", timeout=20, to="failing")
+    assert changed["reason"] == "session_attrs_mismatch", changed
+    assert sidecar.events("check.crashed") == []
+
+
+def test_a_standby_without_hot_standby_is_server_starting(
+    pg: PostgresServer, tmp_path: Path
+) -> None:
+    """57P03 from a standby with hot_standby=off: server_starting, not server_shutdown."""
+    standby = PostgresServer(replica_of=pg, settings={"hot_standby": "off"})
+    try:
+        standby.start()
+        sidecar = SidecarProcess({"SIDECAR_DATABASE_URL": standby.dsn()}, log_dir=tmp_path)
+        with sidecar:
+            sidecar.wait_listening()
+            changed = sidecar.wait_event("check.state_changed", timeout=30, to="failing")
+    finally:
+        standby.cleanup()
+    assert changed["reason"] == "server_starting", changed

@@ -153,14 +153,20 @@ def _postgres_os_error(exc: BaseException) -> Reason:
     )
 
 
+def _cannot_connect_now(exc: BaseException) -> Reason:
+    # 57P03 says "not now" for two opposite reasons: starting up (crash recovery, a standby
+    # with hot_standby=off, "not yet accepting connections") or going away (a smart shutdown
+    # waiting for sessions to end). Only the message tells them apart.
+    return Reason.SERVER_SHUTDOWN if "shutting down" in str(exc) else Reason.SERVER_STARTING
+
+
 POSTGRES: Final[Rules] = (
     (TimeoutError, Reason.TIMEOUT),
     # Covers InvalidPasswordError and "no pg_hba.conf entry": both are credentials.
     (asyncpg.InvalidAuthorizationSpecificationError, Reason.AUTH_FAILED),
     (asyncpg.InvalidCatalogNameError, Reason.DATABASE_NOT_FOUND),
     (asyncpg.TooManyConnectionsError, Reason.TOO_MANY_CONNECTIONS),
-    # 57P03 is "not yet" (starting up, crash recovery, hot_standby=off), not "going away".
-    (asyncpg.CannotConnectNowError, Reason.SERVER_STARTING),
+    (asyncpg.CannotConnectNowError, _cannot_connect_now),
     ((asyncpg.AdminShutdownError, asyncpg.CrashShutdownError), Reason.SERVER_SHUTDOWN),
     (asyncpg.exceptions.TargetServerAttributeNotMatched, Reason.SESSION_ATTRS_MISMATCH),
     (
