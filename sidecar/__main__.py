@@ -13,6 +13,8 @@ from sidecar import __version__, options
 from sidecar.config import ConfigError, Settings
 
 PROG = "health-sidecar"
+# The exec probe runs in the sidecar's own container: loopback reaches it on any listen address.
+PROBE_HOST = "127.0.0.1"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -33,9 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     for setting in options.SETTINGS:
-        parser.add_argument(
-            setting.flag, metavar="VALUE", help=f"{setting.help_line} [{setting.env}]"
-        )
+        help_text = f"{setting.help_line} [{setting.env}]"
+        parser.add_argument(setting.flag, dest=setting.env, metavar="VALUE", help=help_text)
     return parser
 
 
@@ -45,8 +46,9 @@ def _probe_parser() -> argparse.ArgumentParser:
         description="Exit 0 when the sidecar's endpoint answers 200, else 1.",
     )
     parser.add_argument("endpoint", choices=("ready", "health", "startup"))
-    parser.add_argument("--host", help="sidecar address [SIDECAR_HOST, default 127.0.0.1]")
-    parser.add_argument("--port", help="sidecar port [SIDECAR_PORT, default 8081]")
+    parser.add_argument("--host", help=f"sidecar address [SIDECAR_HOST, default {PROBE_HOST}]")
+    port = options.PORT
+    parser.add_argument("--port", help=f"sidecar port [{port.env}, default {port.default}]")
     parser.add_argument("--timeout", default="2", help="seconds to wait (default 2)")
     return parser
 
@@ -75,7 +77,7 @@ def _serve(args: list[str], env: dict[str, str]) -> int:
     given = vars(_parser().parse_args(args))
     from_flags: dict[str, str] = {}
     for setting in options.SETTINGS:
-        value = given.get(setting.flag.removeprefix("--").replace("-", "_"))
+        value = given.get(setting.env)
         if value is not None:
             env[setting.env] = value
             from_flags[setting.env] = setting.flag
@@ -162,8 +164,8 @@ def _probe(args: list[str], env: dict[str, str]) -> int:
 
     given = _probe_parser().parse_args(args)
     problems = []
-    host = given.host or env.get("SIDECAR_HOST", "").strip() or "127.0.0.1"
-    setting = options.BY_FIELD["port"]
+    host = given.host or env.get("SIDECAR_HOST", "").strip() or PROBE_HOST
+    setting = options.PORT
     raw_port = given.port or env.get(setting.env, "").strip() or str(setting.default)
     port, problem = setting.parse(raw_port)
     if problem is not None:

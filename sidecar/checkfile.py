@@ -9,9 +9,7 @@ value may be one, and the lines end up on stderr and in the pod's events.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Final
-from urllib.parse import urlsplit
+from typing import Any, Final
 
 from sidecar.checkspec import (
     CRITICALITIES,
@@ -26,7 +24,8 @@ from sidecar.checkspec import (
 )
 from sidecar.documents import MAX_CHECK_FILE_BYTES, ORIGIN, UNREADABLE, read_document
 from sidecar.fields import ABSENT, COMMON_KEYS, KIND_KEYS, TIMING, Fields, kind_of, shown, shown_key
-from sidecar.inputs import dsn_problem, read_dsn_file
+from sidecar.inputs import dsn_passwords, dsn_problem, read_dsn_file
+from sidecar.options import Setting
 
 # Tests and the chart's schema check read these from here.
 __all__ = [
@@ -38,8 +37,15 @@ __all__ = [
     "parse_checks",
 ]
 
-# A day: a replica further behind than that is broken, not lagging.
-MAX_REPLICA_LAG_SECONDS: Final = 86400
+# Up to a day: a replica further behind than that is broken, not lagging.
+MAX_REPLICA_LAG: Final = Setting(
+    env="",
+    field="max_replica_lag_seconds",
+    type="seconds",
+    above_minimum=True,
+    maximum=86400,
+    help="the largest replay lag a replica check accepts",
+)
 NAME_RULE: Final = (
     "must be 1 to 63 lowercase letters, digits, '-' or '_', "
     "starting and ending with a letter or digit"
@@ -156,11 +162,12 @@ def _parse_check(
     known_kind = kind if isinstance(kind, str) and kind in KINDS else None
     fields.refuse_unknown_keys(known_kind)
 
-    common = _Common(
-        name=name or "",
-        policy=fields.policy(policy),
-        critical=fields.choice("criticality", CRITICALITIES, "critical") == "critical",
-    )
+    # What every kind's spec takes.
+    common: dict[str, Any] = {
+        "name": name or "",
+        "policy": fields.policy(policy),
+        "critical": fields.choice("criticality", CRITICALITIES, "critical") == "critical",
+    }
     spec: AnySpec | None = None
     if known_kind == "postgres":
         spec = _postgres(fields, common, database)
@@ -172,23 +179,14 @@ def _parse_check(
     return spec if name is not None and len(problems) == before else None
 
 
-@dataclass(frozen=True, slots=True)
-class _Common:
-    """What every kind's spec takes."""
-
-    name: str
-    policy: CheckPolicy
-    critical: bool
-
-
-def _postgres(fields: Fields, common: _Common, database: DatabaseTarget) -> PostgresSpec | None:
+def _postgres(
+    fields: Fields, common: dict[str, Any], database: DatabaseTarget
+) -> PostgresSpec | None:
     raw = fields.raw
     target = _postgres_target(fields, database)
     require_primary = fields.boolean("require_primary")
     allow_replica = fields.boolean("allow_replica")
-    lag = fields.number(
-        "max_replica_lag_seconds", minimum=0, maximum=MAX_REPLICA_LAG_SECONDS, inclusive=False
-    )
+    lag = fields.number("max_replica_lag_seconds", MAX_REPLICA_LAG)
     if require_primary and allow_replica:
         fields.problem("allow_replica", "contradicts require_primary: true; set only one of them")
     lag_alone = "max_replica_lag_seconds" in raw and not allow_replica
@@ -211,15 +209,13 @@ def _postgres(fields: Fields, common: _Common, database: DatabaseTarget) -> Post
     if target is None:
         return None
     return PostgresSpec(
-        name=common.name,
-        policy=common.policy,
-        critical=common.critical,
+        **common,
         target=target,
         query=query,
         expect=expect,
         require_primary=require_primary,
         allow_replica=allow_replica,
-        max_replica_lag_seconds=None if lag is None else float(lag),
+        max_replica_lag_seconds=lag,
         alembic_revisions=revisions,
         ca_file=ca_file,
         cert_file=cert_file,
@@ -244,7 +240,7 @@ def _postgres_target(fields: Fields, database: DatabaseTarget) -> DatabaseTarget
         return None
     dsn = dsn.strip()
     problem = dsn_problem(dsn)
-    if problem is None and _has_password(dsn):
+    if problem is None and dsn_passwords(dsn):
         problem = (
             "holds a password, and a ConfigMap is not a Secret: put the DSN in a "
             "mounted Secret and name that file with dsn_file"
@@ -271,38 +267,25 @@ def _dsn_file_target(fields: Fields) -> DatabaseTarget | None:
     return DatabaseTarget(dsn=dsn, source="dsn_file", file_path=path)
 
 
-def _has_password(dsn: str) -> bool:
-    parts = urlsplit(dsn)  # dsn_problem has refused what urlsplit cannot split
-    if parts.password:
-        return True
-    # libpq also takes the password as a query parameter.
-    pairs = (pair.partition("=") for pair in parts.query.split("&"))
-    return any(key == "password" and value for key, _, value in pairs)
-
-
-def _http(fields: Fields, common: _Common) -> HttpSpec | None:
+def _http(fields: Fields, common: dict[str, Any]) -> HttpSpec | None:
     url = fields.url("url")
     status = fields.status_range("expect_status")
     if url is None or status is None:
         return None
     return HttpSpec(
-        name=common.name,
-        policy=common.policy,
-        critical=common.critical,
+        **common,
         url=url,
         status_min=status[0],
         status_max=status[1],
     )
 
 
-def _tcp(fields: Fields, common: _Common) -> TcpSpec | None:
+def _tcp(fields: Fields, common: dict[str, Any]) -> TcpSpec | None:
     host = fields.host("host")
     port = fields.port("port")
     if host is None or port is None:
         return None
-    return TcpSpec(
-        name=common.name, policy=common.policy, critical=common.critical, host=host, port=port
-    )
+    return TcpSpec(**common, host=host, port=port)
 
 
 def _valid_name(raw: object) -> str | None:

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Final, Literal
-from urllib.parse import unquote, urlsplit
+from typing import ClassVar, Final, Literal
 
+from sidecar.inputs import dsn_passwords
 from sidecar.options import default
 
 KINDS: Final = ("postgres", "http", "tcp")
+# An http check's passing status codes unless it says otherwise: kubelet's own httpGet rule.
+DEFAULT_STATUS: Final = (200, 399)
 CRITICALITIES: Final = ("critical", "warn")
 # A check name is a URL path segment (/ready/<name>) and a metric label value: keep it to a
 # DNS-label-like shape so neither needs escaping.
@@ -42,7 +44,7 @@ class DatabaseTarget:
             found.append(self.password)
         if self.dsn:
             found.append(self.dsn)
-            found.extend(_dsn_passwords(self.dsn))
+            found.extend(dsn_passwords(self.dsn))
         return tuple(s for s in found if s)
 
 
@@ -71,14 +73,12 @@ class CheckSpec:
     policy: CheckPolicy = field(default_factory=CheckPolicy)
     # critical: a failure makes /ready 503. warn: shown as `warn`, /ready stays 200.
     critical: bool = True
-
-    @property
-    def kind(self) -> str:
-        raise NotImplementedError
+    kind: ClassVar[str]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PostgresSpec(CheckSpec):
+    kind: ClassVar[Literal["postgres"]] = "postgres"
     target: DatabaseTarget = field(default_factory=DatabaseTarget)
     # A custom query run after connecting; with `expect`, its first column of the first row,
     # as text (NULL as "null"), must equal `expect`.
@@ -96,48 +96,21 @@ class PostgresSpec(CheckSpec):
     cert_file: str | None = None
     key_file: str | None = None
 
-    @property
-    def kind(self) -> Literal["postgres"]:
-        return "postgres"
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HttpSpec(CheckSpec):
+    kind: ClassVar[Literal["http"]] = "http"
     url: str
-    # Inclusive range of passing status codes; kubelet's own httpGet passes 200-399.
-    status_min: int = 200
-    status_max: int = 399
-
-    @property
-    def kind(self) -> Literal["http"]:
-        return "http"
+    # Inclusive range of passing status codes.
+    status_min: int = DEFAULT_STATUS[0]
+    status_max: int = DEFAULT_STATUS[1]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TcpSpec(CheckSpec):
+    kind: ClassVar[Literal["tcp"]] = "tcp"
     host: str
     port: int
 
-    @property
-    def kind(self) -> Literal["tcp"]:
-        return "tcp"
-
 
 AnySpec = PostgresSpec | HttpSpec | TcpSpec
-
-
-def _dsn_passwords(dsn: str) -> list[str]:
-    """The password of a DSN, as written and percent-decoded (either form could be echoed)."""
-    try:
-        parts = urlsplit(dsn)
-    except ValueError:
-        return []
-    found: list[str] = []
-    if parts.password:
-        found.append(parts.password)
-    # libpq also accepts the password as a query parameter.
-    for pair in parts.query.split("&"):
-        key, _, value = pair.partition("=")
-        if key == "password" and value:
-            found.append(value)
-    return found + [unquote(p) for p in found if unquote(p) != p]

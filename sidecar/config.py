@@ -6,11 +6,10 @@ Which variables exist, their types, defaults and ranges are declared in `sidecar
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Final, Literal
 
 from sidecar import options
-from sidecar.checkfile import load_check_file
 from sidecar.checkspec import AnySpec, CheckPolicy, DatabaseTarget, PostgresSpec
 from sidecar.inputs import dsn_problem, read_dsn_file
 
@@ -70,6 +69,9 @@ class Settings:
         config_file = found["config_file"]
         checks: tuple[AnySpec, ...] = ()
         if config_file is not None:
+            # Imported here: only a deployment with a check file pays for its reader.
+            from sidecar.checkfile import load_check_file  # noqa: PLC0415
+
             checks = load_check_file(
                 config_file, defaults=policy, database=database, problems=problems
             )
@@ -81,19 +83,12 @@ class Settings:
             problems.append(NO_DATABASE)
         if problems:
             raise ConfigError(problems)
-        return cls(
-            database=database,
-            host=found["host"],
-            port=found["port"],
-            policy=policy,
-            drain_seconds=found["drain_seconds"],
-            max_connections=found["max_connections"],
-            max_connection_age=found["max_connection_age"],
-            log_level=found["log_level"],
-            log_format="console" if found["log_format"] == "console" else "json",
-            checks=checks,
-            config_file=config_file,
-        )
+        # Every declared setting with a field of its own name lands there, as parsed.
+        own = {name: found[name] for name in found if name in _FIELD_NAMES}
+        return cls(database=database, policy=policy, checks=checks, **own)
+
+
+_FIELD_NAMES: Final = frozenset(field.name for field in fields(Settings))
 
 
 def _postgres(checks: tuple[AnySpec, ...]) -> list[PostgresSpec]:
@@ -134,8 +129,8 @@ def _database_target(
             port = int(raw_port, 10)
         except ValueError:
             port = -1
-        if not 1 <= port <= 65535:
-            problems.append(f"PGPORT: must be a port between 1 and 65535, got {raw_port!r}")
+        if not options.PORT.in_range(port):
+            problems.append(f"PGPORT: {options.PORT_RULE}, got {raw_port!r}")
             port = None
     return DatabaseTarget(
         host=get("PGHOST"),

@@ -88,11 +88,6 @@ class DsnFile:
     def current(self) -> str:
         return self._current
 
-    @property
-    def pending(self) -> str | None:
-        """A valid DSN from the file, not yet accepted by the server."""
-        return self._pending
-
     def poll(self) -> str | None:
         """A new DSN to try, or None. One stat when the file has not changed."""
         key, racy = _stat(self.path, self._clock_ns())

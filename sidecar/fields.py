@@ -8,17 +8,15 @@ even after the first problem. A line quotes a refused value only when it cannot 
 from __future__ import annotations
 
 import difflib
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import replace
-from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from sidecar.checkspec import CheckPolicy
-from sidecar.inputs import valid_host
-from sidecar.options import PER_CHECK, Setting
+from sidecar.checkspec import DEFAULT_STATUS, CheckPolicy
+from sidecar.inputs import read_head, valid_host
+from sidecar.options import PER_CHECK, PORT, PORT_RULE, Setting
 
 # The timing keys of `defaults:` and of each check: the SIDECAR_* settings' own ranges.
 TIMING: Final[dict[str, Setting]] = {str(s.file_key): s for s in PER_CHECK}
@@ -41,7 +39,6 @@ KIND_KEYS: Final[dict[str, tuple[str, ...]]] = {
     "tcp": ("host", "port"),
 }
 STATUS_RANGE: Final = (100, 599)
-DEFAULT_STATUS: Final = (200, 399)  # kubelet's own httpGet rule
 STATUS_RULE: Final = 'must be a status code (100-599) or a range "A-B" such as "200-399"'
 REVISION_RULE: Final = (
     "must be a revision id as text, or a list of them (quote one that looks like a number)"
@@ -99,51 +96,27 @@ class Fields:
 
     def policy(self, base: CheckPolicy) -> CheckPolicy:
         """`base`, with the timing keys this mapping sets."""
-        changes: dict[str, Any] = {}
-        for key, setting in TIMING.items():
-            whole = setting.type == "whole"
-            value = self.number(
-                key,
-                minimum=setting.minimum,
-                maximum=setting.maximum,
-                inclusive=not setting.above_minimum,
-                whole=whole,
-            )
-            if value is not None:
-                changes[setting.field] = value if whole else float(value)
+        found = {key: self.number(key, setting) for key, setting in TIMING.items()}
+        changes: dict[str, Any] = {
+            TIMING[key].field: value for key, value in found.items() if value is not None
+        }
         return replace(base, **changes)
 
-    def number(
-        self,
-        key: str,
-        *,
-        minimum: float,
-        maximum: float,
-        inclusive: bool,
-        whole: bool = False,
-    ) -> float | int | None:
+    def number(self, key: str, rule: Setting) -> float | int | None:
+        """The key's number within `rule`'s range (a float unless whole); None if absent."""
         value = self.raw.get(key, ABSENT)
         if value is ABSENT:
             return None
+        whole = rule.type == "whole"
         # bool is an int in Python; `true` is not a number in a config file.
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            self.problem(
-                key, f"must be {'a whole number' if whole else 'a number'}, got {shown(value)}"
-            )
+        if isinstance(value, bool) or not isinstance(value, int if whole else int | float):
+            what = "a whole number" if whole else "a number"
+            self.problem(key, f"must be {what}, got {shown(value)}")
             return None
-        if whole and not isinstance(value, int):
-            self.problem(key, f"must be a whole number, got {shown(value)}")
+        if not rule.in_range(value):
+            self.problem(key, f"{rule.rule}, got {shown(value)}")
             return None
-        finite = isinstance(value, int) or math.isfinite(value)
-        above = value >= minimum if inclusive else value > minimum
-        if not (finite and above and value <= maximum):
-            if inclusive:
-                rule = f"must be between {minimum:g} and {maximum:g}"
-            else:
-                rule = f"must be greater than {minimum:g} and at most {maximum:g}"
-            self.problem(key, f"{rule}, got {shown(value)}")
-            return None
-        return value
+        return value if whole else float(value)
 
     def boolean(self, key: str) -> bool:
         value = self.raw.get(key, False)
@@ -201,19 +174,11 @@ class Fields:
         if path is None:
             return None
         try:
-            with Path(path).open("rb"):
-                pass
-        except FileNotFoundError:
-            self.problem(key, f"file {path!r} does not exist")
-        except IsADirectoryError:
-            self.problem(key, f"{path!r} is a directory, not a file")
-        except PermissionError:
-            self.problem(key, f"file {path!r} is not readable (permission denied)")
-        except OSError as exc:
-            self.problem(key, f"file {path!r} cannot be read ({exc.strerror or 'error'})")
-        else:
-            return path
-        return None
+            read_head(path, 0)
+        except ValueError as exc:
+            self.problem(key, f"file {path!r} {exc}")
+            return None
+        return path
 
     def revisions(self, key: str) -> tuple[str, ...]:
         value = self.raw.get(key, ABSENT)
@@ -286,8 +251,8 @@ class Fields:
         if value is ABSENT:
             self.problem(key, "missing; a tcp check needs one")
             return None
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
-            self.problem(key, f"must be a port between 1 and 65535, got {shown(value)}")
+        if isinstance(value, bool) or not isinstance(value, int) or not PORT.in_range(value):
+            self.problem(key, f"{PORT_RULE}, got {shown(value)}")
             return None
         return value
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Final
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 DSN_SCHEMES: Final = ("postgresql", "postgres")
 # A DSN file is a mounted Secret holding one line; anything bigger is a wrong mount.
@@ -50,12 +50,12 @@ def dsn_problem(dsn: str) -> str | None:
     return None
 
 
-def read_text_file(path: str, limit: int, *, encoding: str = "utf-8") -> str:
-    """A small text file's content; ValueError says why there is none, as the rest of a
+def read_head(path: str, size: int) -> bytes:
+    """At most `size` bytes of a file; ValueError says why there are none, as the rest of a
     sentence that begins with the file's name ("does not exist", "is a directory, ...")."""
     try:
         with Path(path).open("rb") as handle:
-            data = handle.read(limit + 1)
+            return handle.read(size)
     except FileNotFoundError:
         raise ValueError("does not exist") from None
     except IsADirectoryError:
@@ -66,6 +66,11 @@ def read_text_file(path: str, limit: int, *, encoding: str = "utf-8") -> str:
         raise ValueError(f"cannot be read ({exc.strerror or type(exc).__name__})") from None
     except ValueError:  # a NUL in the path: open() refuses it before asking the system
         raise ValueError("is not a valid path") from None
+
+
+def read_text_file(path: str, limit: int, *, encoding: str = "utf-8") -> str:
+    """A small text file's content; ValueError says why there is none (see read_head)."""
+    data = read_head(path, limit + 1)
     if len(data) > limit:
         raise ValueError(f"is larger than {limit} bytes")
     try:
@@ -86,3 +91,20 @@ def read_dsn_file(path: str) -> str:
     if problem:
         raise ValueError(f"file {path!r}: {problem}")
     return dsn
+
+
+def dsn_passwords(dsn: str) -> list[str]:
+    """The password of a DSN, as written and percent-decoded (either form could be echoed)."""
+    try:
+        parts = urlsplit(dsn)
+    except ValueError:
+        return []
+    found: list[str] = []
+    if parts.password:
+        found.append(parts.password)
+    # libpq also accepts the password as a query parameter.
+    for pair in parts.query.split("&"):
+        key, _, value = pair.partition("=")
+        if key == "password" and value:
+            found.append(value)
+    return found + [unquote(p) for p in found if unquote(p) != p]

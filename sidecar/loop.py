@@ -15,7 +15,7 @@ import backoff
 import structlog
 
 from sidecar.checks import Check, CheckFailed
-from sidecar.checkspec import AnySpec, CheckPolicy
+from sidecar.checkspec import AnySpec
 from sidecar.state import Board, CheckResult, CheckState, Reason, Transition, advance
 
 # A jittered delay can come out near zero; never retry faster than this.
@@ -83,10 +83,6 @@ class CheckLoop:
         self._sleep = sleep
         self._jitter = jitter
         self._log = structlog.get_logger("sidecar.prober").bind(check=spec.name)
-
-    @property
-    def policy(self) -> CheckPolicy:
-        return self._policy
 
     async def run(self) -> None:
         """Probe until cancelled. Never returns otherwise; an escaping error is a bug."""

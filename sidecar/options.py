@@ -2,12 +2,13 @@
 
 Everything else derives from `SETTINGS`: reading the environment (`config.Settings`), the flags
 and `--help` (`__main__`), the refusal lines, the check file's `defaults:` and per-check timing
-keys (`fields`, the ones with a `file_key`), and the check file's JSON Schema. A test compares
-the README's settings table with this table.
+keys (`fields`, the ones with a `file_key`). Tests compare the README's settings table and the
+check file's JSON Schema with this table.
 
-To add a setting: append one `Setting` here; add a field named `Setting.field` to
-`config.Settings` (or, for a per-check timing with a `file_key`, to `checkspec.Schedule`); add
-its row to the README's settings table. Nothing else needs to know.
+To add a setting: append one `Setting` here; add a typed field named `Setting.field`, its
+default `options.default(...)`, to `config.Settings` (or, for a per-check timing with a
+`file_key`, to `checkspec.CheckPolicy`), where the parsed value lands by that name; add its row
+to the README's settings table. Nothing else needs to know.
 
 Imports only the leaf `inputs`.
 """
@@ -33,7 +34,10 @@ _SERVICE_LINK_VALUE: Final = re.compile(r"^(tcp|udp|sctp)://", re.IGNORECASE)
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Setting:
-    """One setting. `field` is its attribute on Settings (or on Schedule, with `file_key`)."""
+    """One setting. `field` is its attribute on Settings (or on CheckPolicy, with `file_key`).
+
+    A number only the check file takes (the replica lag bound) is declared the same way, with
+    no `env`, so that its range and refusal wording come from here too."""
 
     env: str
     field: str
@@ -72,8 +76,10 @@ class Setting:
         return f"{self.help} (default {shown})"
 
     def in_range(self, value: float) -> bool:
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
         above = value > self.minimum if self.above_minimum else value >= self.minimum
-        return math.isfinite(value) and above and value <= self.maximum
+        return above and value <= self.maximum
 
     def parse(self, raw: str) -> tuple[float | int | str | None, str | None]:
         """(value, None), or (None, the problem without the variable's name)."""
@@ -105,137 +111,54 @@ class Setting:
         return value, None
 
 
+# One line of declaration per setting, as a table: the columns line up on purpose.
+# fmt: off
 SETTINGS: Final = (
-    Setting(
-        env="SIDECAR_DATABASE_URL",
-        field="database_url",
-        type="text",
-        help="a postgresql:// DSN (prefer the _FILE form: argv is visible in ps)",
-    ),
-    Setting(
-        env="SIDECAR_DATABASE_URL_FILE",
-        field="database_url_file",
-        type="text",
-        help="a file holding the DSN, e.g. a mounted Secret",
-    ),
-    Setting(
-        env="SIDECAR_CONFIG_FILE",
-        field="config_file",
-        type="text",
-        help="a YAML (.yaml, .yml) or TOML (.toml) file listing the checks to run",
-    ),
-    Setting(
-        env="SIDECAR_HOST",
-        field="host",
-        type="host",
-        # Every address family: IPv6 and IPv4 on one socket (IPv4 only where the kernel has no
-        # IPv6), so kubelet reaches the pod IP in IPv4, IPv6 and dual-stack clusters alike.
-        default="::",
-        help="listen address (:: for every address family, 0.0.0.0 for IPv4 only)",
-    ),
-    Setting(
-        env="SIDECAR_PORT",
-        field="port",
-        type="whole",
-        default=8081,
-        minimum=1,
-        maximum=65535,
-        help="listen port",
-    ),
-    Setting(
-        env="SIDECAR_CHECK_INTERVAL",
-        field="interval",
-        file_key="interval_seconds",
-        type="seconds",
-        default=5.0,
-        above_minimum=True,
-        maximum=3600,
-        help="seconds between checks while healthy",
-    ),
-    Setting(
-        env="SIDECAR_CHECK_TIMEOUT",
-        field="timeout",
-        file_key="timeout_seconds",
-        type="seconds",
-        default=2.0,
-        above_minimum=True,
-        maximum=600,
-        help="seconds one check may take, connect and query",
-    ),
-    Setting(
-        env="SIDECAR_BACKOFF_MAX",
-        field="backoff_max",
-        file_key="backoff_max_seconds",
-        type="seconds",
-        default=30.0,
-        above_minimum=True,
-        maximum=3600,
-        help="cap of the retry delay while failing, seconds",
-    ),
-    Setting(
-        env="SIDECAR_FAILURE_THRESHOLD",
-        field="failure_threshold",
-        file_key="failure_threshold",
-        type="whole",
-        default=1,
-        minimum=1,
-        maximum=1000,
-        help="failures in a row before not ready",
-    ),
-    Setting(
-        env="SIDECAR_SUCCESS_THRESHOLD",
-        field="success_threshold",
-        file_key="success_threshold",
-        type="whole",
-        default=1,
-        minimum=1,
-        maximum=1000,
-        help="successes in a row before ready again",
-    ),
-    Setting(
-        env="SIDECAR_DRAIN_SECONDS",
-        field="drain_seconds",
-        type="seconds",
-        default=5.0,
-        maximum=3600,
-        help="seconds to keep answering after SIGTERM",
-    ),
-    Setting(
-        env="SIDECAR_MAX_CONNECTIONS",
-        field="max_connections",
-        type="whole",
-        default=256,
-        minimum=1,
-        maximum=65535,
-        help="open HTTP connections at most; beyond it the oldest is closed",
-    ),
-    Setting(
-        env="SIDECAR_DATABASE_MAX_CONNECTION_AGE",
-        field="max_connection_age",
-        type="seconds",
-        default=300.0,
-        maximum=86400,
-        help="seconds a postgres check keeps its connection before opening a new one; 0: a "
-        "new connection for every check",
-    ),
-    Setting(
-        env="SIDECAR_LOG_LEVEL",
-        field="log_level",
-        type="choice",
-        default="info",
-        choices=("debug", "info", "warning", "error", "critical"),
-        help="log level",
-    ),
-    Setting(
-        env="SIDECAR_LOG_FORMAT",
-        field="log_format",
-        type="choice",
-        default="json",
-        choices=("json", "console"),
-        help="log format",
-    ),
+    Setting(env="SIDECAR_DATABASE_URL", field="database_url", type="text",
+            help="a postgresql:// DSN (prefer the _FILE form: argv is visible in ps)"),
+    Setting(env="SIDECAR_DATABASE_URL_FILE", field="database_url_file", type="text",
+            help="a file holding the DSN, e.g. a mounted Secret"),
+    Setting(env="SIDECAR_CONFIG_FILE", field="config_file", type="text",
+            help="a YAML (.yaml, .yml) or TOML (.toml) file listing the checks to run"),
+    # ::, every address family (IPv6 and IPv4 on one socket; IPv4 only where the kernel has
+    # no IPv6): kubelet reaches the pod IP in IPv4, IPv6 and dual-stack clusters alike.
+    Setting(env="SIDECAR_HOST", field="host", type="host", default="::",
+            help="listen address (:: for every address family, 0.0.0.0 for IPv4 only)"),
+    Setting(env="SIDECAR_PORT", field="port", type="whole", default=8081, minimum=1,
+            maximum=65535, help="listen port"),
+    Setting(env="SIDECAR_CHECK_INTERVAL", field="interval", file_key="interval_seconds",
+            type="seconds", default=5.0, above_minimum=True, maximum=3600,
+            help="seconds between checks while healthy"),
+    Setting(env="SIDECAR_CHECK_TIMEOUT", field="timeout", file_key="timeout_seconds",
+            type="seconds", default=2.0, above_minimum=True, maximum=600,
+            help="seconds one check may take, connect and query"),
+    Setting(env="SIDECAR_BACKOFF_MAX", field="backoff_max", file_key="backoff_max_seconds",
+            type="seconds", default=30.0, above_minimum=True, maximum=3600,
+            help="cap of the retry delay while failing, seconds"),
+    Setting(env="SIDECAR_FAILURE_THRESHOLD", field="failure_threshold",
+            file_key="failure_threshold", type="whole", default=1, minimum=1, maximum=1000,
+            help="failures in a row before not ready"),
+    Setting(env="SIDECAR_SUCCESS_THRESHOLD", field="success_threshold",
+            file_key="success_threshold", type="whole", default=1, minimum=1, maximum=1000,
+            help="successes in a row before ready again"),
+    Setting(env="SIDECAR_DRAIN_SECONDS", field="drain_seconds", type="seconds", default=5.0,
+            maximum=3600, help="seconds to keep answering after SIGTERM"),
+    Setting(env="SIDECAR_MAX_CONNECTIONS", field="max_connections", type="whole",
+            default=256, minimum=1, maximum=65535,
+            help="open HTTP connections at most; beyond it the oldest is closed"),
+    Setting(env="SIDECAR_DATABASE_MAX_CONNECTION_AGE", field="max_connection_age",
+            type="seconds", default=300.0, maximum=86400,
+            help="seconds a postgres check keeps its connection; 0: a new one every check"),
+    Setting(env="SIDECAR_LOG_LEVEL", field="log_level", type="choice", default="info",
+            choices=("debug", "info", "warning", "error", "critical"), help="log level"),
+    Setting(env="SIDECAR_LOG_FORMAT", field="log_format", type="choice", default="json",
+            choices=("json", "console"), help="log format"),
 )
+# fmt: on
 BY_FIELD: Final = {setting.field: setting for setting in SETTINGS}
+# Every port anywhere (PGPORT, a tcp check's) has SIDECAR_PORT's range.
+PORT: Final = BY_FIELD["port"]
+PORT_RULE: Final = f"must be a port between {PORT.minimum:g} and {PORT.maximum:g}"
 # The per-check timings: the check file's `defaults:` keys and each check's own.
 PER_CHECK: Final = tuple(setting for setting in SETTINGS if setting.file_key)
 # Kubernetes service links can only collide with these two (`<SERVICE>_HOST` is not one).

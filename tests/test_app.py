@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from fakes import ScriptedCheck
+from fakes import FakeClock, ScriptedCheck
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
+from support import wait_until_async
 
 from sidecar.app import BOARD, create_app
 from sidecar.config import Settings
@@ -155,15 +156,22 @@ async def test_draining_makes_ready_fail_at_once(aiohttp_client: Any) -> None:
 async def test_stale_result_is_not_ready(aiohttp_client: Any) -> None:
     """A passing result older than the freshness window no longer makes the pod ready."""
     settings = Settings.from_environ(
-        {"PGHOST": "db.invalid", "SIDECAR_CHECK_INTERVAL": "0.05", "SIDECAR_CHECK_TIMEOUT": "0.05"}
+        {"PGHOST": "db.invalid", "SIDECAR_CHECK_INTERVAL": "0.05", "SIDECAR_CHECK_TIMEOUT": "60"}
     )
-
-    async def freeze() -> None:  # the second check holds the loop past freshness
-        await asyncio.sleep(0.5)
-
-    client, _, _ = await start(aiohttp_client, [None, freeze], settings)
-    body = await wait_for_status(client, "/ready", 503, bound=5.0)
-    assert body["output"] in {"postgres: stale result", "postgres: timeout"}
+    (spec,) = settings.check_specs
+    held = asyncio.Event()  # never set: the second check is still running when we look
+    check = ScriptedCheck([None, held.wait])
+    clock = FakeClock()
+    app = create_app(settings, checks=[(spec, check)], registry=CollectorRegistry(), clock=clock)
+    client: Client = await aiohttp_client(app)
+    await wait_for_status(client, "/ready", 200)
+    await wait_until_async(lambda: check.runs >= 2, message="the second check started")
+    # Time passes (on the injected clock) while that check runs: no timeout fires, the one
+    # pass simply ages past the window.
+    clock.advance(spec.policy.freshness_seconds + 1)
+    response = await client.get("/ready")
+    assert response.status == 503
+    assert (await response.json(content_type=None))["output"] == "postgres: stale result"
 
 
 async def test_dead_probe_loop_turns_health_503(aiohttp_client: Any) -> None:

@@ -633,7 +633,7 @@ def test_tls_file_that_is_a_directory_or_under_a_file_is_refused(tmp_path: Path)
     """A TLS path that names a directory, or goes through a file, cannot be opened: refused."""
     (tmp_path / "plain").write_text("x")
     assert only_problem(with_check({**PG, "ca_file": str(tmp_path)})) == (
-        f"{P}: checks[1] (db): ca_file: {str(tmp_path)!r} is a directory, not a file"
+        f"{P}: checks[1] (db): ca_file: file {str(tmp_path)!r} is a directory, not a file"
     )
     under = str(tmp_path / "plain" / "ca.crt")
     assert only_problem(with_check({**PG, "ca_file": under})) == (

@@ -110,7 +110,7 @@ def test_symlink_swap_offers_the_new_dsn(volume: SecretVolume, captured: LogCapt
     assert watcher.poll() == NEW_DSN
     # Offered, not taken: the server has not said yes yet.
     assert watcher.current == OLD_DSN
-    assert watcher.pending == NEW_DSN
+    assert watcher.poll() == NEW_DSN  # still offered
     watcher.accept(NEW_DSN)
     assert watcher.current == NEW_DSN
     assert watcher.poll() is None
@@ -141,7 +141,7 @@ def test_same_dsn_under_a_new_inode_offers_nothing(
     assert volume.write_dsn(OLD_DSN + "\n", **{"ca.crt": "-----BEGIN CERTIFICATE----- 2\n"})
     assert os.stat(volume.path()).st_ino != before  # the file really was replaced
     assert watcher.poll() is None
-    assert watcher.pending is None
+    assert watcher.poll() is None  # nothing pending either
     assert watcher.last_reload_ok
     assert watcher.reloads == NO_CHANGE
     assert spy.calls == []
@@ -363,10 +363,10 @@ def test_file_changed_after_a_rejection_replaces_the_candidate(volume: SecretVol
     volume.write_dsn("garbage")
     assert watcher.poll() is None
     assert watcher.poll() is None
-    assert watcher.pending is None
+    assert watcher.poll() is None  # nothing pending either
     volume.write_dsn(OLD_DSN)
     assert watcher.poll() is None
-    assert watcher.pending is None
+    assert watcher.poll() is None  # nothing pending either
     assert watcher.last_reload_ok
 
 

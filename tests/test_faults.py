@@ -104,18 +104,31 @@ def expect(sidecar: SidecarProcess, *, health: int, ready: int, startup: int) ->
 
 
 def assert_one_session(pg: PostgresServer, *, pid_before: int | None = None) -> int:
-    """Exactly one health-sidecar session, now and a few checks later; return its backend PID."""
+    """Exactly one health-sidecar session, now and three checks later; return its backend PID.
+
+    Each check starts a statement on the session, which moves its query_start: waiting for
+    three new values waits for three checks, however slow the machine."""
     pg.wait_for_sessions(1, timeout=15)
-    time.sleep(3 * INTERVAL)
-    rows = pg.fetch(
-        "SELECT pid FROM pg_stat_activity WHERE application_name = 'health-sidecar'",
-        database="tests_support",
-    )
+    seen: set[object] = set()
+
+    def three_more_checks() -> bool:
+        seen.update(row["query_start"] for row in _sessions(pg))
+        return len(seen) >= 4  # the one at the start, and three more
+
+    timed_until(three_more_checks, timeout=SLACK, message="three more checks")
+    rows = _sessions(pg)
     assert len(rows) == 1, f"sessions: {rows}"
     pid: int = rows[0]["pid"]
     if pid_before is not None:
         assert pid != pid_before, "the old session survived the fault"
     return pid
+
+
+def _sessions(pg: PostgresServer) -> list[dict[str, Any]]:
+    return pg.fetch(
+        "SELECT pid, query_start FROM pg_stat_activity WHERE application_name = 'health-sidecar'",
+        database="tests_support",
+    )
 
 
 def session_pid(pg: PostgresServer) -> int | None:

@@ -454,6 +454,14 @@ async def test_hundreds_of_half_open_slow_clients_are_dropped_in_time(
 
 
 def test_logs_stay_json_lines(healthy_after: SidecarProcess) -> None:
-    """Whatever came in, every stdout line is still one JSON object and stderr is empty."""
+    """After garbage, a bad request line and control characters in a path (sent here, so
+    the test needs no other to run first), every stdout line is one JSON object and stderr
+    is empty."""
+    for data in (
+        b"\x00\xff\xfe not http at all\r\n\r\n",
+        b"GET /ready HTTP/9.9\r\nHost: x\r\n\r\n",
+        b"GET /\x1b[31m\x7f HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    ):
+        assert raw_exchange(healthy_after.port, data).split(b" ", 2)[1].startswith(b"4")
     assert healthy_after.non_json_lines() == []
     assert healthy_after.stderr() == ""

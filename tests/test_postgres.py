@@ -30,9 +30,11 @@ FAST = {
 }
 
 
-async def sidecar(aiohttp_client: Any, dsn: str, **extra: str) -> Client:
+async def sidecar(
+    aiohttp_client: Any, dsn: str, registry: CollectorRegistry | None = None, **extra: str
+) -> Client:
     settings = Settings.from_environ({"SIDECAR_DATABASE_URL": dsn, **FAST, **extra})
-    app = create_app(settings, registry=CollectorRegistry())
+    app = create_app(settings, registry=registry or CollectorRegistry())
     client: Client = await aiohttp_client(app)
     return client
 
@@ -57,12 +59,20 @@ async def test_ready_with_exactly_one_named_session(
     aiohttp_client: Any, pg: PostgresServer
 ) -> None:
     """With the database up, /ready is 200 and one session named health-sidecar is held."""
-    client = await sidecar(aiohttp_client, pg.dsn())
+    registry = CollectorRegistry()
+    client = await sidecar(aiohttp_client, pg.dsn(), registry)
     await until_status(client, "/ready", 200, bound=10)
     await until_status(client, "/startup", 200, bound=1)
     assert (await body(client, "/ready"))["status"] == "pass"
     await wait_until_async(lambda: pg.sessions() == 1, timeout=10, message="one session")
-    await asyncio.sleep(2.5)  # a few more checks reuse the connection rather than add one
+
+    def passed() -> float:
+        labels = {"check": "postgres", "outcome": "pass"}
+        return registry.get_sample_value("health_sidecar_check_total", labels) or 0.0
+
+    # A few more checks reuse the connection rather than add one.
+    before = passed()
+    await wait_until_async(lambda: passed() >= before + 2, timeout=10, message="2 more checks")
     assert pg.sessions() == 1
 
 

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from support import wait_until_async
 from support.pg import PostgresCheckFactory, PostgresServer, ReplicaFactory
 
 from sidecar.checks import CheckFailed
@@ -89,7 +90,10 @@ async def test_idle_caught_up_replica_has_no_lag(
     await asyncio.to_thread(replica.wait_caught_up)
     check = make_postgres_check(replica.dsn(), allow_replica=True, max_replica_lag_seconds=1)
     # Well past the bound since the last replayed commit: replay timestamps alone would fail.
-    await asyncio.sleep(2.5)
+    since_replay = "SELECT extract(epoch FROM now() - pg_last_xact_replay_timestamp())"
+    await wait_until_async(
+        lambda: float(replica.fetchval(since_replay)) > 2, timeout=15, message="2 s idle"
+    )
     assert await outcome(check) == (None, {})
 
 
