@@ -25,20 +25,22 @@ MAX_THREADS: Final = 4
 MAX_WAITING: Final = 16
 
 
-class DaemonExecutor(concurrent.futures.Executor):
+class DaemonExecutor(concurrent.futures.ThreadPoolExecutor):
     """A small thread pool whose threads are daemons: shutdown never waits for them.
 
     Also the loop's default executor (asyncio resolves names there), so nothing the loop hands
-    to a thread can hold the exit.
+    to a thread can hold the exit. A ThreadPoolExecutor only in name (asyncio's
+    set_default_executor insists on one): submit and shutdown are its own.
     """
 
     def __init__(self, max_threads: int = MAX_THREADS, max_waiting: int = MAX_WAITING) -> None:
+        super().__init__(max_workers=max_threads, thread_name_prefix="resolver")
         self._work: queue.Queue[tuple[concurrent.futures.Future[Any], Callable[[], Any]]] = (
             queue.Queue(maxsize=max_waiting)
         )
         self._max_threads = max_threads
-        self._threads: list[threading.Thread] = []
-        self._lock = threading.Lock()
+        self._daemons: list[threading.Thread] = []
+        self._count_lock = threading.Lock()
         self._busy = 0
 
     @property
@@ -55,12 +57,12 @@ class DaemonExecutor(concurrent.futures.Executor):
         except queue.Full:
             future.set_exception(socket.gaierror(socket.EAI_AGAIN, "too many name lookups waiting"))
             return future
-        with self._lock:
-            if len(self._threads) < self._max_threads and self._busy + self._work.qsize() > len(
-                self._threads
+        with self._count_lock:
+            if len(self._daemons) < self._max_threads and self._busy + self._work.qsize() > len(
+                self._daemons
             ):
                 thread = threading.Thread(target=self._run, name="resolver", daemon=True)
-                self._threads.append(thread)
+                self._daemons.append(thread)
                 thread.start()
         return future
 
@@ -69,7 +71,7 @@ class DaemonExecutor(concurrent.futures.Executor):
             future, call = self._work.get()
             if not future.set_running_or_notify_cancel():
                 continue  # its caller gave up before a thread was free
-            with self._lock:
+            with self._count_lock:
                 self._busy += 1
             try:
                 result = call()
@@ -78,7 +80,7 @@ class DaemonExecutor(concurrent.futures.Executor):
             else:
                 future.set_result(result)
             finally:
-                with self._lock:
+                with self._count_lock:
                     self._busy -= 1
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:

@@ -1,5 +1,7 @@
 """What is around the process cannot wedge it: a stalled log pipe, a silent resolver, too few
-file descriptors, a server that refuses new sessions. Each against the real process."""
+file descriptors, a server that refuses new sessions. Each against the real process.
+
+Figures go to <out>/surroundings.json (see `Measurements`); docs/reliability.md quotes them."""
 
 from __future__ import annotations
 
@@ -19,10 +21,31 @@ from pathlib import Path
 from typing import Any, Final
 
 import pytest
-from sidecar_proc import Sampler, SidecarProcess
+from sidecar_proc import Measurements, Sampler, SidecarProcess
 from support import wait_until
 from support.faultproxy import FaultProxy, ProxyFactory
 from support.pg import PostgresServer
+
+
+@pytest.fixture(scope="module")
+def figures() -> Iterator[Measurements]:
+    """What this module measured, written to surroundings.json at the end."""
+    figures = Measurements("surroundings.json")
+    yield figures
+    print(f"surroundings measurements: {figures.write()}")
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def loop_env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
+    """Environment for the sidecar to run on asyncio's loop (the image has no uvloop) or on
+    uvloop (the `fast` extra): name resolution and accept errors go different ways in each."""
+    if request.param == "uvloop":
+        pytest.importorskip("uvloop")
+        return {}
+    shadow = tmp_path / "no-uvloop"
+    shadow.mkdir()
+    (shadow / "uvloop.py").write_text("raise ImportError('the image has no uvloop')\n")
+    return {"PYTHONPATH": str(shadow)}
 
 
 @pytest.fixture
@@ -45,7 +68,7 @@ def flapping(fault_proxy: FaultProxy) -> Iterator[FaultProxy]:
 
 
 def test_a_stalled_log_pipe_never_blocks_probes_or_exit(
-    flapping: FaultProxy, pg: PostgresServer, tmp_path: Path
+    flapping: FaultProxy, pg: PostgresServer, tmp_path: Path, figures: Measurements
 ) -> None:
     """stdout a pipe nobody reads, database flapping at debug: probes answer, SIGTERM exits,
     drops are counted and reported in one line once the pipe moves."""
@@ -91,16 +114,24 @@ def test_a_stalled_log_pipe_never_blocks_probes_or_exit(
         signalled = time.monotonic()
         os.kill(sidecar.pid, signal.SIGTERM)
         assert sidecar.wait_exit(10) == 0
-        assert time.monotonic() - signalled < 3.0
+        took = time.monotonic() - signalled
+        assert took < 3.0
     assert "Traceback" not in sidecar.stderr()
+    figures.add(
+        case="stdout a pipe nobody reads, database flapping, debug",
+        health_samples=len(health.samples),
+        health_slowest_seconds=health.slowest_seconds(),
+        lines_dropped=dropped,
+        sigterm_to_exit_seconds=took,
+    )
 
 
 def test_out_of_file_descriptors_keeps_answering_probes_and_logs_little(
-    pg: PostgresServer, tmp_path: Path
+    pg: PostgresServer, tmp_path: Path, figures: Measurements, loop_env: dict[str, str]
 ) -> None:
     """nofile lowered under a running sidecar, 300 idle clients: probes answered, accept
     errors counted and logged a few times, never a traceback; the idle ones are closed."""
-    sidecar = SidecarProcess({"SIDECAR_DATABASE_URL": pg.dsn()}, log_dir=tmp_path)
+    sidecar = SidecarProcess({"SIDECAR_DATABASE_URL": pg.dsn(), **loop_env}, log_dir=tmp_path)
     clients: list[socket.socket] = []
     with sidecar:
         sidecar.wait_listening()
@@ -117,8 +148,10 @@ def test_out_of_file_descriptors_keeps_answering_probes_and_logs_little(
             answered = [s for s in health.samples if s.status == 200]
             assert len(answered) >= len(health.samples) * 0.8, health.samples
             assert sidecar.status("/ready") == 200
-            assert sidecar.open_fds() <= 128
-            assert sidecar.metric("health_sidecar_connections_evicted_total") > 0
+            fds = sidecar.open_fds()
+            assert fds <= 128
+            evicted = sidecar.metric("health_sidecar_connections_evicted_total")
+            assert evicted > 0
         finally:
             for client in clients:
                 client.close()
@@ -129,6 +162,15 @@ def test_out_of_file_descriptors_keeps_answering_probes_and_logs_little(
     errors = [e for e in sidecar.events() if e.get("level") in ("error", "critical")]
     assert errors == []
     assert len(sidecar.events("server.accept_failed")) <= 5
+    figures.add(
+        case="nofile 128 under a running sidecar, 300 idle clients",
+        loop=sidecar.events("sidecar.starting")[0]["event_loop"],
+        health_answered=len(answered),
+        health_samples=len(health.samples),
+        open_fds=fds,
+        evicted=evicted,
+        accept_failed_lines=len(sidecar.events("server.accept_failed")),
+    )
 
 
 def test_a_taken_port_exits_1_with_one_line(pg: PostgresServer, tmp_path: Path) -> None:
@@ -241,7 +283,7 @@ class NetnsSidecar(SidecarProcess):
 
 
 def test_a_silent_resolver_is_dns_failure_and_cannot_hold_the_exit(
-    silent_resolver_netns: str, tmp_path: Path
+    silent_resolver_netns: str, tmp_path: Path, figures: Measurements, loop_env: dict[str, str]
 ) -> None:
     """The DSN's host is a name the resolver never answers: checks fail as dns_failure
     (timed out), lookups do not pile up, and SIGTERM exits 0 within drain + 1 s."""
@@ -252,6 +294,7 @@ def test_a_silent_resolver_is_dns_failure_and_cannot_hold_the_exit(
             "SIDECAR_DATABASE_URL": "postgresql://u:secret@db.example.internal:5432/postgres",
             "SIDECAR_CHECK_TIMEOUT": "2",
             "SIDECAR_DRAIN_SECONDS": str(drain),
+            **loop_env,
         },
         log_dir=tmp_path,
     )
@@ -272,13 +315,20 @@ def test_a_silent_resolver_is_dns_failure_and_cannot_hold_the_exit(
     reasons = {e["reason"] for e in sidecar.events("check.completed", ok=False)}
     assert reasons == {"dns_failure"}, reasons
     assert "Traceback" not in sidecar.log_text()
+    figures.add(
+        case="resolver never answers (netns, ndots:5, 3 search domains)",
+        loop=sidecar.events("sidecar.starting")[0]["event_loop"],
+        drain_seconds=drain,
+        sigterm_to_exit_seconds=took,
+        threads=threads,
+    )
 
 
 # ---- the database: kept connection, multi-host, session attributes, 57P03 ----------------
 
 
 def test_a_smart_shutdown_is_seen_within_the_connection_age(
-    pg_private: PostgresServer, tmp_path: Path
+    pg_private: PostgresServer, tmp_path: Path, figures: Measurements
 ) -> None:
     """pg_ctl stop -m smart waits for sessions to end; the sidecar's kept connection is
     replaced within SIDECAR_DATABASE_MAX_CONNECTION_AGE, so /ready turns 503 and the server
@@ -298,12 +348,14 @@ def test_a_smart_shutdown_is_seen_within_the_connection_age(
         stopper = threading.Thread(target=pg_private.stop, args=("smart",), daemon=True)
         stopper.start()
         wait_until(lambda: sidecar.status("/ready") == 503, timeout=age + 10, message="not ready")
-        assert time.monotonic() - started < age + 5
+        seen = time.monotonic() - started
+        assert seen < age + 5
         stopper.join(30)
         assert not stopper.is_alive()
         assert not pg_private.is_running
     reasons = {e["reason"] for e in sidecar.events("check.completed", ok=False)}
     assert reasons <= {"server_shutdown", "connection_refused"}, reasons
+    figures.add(case="pg_ctl stop -m smart", max_age_seconds=age, ready_503_after_seconds=seen)
 
 
 def test_a_role_set_nologin_is_seen_within_the_connection_age(
