@@ -47,6 +47,8 @@ MIN_CONNECTIONS: Final = 8
 # Connections closed at once when accept runs out of descriptors (the limit was lowered under
 # us, or something else holds descriptors): room for the next few probes.
 FD_SLACK: Final = 8
+# A cap lowered by accept errors goes back up after this long without them.
+CEILING_RESET_SECONDS: Final = 60.0
 # Accept errors (out of file descriptors) come in bursts of hundreds a second; one line per
 # interval with the count says the same.
 ACCEPT_ERROR_LOG_INTERVAL_SECONDS: Final = 10.0
@@ -122,14 +124,25 @@ class ConnectionCap:
     a running process (prlimit), and an accept that fails anyway lowers the cap further.
     """
 
-    def __init__(self, wanted: int, counts: ServerCounts) -> None:
+    def __init__(
+        self,
+        wanted: int,
+        counts: ServerCounts,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._wanted = wanted
         self._ceiling = wanted
+        self._lowered_at = 0.0
         self._counts = counts
+        self._monotonic = monotonic
         self._open: dict[_Counted, asyncio.BaseTransport] = {}
 
     @property
     def limit(self) -> int:
+        if self._ceiling < self._wanted and (
+            self._monotonic() - self._lowered_at >= CEILING_RESET_SECONDS
+        ):
+            self._ceiling = self._wanted  # whatever held the descriptors has had time to go
         return min(self._ceiling, connection_limit(self._wanted))
 
     def wrap(self, factory: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
@@ -144,8 +157,13 @@ class ConnectionCap:
 
     def out_of_descriptors(self) -> None:
         """Accept failed for want of descriptors: something else holds them. Lower the cap
-        under what is open now and close the oldest, so the next probe can be accepted."""
+        under what is open now and close the oldest, so the next probe can be accepted.
+        Once per burst: asyncio reports every failed accept of one readiness event."""
+        now = self._monotonic()
+        if self._ceiling < self._wanted and now - self._lowered_at < 1.0:
+            return
         self._ceiling = max(MIN_CONNECTIONS, len(self._open) - FD_SLACK)
+        self._lowered_at = now
         self._close_beyond(self._ceiling)
 
     def _close_beyond(self, limit: int) -> None:
