@@ -143,8 +143,9 @@ SETTINGS: Final = (
             help="successes in a row before ready again"),
     Setting(env="SIDECAR_DRAIN_SECONDS", field="drain_seconds", type="seconds", default=5.0,
             maximum=3600, help="seconds to keep answering after SIGTERM"),
+    # Kubelet and Prometheus need a handful; the cap bounds descriptors, not normal traffic.
     Setting(env="SIDECAR_MAX_CONNECTIONS", field="max_connections", type="whole",
-            default=256, minimum=1, maximum=65535,
+            default=1024, minimum=1, maximum=65535,
             help="open HTTP connections at most; beyond it the oldest is closed"),
     Setting(env="SIDECAR_DATABASE_MAX_CONNECTION_AGE", field="max_connection_age",
             type="seconds", default=300.0, maximum=86400,
