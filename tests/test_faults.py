@@ -104,18 +104,18 @@ def expect(sidecar: SidecarProcess, *, health: int, ready: int, startup: int) ->
 
 
 def assert_one_session(pg: PostgresServer, *, pid_before: int | None = None) -> int:
-    """Exactly one health-sidecar session, now and three checks later; return its backend PID.
+    """Exactly one health-sidecar session, now and two checks later; return its backend PID.
 
     Each check starts a statement on the session, which moves its query_start: waiting for
-    three new values waits for three checks, however slow the machine."""
+    two new values waits for two checks, however slow the machine."""
     pg.wait_for_sessions(1, timeout=15)
     seen: set[object] = set()
 
-    def three_more_checks() -> bool:
+    def two_more_checks() -> bool:
         seen.update(row["query_start"] for row in _sessions(pg))
-        return len(seen) >= 4  # the one at the start, and three more
+        return len(seen) >= 3  # the one at the start, and two more
 
-    timed_until(three_more_checks, timeout=SLACK, message="three more checks")
+    timed_until(two_more_checks, timeout=SLACK, message="two more checks")
     rows = _sessions(pg)
     assert len(rows) == 1, f"sessions: {rows}"
     pid: int = rows[0]["pid"]
