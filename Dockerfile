@@ -56,7 +56,7 @@ ENV VIRTUAL_ENV=/opt/venv \
     PATH="/opt/venv/bin:$PATH" \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    SIDECAR_HOST=0.0.0.0 \
+    SIDECAR_HOST=:: \
     SIDECAR_PORT=8081
 
 # Numeric uid/gid (65532, "nonroot" in distroless images): Kubernetes' runAsNonRoot can only

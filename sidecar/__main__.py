@@ -7,7 +7,7 @@ import asyncio
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from sidecar import __version__, options
 from sidecar.config import ConfigError, Settings
@@ -92,8 +92,6 @@ def _serve(args: list[str], env: dict[str, str]) -> int:
     import structlog
 
     from sidecar import logs
-    from sidecar.app import create_app
-    from sidecar.server import serve
 
     logs.configure(level=settings.log_level, fmt=settings.log_format, secrets=settings.secrets())
     # `*_created` series double the series count and carry nothing a probe dashboard uses.
@@ -120,8 +118,24 @@ def _serve(args: list[str], env: dict[str, str]) -> int:
         event_loop="uvloop" if _loop_factory() else "asyncio",
     )
     try:
+        return _run(settings, log)
+    finally:
+        # Whatever is still buffered gets a bounded chance; a stuck pipe cannot hold the exit.
+        logs.shutdown()
+
+
+def _run(settings: Settings, log: Any) -> int:
+    from sidecar import logs
+    from sidecar.app import create_app
+    from sidecar.server import serve
+
+    try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            app = create_app(settings, on_secrets=lambda found: logs.add_secrets(*found))
+            app = create_app(
+                settings,
+                on_secrets=lambda found: logs.add_secrets(*found),
+                dropped_log_lines=logs.dropped_lines,
+            )
             runner.run(serve(app, settings))
     except OSError as exc:
         # The usual cause: the port is taken. One line, no traceback.

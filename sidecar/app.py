@@ -23,11 +23,12 @@ from sidecar.handlers import (
     make_probe_handler,
 )
 from sidecar.loop import CheckLoop, Clock, SystemClock
-from sidecar.metrics import Metrics, RequestCounts
+from sidecar.metrics import Metrics, RequestCounts, ServerCounts, SurroundingsCollector
 from sidecar.render import Views
 from sidecar.state import Board
 
 BOARD: Final = web.AppKey("board", Board)
+SERVER_COUNTS: Final = web.AppKey("server_counts", ServerCounts)
 PROBER_TASKS: Final = web.AppKey("prober_tasks", list["asyncio.Task[None]"])
 
 # Aliases follow the Kubernetes API server's own endpoint names.
@@ -53,16 +54,21 @@ def create_app(
     clock: Clock | None = None,
     board: Board | None = None,
     on_secrets: SecretsSink = ignore_secrets,
+    dropped_log_lines: Callable[[], int] = lambda: 0,
 ) -> web.Application:
     """Build the application; nothing runs until the app starts (then the check loops do).
 
     `checks` pairs each spec with the check that runs it; by default they are built from the
     settings' specs (tests pass fakes). `on_secrets` learns every secret a rotated DSN file
-    brings (logs.add_secrets).
+    brings (logs.add_secrets). `dropped_log_lines` reads the log writer's drop count
+    (logs.dropped_lines).
     """
     credentials: dict[str, CredentialsStatus] = {}
     if checks is None:
-        built = [build_check(spec, on_secrets=on_secrets) for spec in settings.check_specs]
+        built = [
+            build_check(spec, on_secrets=on_secrets, max_connection_age=settings.max_connection_age)
+            for spec in settings.check_specs
+        ]
         checks = [(b.spec, b.check) for b in built]
         credentials = {b.spec.name: b.credentials for b in built if b.credentials is not None}
     names = [spec.name for spec, _ in checks]
@@ -80,6 +86,8 @@ def create_app(
         requests=counts,
         credentials=credentials,
     )
+    server_counts = ServerCounts()
+    registry.register(SurroundingsCollector(server_counts, dropped_log_lines))
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     views = Views(board, names=names)
@@ -87,6 +95,7 @@ def create_app(
     app = web.Application()
     app[BOARD] = board
     app[PROBER_TASKS] = []
+    app[SERVER_COUNTS] = server_counts
     _add_routes(app, views, counts, registry, clock, names)
     loops = [CheckLoop(spec, check, board, observer=metrics, clock=clock) for spec, check in checks]
     # Shutdown waits at most this long for the loops: the slowest check's timeout, plus slack.

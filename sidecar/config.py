@@ -36,6 +36,8 @@ class Settings:
     # The schedule of every check that does not set its own (SIDECAR_CHECK_*, ...).
     policy: CheckPolicy = field(default_factory=CheckPolicy)
     drain_seconds: float = options.default("drain_seconds")
+    max_connections: int = options.default("max_connections")
+    max_connection_age: float = options.default("max_connection_age")
     log_level: str = options.default("log_level")
     log_format: Literal["json", "console"] = "json"
     # The checks to run, from SIDECAR_CONFIG_FILE. Empty means the one `postgres` check of the

@@ -40,7 +40,11 @@ def dsn_problem(dsn: str) -> str | None:
         return "contains whitespace or control characters"
     try:
         parts = urlsplit(dsn)
-        _ = parts.port  # raises ValueError on a port that is not a number
+        # libpq (and asyncpg) take a list of hosts, `h1:5432,h2:5432`, for failover: each
+        # must be a host with an optional numeric port.
+        hosts = parts.netloc.rpartition("@")[2]
+        for spec in hosts.split(","):
+            _ = urlsplit(f"//{spec}").port  # ValueError on a port that is not a number
     except ValueError:
         return "malformed URL (bad port or brackets)"
     return None

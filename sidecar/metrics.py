@@ -240,3 +240,38 @@ class StateCollector(Collector):
             last_ok.add_metric([name], 1.0 if status.last_reload_ok else 0.0)
         yield reloads
         yield last_ok
+
+
+class ServerCounts:
+    """What the process's surroundings did to it: counted by the server, read at scrape time."""
+
+    __slots__ = ("accept_errors", "connections_evicted")
+
+    def __init__(self) -> None:
+        self.accept_errors = 0
+        self.connections_evicted = 0
+
+
+class SurroundingsCollector(Collector):
+    """Counters of the server (accept errors, evictions at the cap) and of the log writer."""
+
+    def __init__(self, counts: ServerCounts, dropped_log_lines: Callable[[], int]) -> None:
+        self._counts = counts
+        self._dropped_log_lines = dropped_log_lines
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "health_sidecar_log_lines_dropped",
+            "Log lines dropped because stdout did not keep up (a stalled log pipe).",
+            value=float(self._dropped_log_lines()),
+        )
+        yield CounterMetricFamily(
+            "health_sidecar_accept_errors",
+            "Connections the server could not accept (out of file descriptors, memory).",
+            value=float(self._counts.accept_errors),
+        )
+        yield CounterMetricFamily(
+            "health_sidecar_connections_evicted",
+            "Idle connections closed early to make room under the connection cap.",
+            value=float(self._counts.connections_evicted),
+        )

@@ -120,9 +120,10 @@ SETTINGS: Final = (
             help="a file holding the DSN, e.g. a mounted Secret"),
     Setting(env="SIDECAR_CONFIG_FILE", field="config_file", type="text",
             help="a YAML (.yaml, .yml) or TOML (.toml) file listing the checks to run"),
-    # 0.0.0.0: kubelet reaches a sidecar on the pod IP.
-    Setting(env="SIDECAR_HOST", field="host", type="host", default="0.0.0.0",  # noqa: S104
-            help="listen address"),
+    # ::, every address family (IPv6 and IPv4 on one socket; IPv4 only where the kernel has
+    # no IPv6): kubelet reaches the pod IP in IPv4, IPv6 and dual-stack clusters alike.
+    Setting(env="SIDECAR_HOST", field="host", type="host", default="::",
+            help="listen address (:: for every address family, 0.0.0.0 for IPv4 only)"),
     Setting(env="SIDECAR_PORT", field="port", type="whole", default=8081, minimum=1,
             maximum=65535, help="listen port"),
     Setting(env="SIDECAR_CHECK_INTERVAL", field="interval", file_key="interval_seconds",
@@ -142,6 +143,13 @@ SETTINGS: Final = (
             help="successes in a row before ready again"),
     Setting(env="SIDECAR_DRAIN_SECONDS", field="drain_seconds", type="seconds", default=5.0,
             maximum=3600, help="seconds to keep answering after SIGTERM"),
+    # Kubelet and Prometheus need a handful; the cap bounds descriptors, not normal traffic.
+    Setting(env="SIDECAR_MAX_CONNECTIONS", field="max_connections", type="whole",
+            default=1024, minimum=1, maximum=65535,
+            help="open HTTP connections at most; beyond it the oldest is closed"),
+    Setting(env="SIDECAR_DATABASE_MAX_CONNECTION_AGE", field="max_connection_age",
+            type="seconds", default=300.0, maximum=86400,
+            help="seconds a postgres check keeps its connection; 0: a new one every check"),
     Setting(env="SIDECAR_LOG_LEVEL", field="log_level", type="choice", default="info",
             choices=("debug", "info", "warning", "error", "critical"), help="log level"),
     Setting(env="SIDECAR_LOG_FORMAT", field="log_format", type="choice", default="json",

@@ -4,20 +4,30 @@ aiohttp's `run_app` stops listening as soon as SIGTERM arrives; the contract her
 opposite: keep answering (with /ready 503) for SIDECAR_DRAIN_SECONDS so kubelet and the
 endpoints controller see the pod go unready before the sidecar disappears. So the signals
 are ours, and aiohttp's runner does the graceful close afterwards.
+
+The sockets are bound before the app starts (and with it the check loops): a taken port ends
+the process before anything else has begun.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
+import resource
 import signal
-from typing import Final
+import socket
+import time
+from collections.abc import Callable
+from typing import Any, Final
 
 import structlog
 from aiohttp import web
 
-from sidecar import __version__
-from sidecar.app import BOARD
+from sidecar import __version__, resolver
+from sidecar.app import BOARD, SERVER_COUNTS
 from sidecar.config import Settings
+from sidecar.metrics import ServerCounts
 
 # Requests here take microseconds; this only bounds a client that never reads its answer.
 SHUTDOWN_TIMEOUT_SECONDS: Final = 2.0
@@ -30,16 +40,242 @@ KEEPALIVE_TIMEOUT_SECONDS: Final = 10.0
 # aiohttp's 128, a burst of a few hundred connects overflowed the queue; a dropped SYN is
 # retried after 1 s, which is kubelet's default probe timeout (tests/test_hostile_http.py).
 LISTEN_BACKLOG: Final = 1024
+# File descriptors kept out of the connection cap: the database connection, the log pipe,
+# the listening sockets, the DSN file, the interpreter's own.
+FD_RESERVE: Final = 64
+MIN_CONNECTIONS: Final = 8
+# Connections closed at once when accept runs out of descriptors (the limit was lowered under
+# us, or something else holds descriptors): room for the next few probes.
+FD_SLACK: Final = 8
+# A cap lowered by accept errors goes back up after this long without them.
+CEILING_RESET_SECONDS: Final = 60.0
+# Accept errors (out of file descriptors) come in bursts of hundreds a second; one line per
+# interval with the count says the same.
+ACCEPT_ERROR_LOG_INTERVAL_SECONDS: Final = 10.0
+_ACCEPT_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+# TERM (kubelet), INT (a terminal) and QUIT (a graceful stop elsewhere, nginx's) drain; the
+# others that would end the process with no drain and no line are logged and ignored.
+DRAIN_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+IGNORED_SIGNALS: Final = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 
 log = structlog.get_logger("sidecar.server")
 
 
+def bind(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets for `host`: `::` is every address family on one socket."""
+    if host == "::":
+        try:
+            sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        except OSError:  # a kernel without IPv6 (ipv6.disable=1)
+            return [_listen(socket.AF_INET, ("0.0.0.0", port))]  # noqa: S104 -- see SIDECAR_HOST
+        with _closed_on_error(sock):
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            return [_listen(socket.AF_INET6, ("::", port), sock)]
+    found = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE | socket.AI_ADDRCONFIG
+    )
+    sockets: list[socket.socket] = []
+    try:
+        for family, _, _, _, address in dict.fromkeys((f, 0, 0, "", a) for f, _, _, _, a in found):
+            sockets.append(_listen(family, address))
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+@contextlib.contextmanager
+def _closed_on_error(sock: socket.socket) -> Any:
+    try:
+        yield
+    except BaseException:
+        sock.close()
+        raise
+
+
+def _listen(family: int, address: Any, sock: socket.socket | None = None) -> socket.socket:
+    sock = sock or socket.socket(family, socket.SOCK_STREAM)
+    with _closed_on_error(sock):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6 and address[0] != "::":
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+        sock.listen(LISTEN_BACKLOG)
+        sock.setblocking(False)
+    return sock
+
+
+def connection_limit(wanted: int) -> int:
+    """`wanted`, lowered so that the connections fit the open-files limit with room to spare."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    return max(MIN_CONNECTIONS, min(wanted, soft - FD_RESERVE))
+
+
+class ConnectionCap:
+    """At most `wanted` open connections, fewer when the open-files limit is lower: a new one
+    beyond the cap closes the oldest.
+
+    The oldest is almost always an idle client (kubelet's requests take microseconds), so
+    probes keep being answered at the cap, and the process does not run out of descriptors.
+    The limit is read again at every connection (one getrlimit call): it can be lowered under
+    a running process (prlimit), and an accept that fails anyway lowers the cap further.
+    """
+
+    def __init__(
+        self,
+        wanted: int,
+        counts: ServerCounts,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._wanted = wanted
+        self._ceiling = wanted
+        self._lowered_at = 0.0
+        self._counts = counts
+        self._monotonic = monotonic
+        self._open: dict[_Counted, asyncio.BaseTransport] = {}
+
+    @property
+    def limit(self) -> int:
+        if self._ceiling < self._wanted and (
+            self._monotonic() - self._lowered_at >= CEILING_RESET_SECONDS
+        ):
+            self._ceiling = self._wanted  # whatever held the descriptors has had time to go
+        return min(self._ceiling, connection_limit(self._wanted))
+
+    def wrap(self, factory: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
+        return lambda: _Counted(factory(), self)
+
+    def opened(self, protocol: _Counted, transport: asyncio.BaseTransport) -> None:
+        self._open[protocol] = transport
+        self._close_beyond(self.limit)
+
+    def closed(self, protocol: _Counted) -> None:
+        self._open.pop(protocol, None)
+
+    def out_of_descriptors(self) -> None:
+        """Accept failed for want of descriptors: something else holds them. Lower the cap
+        under what is open now and close the oldest, so the next probe can be accepted.
+        Once per burst: asyncio reports every failed accept of one readiness event."""
+        now = self._monotonic()
+        if self._ceiling < self._wanted and now - self._lowered_at < 1.0:
+            return
+        self._ceiling = max(MIN_CONNECTIONS, len(self._open) - FD_SLACK)
+        self._lowered_at = now
+        self._close_beyond(self._ceiling)
+
+    def _close_beyond(self, limit: int) -> None:
+        while len(self._open) > limit:
+            oldest, oldest_transport = next(iter(self._open.items()))
+            del self._open[oldest]
+            self._counts.connections_evicted += 1
+            with contextlib.suppress(Exception):
+                oldest_transport.abort()  # type: ignore[attr-defined]
+
+
+class _Counted(asyncio.Protocol):
+    """aiohttp's protocol, unchanged, with its connection counted by the cap."""
+
+    __slots__ = ("_cap", "_inner")
+
+    def __init__(self, inner: asyncio.Protocol, cap: ConnectionCap) -> None:
+        self._inner = inner
+        self._cap = cap
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._inner.connection_made(transport)
+        self._cap.opened(self, transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cap.closed(self)
+        self._inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+
+class CappedSockSite(web.SockSite):
+    """A SockSite whose connections go through a ConnectionCap."""
+
+    def __init__(self, runner: web.AppRunner, sock: socket.socket, cap: ConnectionCap) -> None:
+        super().__init__(
+            runner, sock, shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS, backlog=LISTEN_BACKLOG
+        )
+        self._cap = cap
+
+    async def start(self) -> None:
+        # SockSite.start, with the protocol factory wrapped.
+        await web.BaseSite.start(self)
+        server = self._runner.server
+        if server is None:
+            raise RuntimeError("the runner is not set up")
+        self._server = await asyncio.get_running_loop().create_server(
+            self._cap.wrap(server),
+            sock=self._sock,
+            backlog=self._backlog,
+        )
+
+
+class AcceptErrors:
+    """A loop exception handler: accept errors are counted, and logged once an interval."""
+
+    def __init__(
+        self,
+        counts: ServerCounts,
+        on_error: Callable[[], None],
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._counts = counts
+        self._on_error = on_error
+        self._monotonic = monotonic
+        self._unlogged = 0
+        self._logged_at: float | None = None
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        if not (isinstance(exc, OSError) and exc.errno in _ACCEPT_ERRNOS):
+            loop.default_exception_handler(context)
+            return
+        self._counts.accept_errors += 1
+        self._on_error()
+        self._unlogged += 1
+        now = self._monotonic()
+        if self._logged_at is None or now - self._logged_at >= ACCEPT_ERROR_LOG_INTERVAL_SECONDS:
+            log.warning(
+                "server.accept_failed",
+                error=exc.strerror or type(exc).__name__,
+                count=self._unlogged,
+                interval_seconds=ACCEPT_ERROR_LOG_INTERVAL_SECONDS,
+            )
+            self._logged_at = now
+            self._unlogged = 0
+
+
 async def serve(app: web.Application, settings: Settings) -> None:
-    """Serve until SIGTERM/SIGINT, drain, then close cleanly."""
+    """Bind, start, serve until TERM/INT/QUIT, drain, then close cleanly."""
+    sockets = bind(settings.host, settings.port)
     loop = asyncio.get_running_loop()
+    # asyncio resolves names in the default executor, whose threads exit would wait for.
+    loop.set_default_executor(resolver.shared())
+    counts = app[SERVER_COUNTS]
+    cap = ConnectionCap(connection_limit(settings.max_connections), counts)
+    loop.set_exception_handler(AcceptErrors(counts, cap.out_of_descriptors))
     signals: asyncio.Queue[str] = asyncio.Queue()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in DRAIN_SIGNALS:
         loop.add_signal_handler(sig, signals.put_nowait, sig.name)
+    for sig in IGNORED_SIGNALS:
+        loop.add_signal_handler(sig, _ignored, sig.name)
 
     runner = web.AppRunner(
         app,
@@ -48,16 +284,16 @@ async def serve(app: web.Application, settings: Settings) -> None:
         shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS,
         keepalive_timeout=KEEPALIVE_TIMEOUT_SECONDS,
     )
-    await runner.setup()
     try:
-        site = web.TCPSite(
-            runner, settings.host, settings.port, reuse_address=True, backlog=LISTEN_BACKLOG
-        )
-        await site.start()
+        await runner.setup()
+        for sock in sockets:
+            await CappedSockSite(runner, sock, cap).start()
         log.info(
             "sidecar.listening",
             host=settings.host,
             port=settings.port,
+            addresses=[sock.getsockname()[0] for sock in sockets],
+            max_connections=cap.limit,
             version=__version__,
             database=settings.database.source,
         )
@@ -72,6 +308,13 @@ async def serve(app: web.Application, settings: Settings) -> None:
             pass
     finally:
         await runner.cleanup()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sock in sockets:
+            sock.close()
+        for sig in (*DRAIN_SIGNALS, *IGNORED_SIGNALS):
             loop.remove_signal_handler(sig)
     log.info("sidecar.stopped")
+
+
+def _ignored(name: str) -> None:
+    # No configuration to reload: settings are read once, a DSN file is watched anyway.
+    log.info("sidecar.signal_ignored", signal=name)

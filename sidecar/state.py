@@ -24,6 +24,8 @@ class Reason(StrEnum):
     TOO_MANY_CONNECTIONS = "too_many_connections"
     DNS_FAILURE = "dns_failure"
     SERVER_SHUTDOWN = "server_shutdown"
+    # 57P03: starting up, in crash recovery, or a standby with hot_standby=off.
+    SERVER_STARTING = "server_starting"
     TLS_ERROR = "tls_error"
     QUERY_FAILED = "query_failed"
     NETWORK_ERROR = "network_error"
@@ -33,6 +35,8 @@ class Reason(StrEnum):
     NOT_PRIMARY = "not_primary"  # require_primary, and the server is in recovery
     REPLICATION_LAG = "replication_lag"  # a replica further behind than allowed
     SCHEMA_MISMATCH = "schema_mismatch"  # Alembic revision differs from the expected one
+    # target_session_attrs (primary, standby, read-write, ...) matched by no host of the DSN
+    SESSION_ATTRS_MISMATCH = "session_attrs_mismatch"
     UNEXPECTED_STATUS = "unexpected_status"  # an http check got a status outside its range
 
 

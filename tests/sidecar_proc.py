@@ -133,6 +133,7 @@ class SidecarProcess:
         fault_file: Path | None = None,
         defaults: Mapping[str, str] = DEFAULT_ENV,
         name: str = "sidecar",
+        unread_stdout: bool = False,
     ) -> None:
         self.port = port or free_port()
         self.host = LOOPBACK
@@ -141,6 +142,9 @@ class SidecarProcess:
         self.stdout_path = self.log_dir / f"{name}.stdout.log"
         self.stderr_path = self.log_dir / f"{name}.stderr.log"
         self.fault_file = fault_file
+        # True: stdout is a pipe nobody reads until `read_stdout_pipe()` (a stalled log
+        # pipeline); `events()` then sees nothing and waits fall back to the port.
+        self.unread_stdout = unread_stdout
         self.env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "PYTHONUNBUFFERED": "1",
@@ -174,11 +178,30 @@ class SidecarProcess:
                 self.command(),
                 env=self.env,
                 stdin=subprocess.DEVNULL,
-                stdout=out,
+                stdout=subprocess.PIPE if self.unread_stdout else out,
                 stderr=err,
                 cwd=self.log_dir,
             )
         return self
+
+    def read_stdout_pipe(self, seconds: float) -> str:
+        """Read the unread stdout pipe for `seconds` (or until it closes): the pipe moves."""
+        process = self.process
+        if process is None or process.stdout is None:
+            raise RuntimeError("not started with unread_stdout")
+        os.set_blocking(process.stdout.fileno(), False)
+        chunks: list[bytes] = []
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                chunk = os.read(process.stdout.fileno(), 1 << 16)
+            except BlockingIOError:
+                time.sleep(0.02)
+                continue
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks).decode(errors="replace")
 
     @property
     def pid(self) -> int:

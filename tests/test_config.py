@@ -20,7 +20,7 @@ def problems_for(env: dict[str, str], *, database: bool = True) -> list[str]:
 def test_defaults_match_the_contract() -> None:
     """An environment naming only the database host gives the documented defaults."""
     s = Settings.from_environ({"PGHOST": "db"})
-    assert (s.host, s.port) == ("0.0.0.0", 8081)  # noqa: S104 -- the documented default
+    assert (s.host, s.port) == ("::", 8081)  # every address family, the documented default
     assert (s.policy.interval, s.policy.timeout, s.policy.backoff_max) == (5.0, 2.0, 30.0)
     assert (s.policy.failure_threshold, s.policy.success_threshold, s.drain_seconds) == (1, 1, 5.0)
     assert (s.log_level, s.log_format) == ("info", "json")

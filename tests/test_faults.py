@@ -316,7 +316,7 @@ def test_database_stop_and_start_unreadies_then_recovers(
         sidecar,
         inject=pg_private.stop,
         heal=pg_private.start,
-        reasons={"connection_refused", "server_shutdown", "connection_reset"},
+        reasons={"connection_refused", "server_shutdown", "server_starting", "connection_reset"},
     )
     assert_one_session(pg_private, pid_before=before)
     record(figures, "database stopped (fast), then started", result, pg_private.sessions())
@@ -341,7 +341,12 @@ def test_restart_storm_leaves_one_session_and_liveness_untouched(
     assert health.statuses() == {200}, [s for s in health.samples if s.status != 200]
     assert health.slowest_seconds() < 1.0
     reasons = {e["reason"] for e in sidecar.events("check.state_changed", to="failing")}
-    assert reasons <= {"connection_refused", "server_shutdown", "connection_reset"}, reasons
+    assert reasons <= {
+        "connection_refused",
+        "server_shutdown",
+        "server_starting",
+        "connection_reset",
+    }, reasons
     assert reasons, "no restart was noticed"
     expect(sidecar, health=200, ready=200, startup=200)
     assert_one_session(pg_private)

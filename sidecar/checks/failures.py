@@ -153,16 +153,22 @@ def _postgres_os_error(exc: BaseException) -> Reason:
     )
 
 
+def _cannot_connect_now(exc: BaseException) -> Reason:
+    # 57P03 says "not now" for two opposite reasons: starting up (crash recovery, a standby
+    # with hot_standby=off, "not yet accepting connections") or going away (a smart shutdown
+    # waiting for sessions to end). Only the message tells them apart.
+    return Reason.SERVER_SHUTDOWN if "shutting down" in str(exc) else Reason.SERVER_STARTING
+
+
 POSTGRES: Final[Rules] = (
     (TimeoutError, Reason.TIMEOUT),
     # Covers InvalidPasswordError and "no pg_hba.conf entry": both are credentials.
     (asyncpg.InvalidAuthorizationSpecificationError, Reason.AUTH_FAILED),
     (asyncpg.InvalidCatalogNameError, Reason.DATABASE_NOT_FOUND),
     (asyncpg.TooManyConnectionsError, Reason.TOO_MANY_CONNECTIONS),
-    (
-        (asyncpg.AdminShutdownError, asyncpg.CrashShutdownError, asyncpg.CannotConnectNowError),
-        Reason.SERVER_SHUTDOWN,
-    ),
+    (asyncpg.CannotConnectNowError, _cannot_connect_now),
+    ((asyncpg.AdminShutdownError, asyncpg.CrashShutdownError), Reason.SERVER_SHUTDOWN),
+    (asyncpg.exceptions.TargetServerAttributeNotMatched, Reason.SESSION_ATTRS_MISMATCH),
     (
         (asyncpg.ConnectionDoesNotExistError, ConnectionResetError, BrokenPipeError),
         _lost_connection,
@@ -176,4 +182,7 @@ POSTGRES: Final[Rules] = (
     ((asyncpg.PostgresConnectionError, asyncpg.InterfaceError), Reason.NETWORK_ERROR),
     (asyncpg.PostgresError, Reason.QUERY_FAILED),
     (OSError, _postgres_os_error),
+    # Whatever else the client raises (a protocol error, a class added in a later release)
+    # is about the conversation with the server, not a bug of ours.
+    (asyncpg.exceptions.InternalClientError, Reason.NETWORK_ERROR),
 )

@@ -8,12 +8,17 @@ revisions), custom query. The first that fails decides the reason.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
+import socket
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeAlias
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
+from sidecar import resolver
 from sidecar.checks import CheckFailed
 from sidecar.checks.failures import POSTGRES, classify, close_within, failures_as_reasons
 from sidecar.checkspec import PostgresSpec
@@ -24,6 +29,11 @@ if TYPE_CHECKING:
     Conn: TypeAlias = asyncpg.Connection[asyncpg.Record]
 
 APPLICATION_NAME: Final = "health-sidecar"
+DEFAULT_MAX_CONNECTION_AGE_SECONDS: Final = 300.0
+# Of a host's time budget, the part a name lookup may take: a silent resolver is reported as
+# dns_failure (timed out) rather than as a plain timeout of the whole check.
+RESOLVE_SHARE: Final = 0.8
+ASYNCPG_ERRORS: Final = (asyncpg.PostgresError, asyncpg.InterfaceError)
 # `found` of unexpected_result shows what the query returned; keep ?verbose bodies small.
 FOUND_MAX_CHARS: Final = 64
 
@@ -60,10 +70,20 @@ class Credentials(Protocol):
 class PostgresCheck:
     """Owns at most one connection; it is opened lazily and dropped after any failure."""
 
-    def __init__(self, spec: PostgresSpec, *, credentials: Credentials | None = None) -> None:
+    def __init__(
+        self,
+        spec: PostgresSpec,
+        *,
+        credentials: Credentials | None = None,
+        max_connection_age: float = DEFAULT_MAX_CONNECTION_AGE_SECONDS,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._spec = spec
         self._credentials = credentials
         self._conn: Conn | None = None
+        self._max_age = max_connection_age
+        self._monotonic = monotonic
+        self._opened_at = 0.0
 
     @property
     def name(self) -> str:
@@ -72,10 +92,25 @@ class PostgresCheck:
     async def run(self) -> None:
         with failures_as_reasons(POSTGRES):
             await self._try_rotation()
+            if self._conn is not None and self._too_old():
+                await self._retire()
             if self._conn is None or self._conn.is_closed():
                 self._conn = None
                 self._conn = await self._connect(self._dsn())
+                self._opened_at = self._monotonic()
             await self._run_gates(self._conn)
+            if self._max_age == 0:
+                await self._retire()
+
+    def _too_old(self) -> bool:
+        """A kept connection sees a server that stops taking new sessions (smart shutdown,
+        NOLOGIN, ALLOW_CONNECTIONS false, pg_hba) only when it is replaced: at this age."""
+        return self._monotonic() - self._opened_at >= self._max_age
+
+    async def _retire(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            await close_within(conn.close(), conn.terminate, (OSError, *ASYNCPG_ERRORS))
 
     async def _try_rotation(self) -> None:
         """Try a new DSN on a connection of its own; only a working one replaces the current.
@@ -118,8 +153,30 @@ class PostgresCheck:
         if unreadable is not None:
             raise CheckFailed(Reason.TLS_ERROR, {"unreadable": unreadable})
         target = self._target_kwargs(dsn)
+        dsn = _with_tls_files(dsn, self._spec)
+        hosts = _hosts(dsn, target)
+        budget = self._spec.policy.timeout
+        if len(hosts) <= 1:
+            if hosts:
+                await _resolve(hosts[0], budget * RESOLVE_SHARE)
+            return await self._connect_one(dsn, target)
+        # As libpq's connect_timeout: each host gets its own share, so one that accepts and
+        # never answers cannot spend the whole budget before the next is tried.
+        per_host = budget / len(hosts)
+        failure: Exception | None = None
+        for host, port in hosts:
+            try:
+                async with asyncio.timeout(per_host):
+                    await _resolve((host, port), per_host * RESOLVE_SHARE)
+                    return await self._connect_one(dsn, {**target, "host": host, "port": port})
+            except Exception as exc:  # noqa: BLE001 -- the next host; the last failure decides
+                failure = exc
+        assert failure is not None  # noqa: S101 -- two hosts or more were tried
+        raise failure
+
+    async def _connect_one(self, dsn: str | None, target: dict[str, Any]) -> Conn:
         conn: Conn = await asyncpg.connect(
-            _with_tls_files(dsn, self._spec),
+            dsn,
             # The prober bounds connect + query together; asyncpg's own connect timeout is
             # only a backstop and must not fire first.
             timeout=3600,
@@ -282,3 +339,56 @@ def _with_tls_files(dsn: str | None, spec: PostgresSpec) -> str | None:
     parts = urlsplit(dsn)
     query = f"{parts.query}&{extra}" if parts.query else extra
     return urlunsplit(parts._replace(query=query))
+
+
+def _hosts(dsn: str | None, target: dict[str, Any]) -> list[tuple[str, int | None]]:
+    """Every host to try, in order, as libpq reads them: a URL's host list (`h1:5432,h2`),
+    `?host=h1,h2&port=...`, explicit arguments, PGHOST. Read by asyncpg's own parser, so
+    the list is exactly the one asyncpg would walk; a Unix socket path has no port."""
+    try:
+        # Private, but the very function asyncpg.connect parses with: no second reading of
+        # the DSN to drift from it. Any change of it lands in the except below.
+        parse = asyncpg.connect_utils._parse_connect_dsn_and_args  # type: ignore[attr-defined]
+        addrs, _params = parse(
+            dsn=dsn,
+            host=target.get("host"),
+            port=target.get("port"),
+            user=target.get("user"),
+            password=target.get("password"),
+            passfile=None,
+            database=target.get("database"),
+            ssl=None,
+            service=None,
+            servicefile=None,
+            direct_tls=None,
+            server_settings=None,
+            target_session_attrs=None,
+            krbsrvname=None,
+            gsslib=None,
+        )
+    except Exception:  # noqa: BLE001 -- asyncpg.connect will say what is wrong, classified
+        return []
+    return [(addr, None) if isinstance(addr, str) else (addr[0], addr[1]) for addr in addrs]
+
+
+async def _resolve(address: tuple[str, int | None], within: float) -> None:
+    """Look a host name up in the sidecar's resolver pool first, bounded: a resolver that
+    fails or never answers is a dns_failure (`timed_out` says which), and its stuck thread
+    cannot hold the exit. Addresses and socket paths need no lookup."""
+    host, port = address
+    if not host or host.startswith("/") or _is_address(host):
+        return
+    try:
+        await resolver.resolve(resolver.shared(), host, port or 5432, within=within)
+    except resolver.LookupTimedOut:
+        raise CheckFailed(Reason.DNS_FAILURE, {"timed_out": "true"}) from None
+    except socket.gaierror:
+        raise CheckFailed(Reason.DNS_FAILURE, {"timed_out": "false"}) from None
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    return True

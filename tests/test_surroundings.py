@@ -1,0 +1,431 @@
+"""What is around the process cannot wedge it: a stalled log pipe, a silent resolver, too few
+file descriptors, a server that refuses new sessions. Each against the real process.
+
+Figures go to <out>/surroundings.json (see `Measurements`); docs/reliability.md quotes them."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Final
+
+import pytest
+from sidecar_proc import Measurements, Sampler, SidecarProcess
+from support import wait_until
+from support.faultproxy import FaultProxy, ProxyFactory
+from support.pg import PostgresServer
+
+
+@pytest.fixture(scope="module")
+def figures() -> Iterator[Measurements]:
+    """What this module measured, written to surroundings.json at the end."""
+    figures = Measurements("surroundings.json")
+    yield figures
+    print(f"surroundings measurements: {figures.write()}")
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def loop_env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
+    """Environment for the sidecar to run on asyncio's loop (the image has no uvloop) or on
+    uvloop (the `fast` extra): name resolution and accept errors go different ways in each."""
+    if request.param == "uvloop":
+        pytest.importorskip("uvloop")
+        return {}
+    shadow = tmp_path / "no-uvloop"
+    shadow.mkdir()
+    (shadow / "uvloop.py").write_text("raise ImportError('the image has no uvloop')\n")
+    return {"PYTHONPATH": str(shadow)}
+
+
+@pytest.fixture
+def flapping(fault_proxy: FaultProxy) -> Iterator[FaultProxy]:
+    """The proxy in front of `pg` switches between forwarding and resetting every 0.2 s."""
+    stop = threading.Event()
+
+    def flap() -> None:
+        while not stop.wait(0.2):
+            fault_proxy.reset()
+            if stop.wait(0.2):
+                break
+            fault_proxy.forward()
+
+    thread = threading.Thread(target=flap, daemon=True)
+    thread.start()
+    yield fault_proxy
+    stop.set()
+    thread.join(5)
+
+
+def test_a_stalled_log_pipe_never_blocks_probes_or_exit(
+    flapping: FaultProxy, pg: PostgresServer, tmp_path: Path, figures: Measurements
+) -> None:
+    """stdout a pipe nobody reads, database flapping at debug: probes answer, SIGTERM exits,
+    drops are counted and reported in one line once the pipe moves."""
+    host, port = flapping.address
+    sidecar = SidecarProcess(
+        {
+            "SIDECAR_DATABASE_URL": pg.dsn(host=host, port=port),
+            "SIDECAR_CHECK_INTERVAL": "0.01",
+            "SIDECAR_BACKOFF_MAX": "0.05",
+        },
+        log_dir=tmp_path,
+        unread_stdout=True,
+    )
+    with sidecar:
+        sidecar.wait_listening()
+        # Far more than a 64 KiB pipe plus the writer's buffer can hold.
+        wait_until(
+            lambda: sidecar.metric("health_sidecar_log_lines_dropped_total") > 0,
+            timeout=90,
+            interval=0.5,
+            message="log lines dropped",
+        )
+        with Sampler(sidecar, "/health", period=0.1) as health:
+            time.sleep(3)
+        assert health.statuses() == {200}, health.samples
+        assert health.slowest_seconds() < 1.0
+        assert sidecar.status("/ready") in (200, 503)
+        dropped = sidecar.metric("health_sidecar_log_lines_dropped_total")
+        # The pipe moves again: the gap is marked in place, once per gap.
+        text = sidecar.read_stdout_pipe(3)
+        events = [json.loads(line) for line in text.splitlines()]
+        notes = [e for e in events if e["event"] == "log.lines_dropped"]
+        assert notes, text[-2000:]
+        assert 0 < sum(e["dropped"] for e in notes) <= dropped + 1000
+        assert all(e["level"] == "warning" for e in notes)
+        # Stall it again and stop: exit 0 promptly, whatever is stuck in the pipe.
+        wait_until(
+            lambda: sidecar.metric("health_sidecar_log_lines_dropped_total") > dropped,
+            timeout=90,
+            interval=0.5,
+            message="dropping again",
+        )
+        signalled = time.monotonic()
+        os.kill(sidecar.pid, signal.SIGTERM)
+        assert sidecar.wait_exit(10) == 0
+        took = time.monotonic() - signalled
+        assert took < 3.0
+    assert "Traceback" not in sidecar.stderr()
+    figures.add(
+        case="stdout a pipe nobody reads, database flapping, debug",
+        health_samples=len(health.samples),
+        health_slowest_seconds=health.slowest_seconds(),
+        lines_dropped=dropped,
+        sigterm_to_exit_seconds=took,
+    )
+
+
+def test_out_of_file_descriptors_keeps_answering_probes_and_logs_little(
+    pg: PostgresServer, tmp_path: Path, figures: Measurements, loop_env: dict[str, str]
+) -> None:
+    """nofile lowered under a running sidecar, 300 idle clients: probes answered, accept
+    errors counted and logged a few times, never a traceback; the idle ones are closed."""
+    sidecar = SidecarProcess({"SIDECAR_DATABASE_URL": pg.dsn(), **loop_env}, log_dir=tmp_path)
+    clients: list[socket.socket] = []
+    with sidecar:
+        sidecar.wait_listening()
+        wait_until(lambda: sidecar.status("/ready") == 200, timeout=20, message="ready")
+        subprocess.run(
+            ["prlimit", f"--pid={sidecar.pid}", "--nofile=128:128"], check=True, timeout=10
+        )
+        try:
+            for _ in range(300):
+                with contextlib.suppress(OSError):
+                    clients.append(socket.create_connection((sidecar.host, sidecar.port), 5))
+            with Sampler(sidecar, "/health", period=0.1) as health:
+                time.sleep(4)
+            answered = [s for s in health.samples if s.status == 200]
+            assert len(answered) >= len(health.samples) * 0.8, health.samples
+            assert sidecar.status("/ready") == 200
+            fds = sidecar.open_fds()
+            assert fds <= 128
+            evicted = sidecar.metric("health_sidecar_connections_evicted_total")
+            assert evicted > 0
+        finally:
+            for client in clients:
+                client.close()
+        assert sidecar.stop() == 0
+    text = sidecar.log_text()
+    assert "Traceback" not in text
+    assert "out of system resource" not in text
+    errors = [e for e in sidecar.events() if e.get("level") in ("error", "critical")]
+    assert errors == []
+    assert len(sidecar.events("server.accept_failed")) <= 5
+    figures.add(
+        case="nofile 128 under a running sidecar, 300 idle clients",
+        loop=sidecar.events("sidecar.starting")[0]["event_loop"],
+        health_answered=len(answered),
+        health_samples=len(health.samples),
+        open_fds=fds,
+        evicted=evicted,
+        accept_failed_lines=len(sidecar.events("server.accept_failed")),
+    )
+
+
+def test_a_taken_port_exits_1_with_one_line(pg: PostgresServer, tmp_path: Path) -> None:
+    """The port is taken: exit 1 with sidecar.listen_failed, no check ever started."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        sidecar = SidecarProcess(
+            {"SIDECAR_DATABASE_URL": pg.dsn(), "SIDECAR_HOST": "127.0.0.1"},
+            port=port,
+            log_dir=tmp_path,
+        )
+        sidecar.start()
+        assert sidecar.wait_exit(30) == 1
+    assert sidecar.events("sidecar.listen_failed")
+    assert sidecar.events("check.completed") == []
+    text = sidecar.log_text()
+    assert "Future exception was never retrieved" not in text
+    assert "Traceback" not in text
+
+
+def test_the_default_listens_on_ipv4_and_ipv6(pg: PostgresServer, tmp_path: Path) -> None:
+    """SIDECAR_HOST=:: (the default) answers on 127.0.0.1 and on ::1."""
+    sidecar = SidecarProcess(
+        {"SIDECAR_DATABASE_URL": pg.dsn(), "SIDECAR_HOST": "::"}, log_dir=tmp_path
+    )
+    with sidecar:
+        sidecar.wait_listening()
+        assert sidecar.status("/health") == 200
+        conn = http.client.HTTPConnection("::1", sidecar.port, timeout=5)
+        try:
+            conn.request("GET", "/health")
+            assert conn.getresponse().status == 200
+        finally:
+            conn.close()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGUSR1])
+def test_hup_and_usr1_are_logged_and_ignored(
+    pg: PostgresServer, tmp_path: Path, sig: signal.Signals
+) -> None:
+    """HUP or USR1: one line, the process goes on serving; TERM still drains and exits 0."""
+    sidecar = SidecarProcess({"SIDECAR_DATABASE_URL": pg.dsn()}, log_dir=tmp_path)
+    with sidecar:
+        sidecar.wait_listening()
+        os.kill(sidecar.pid, sig)
+        sidecar.wait_event("sidecar.signal_ignored", timeout=10, signal=sig.name)
+        assert sidecar.status("/health") == 200
+        assert sidecar.stop() == 0
+    assert sidecar.events("sidecar.stopped")
+
+
+# ---- name resolution -----------------------------------------------------------------------
+
+NETNS: Final = "hs15-dns"
+# A Kubernetes-like resolv.conf: three search domains and ndots:5 multiply every retry.
+SILENT_RESOLV_CONF: Final = (
+    "nameserver 127.0.0.1\n"
+    "search ns.svc.cluster.local svc.cluster.local cluster.local\n"
+    "options ndots:5 timeout:5 attempts:2\n"
+)
+SILENT_LISTENER: Final = (
+    "import socket, time\n"
+    "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+    "s.bind(('127.0.0.1', 53))\n"
+    "t = time.monotonic()\n"
+    "while time.monotonic() - t < 300:\n"
+    "    s.recv(4096)\n"
+)
+
+
+@pytest.fixture
+def silent_resolver_netns() -> Iterator[str]:
+    """A network namespace of our own whose resolv.conf names a UDP listener that never
+    answers; removed afterwards."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("network namespaces need root and iproute2 in CI")
+        pytest.skip("network namespaces need root and iproute2")
+    subprocess.run(["ip", "netns", "del", NETNS], capture_output=True, check=False)
+    subprocess.run(["ip", "netns", "add", NETNS], check=True, timeout=10)
+    etc = Path("/etc/netns") / NETNS
+    listener: subprocess.Popen[bytes] | None = None
+    try:
+        subprocess.run(["ip", "-n", NETNS, "link", "set", "lo", "up"], check=True, timeout=10)
+        etc.mkdir(parents=True, exist_ok=True)
+        (etc / "resolv.conf").write_text(SILENT_RESOLV_CONF)
+        listener = subprocess.Popen(
+            ["ip", "netns", "exec", NETNS, sys.executable, "-c", SILENT_LISTENER]
+        )
+        yield NETNS
+    finally:
+        if listener is not None:
+            listener.kill()
+            listener.wait(10)
+        shutil.rmtree(etc, ignore_errors=True)
+        subprocess.run(["ip", "netns", "del", NETNS], capture_output=True, check=False)
+
+
+class NetnsSidecar(SidecarProcess):
+    """The sidecar started inside a network namespace (its logs still come out here)."""
+
+    def __init__(self, netns: str, env: dict[str, str], **kwargs: Any) -> None:
+        super().__init__(env, **kwargs)
+        self.netns = netns
+
+    def command(self) -> list[str]:
+        return ["ip", "netns", "exec", self.netns, *super().command()]
+
+
+def test_a_silent_resolver_is_dns_failure_and_cannot_hold_the_exit(
+    silent_resolver_netns: str, tmp_path: Path, figures: Measurements, loop_env: dict[str, str]
+) -> None:
+    """The DSN's host is a name the resolver never answers: checks fail as dns_failure
+    (timed out), lookups do not pile up, and SIGTERM exits 0 within drain + 1 s."""
+    drain = 1.0
+    sidecar = NetnsSidecar(
+        silent_resolver_netns,
+        {
+            "SIDECAR_DATABASE_URL": "postgresql://u:secret@db.example.internal:5432/postgres",
+            "SIDECAR_CHECK_TIMEOUT": "2",
+            "SIDECAR_DRAIN_SECONDS": str(drain),
+            **loop_env,
+        },
+        log_dir=tmp_path,
+    )
+    with sidecar:
+        sidecar.wait_event("sidecar.listening", timeout=30)
+        changed = sidecar.wait_event("check.state_changed", timeout=30, to="failing")
+        assert changed["reason"] == "dns_failure", changed
+        assert changed["details"] == {"timed_out": "true"}, changed
+        # Several failed checks later, the stuck lookups are bounded by the pool.
+        sidecar.wait_event("check.completed", timeout=30, after=4, ok=False)
+        threads = len(os.listdir(f"/proc/{sidecar.pid}/task"))
+        assert threads <= 12, threads
+        signalled = time.monotonic()
+        os.kill(sidecar.pid, signal.SIGTERM)
+        assert sidecar.wait_exit(drain + 20) == 0
+        took = time.monotonic() - signalled
+    assert took < drain + 1.0 + 0.5, took  # half a second for a loaded machine
+    reasons = {e["reason"] for e in sidecar.events("check.completed", ok=False)}
+    assert reasons == {"dns_failure"}, reasons
+    assert "Traceback" not in sidecar.log_text()
+    figures.add(
+        case="resolver never answers (netns, ndots:5, 3 search domains)",
+        loop=sidecar.events("sidecar.starting")[0]["event_loop"],
+        drain_seconds=drain,
+        sigterm_to_exit_seconds=took,
+        threads=threads,
+    )
+
+
+# ---- the database: kept connection, multi-host, session attributes, 57P03 ----------------
+
+
+def test_a_smart_shutdown_is_seen_within_the_connection_age(
+    pg_private: PostgresServer, tmp_path: Path, figures: Measurements
+) -> None:
+    """pg_ctl stop -m smart waits for sessions to end; the sidecar's kept connection is
+    replaced within SIDECAR_DATABASE_MAX_CONNECTION_AGE, so /ready turns 503 and the server
+    can finish stopping."""
+    age = 2.0
+    sidecar = SidecarProcess(
+        {
+            "SIDECAR_DATABASE_URL": pg_private.dsn(),
+            "SIDECAR_DATABASE_MAX_CONNECTION_AGE": str(age),
+        },
+        log_dir=tmp_path,
+    )
+    with sidecar:
+        sidecar.wait_listening()
+        wait_until(lambda: sidecar.status("/ready") == 200, timeout=20, message="ready")
+        started = time.monotonic()
+        stopper = threading.Thread(target=pg_private.stop, args=("smart",), daemon=True)
+        stopper.start()
+        wait_until(lambda: sidecar.status("/ready") == 503, timeout=age + 10, message="not ready")
+        seen = time.monotonic() - started
+        assert seen < age + 5
+        stopper.join(30)
+        assert not stopper.is_alive()
+        assert not pg_private.is_running
+    reasons = {e["reason"] for e in sidecar.events("check.completed", ok=False)}
+    assert reasons <= {"server_shutdown", "connection_refused"}, reasons
+    figures.add(case="pg_ctl stop -m smart", max_age_seconds=age, ready_503_after_seconds=seen)
+
+
+def test_a_role_set_nologin_is_seen_within_the_connection_age(
+    pg: PostgresServer, tmp_path: Path
+) -> None:
+    """ALTER ROLE ... NOLOGIN leaves the kept session working; the next one within the
+    connection age is refused: auth_failed."""
+    pg.create_role("hs15_nologin", "pw15")
+    sidecar = SidecarProcess(
+        {
+            "SIDECAR_DATABASE_URL": pg.dsn("hs15_nologin", "pw15"),
+            "SIDECAR_DATABASE_MAX_CONNECTION_AGE": "2",
+        },
+        log_dir=tmp_path,
+    )
+    with sidecar:
+        sidecar.wait_listening()
+        wait_until(lambda: sidecar.status("/ready") == 200, timeout=20, message="ready")
+        pg.execute("ALTER ROLE hs15_nologin NOLOGIN")
+        try:
+            changed = sidecar.wait_event("check.state_changed", timeout=15, to="failing")
+        finally:
+            pg.execute("ALTER ROLE hs15_nologin LOGIN")
+    assert changed["reason"] == "auth_failed", changed
+
+
+def test_a_silent_first_host_does_not_hide_the_second(
+    pg: PostgresServer, make_fault_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    """postgresql://u@h1,h2/db with h1 accepting TCP and never answering: ready on h2, each
+    host getting its share of the check timeout as libpq's connect_timeout."""
+    silent = make_fault_proxy(pg.host, pg.port)
+    silent.blackhole()
+    host, port = silent.address
+    password = pg.dsn().split(":")[2].split("@")[0]
+    dsn = f"postgresql://postgres:{password}@{host}:{port},{pg.host}:{pg.port}/postgres"
+    sidecar = SidecarProcess(
+        {"SIDECAR_DATABASE_URL": dsn, "SIDECAR_CHECK_TIMEOUT": "2"}, log_dir=tmp_path
+    )
+    with sidecar:
+        sidecar.wait_listening()
+        wait_until(lambda: sidecar.status("/ready") == 200, timeout=20, message="ready")
+        assert silent.accepted_total >= 1
+
+
+def test_target_session_attrs_standby_against_a_primary_has_its_own_reason(
+    pg: PostgresServer, tmp_path: Path
+) -> None:
+    """target_session_attrs=standby on a primary: session_attrs_mismatch, no crash line."""
+    sidecar = SidecarProcess(
+        {"SIDECAR_DATABASE_URL": pg.dsn() + "?target_session_attrs=standby"}, log_dir=tmp_path
+    )
+    with sidecar:
+        sidecar.wait_listening()
+        changed = sidecar.wait_event("check.state_changed", timeout=20, to="failing")
+    assert changed["reason"] == "session_attrs_mismatch", changed
+    assert sidecar.events("check.crashed") == []
+
+
+def test_a_standby_without_hot_standby_is_server_starting(
+    pg: PostgresServer, tmp_path: Path
+) -> None:
+    """57P03 from a standby with hot_standby=off: server_starting, not server_shutdown."""
+    standby = PostgresServer(replica_of=pg, settings={"hot_standby": "off"})
+    try:
+        standby.start()
+        sidecar = SidecarProcess({"SIDECAR_DATABASE_URL": standby.dsn()}, log_dir=tmp_path)
+        with sidecar:
+            sidecar.wait_listening()
+            changed = sidecar.wait_event("check.state_changed", timeout=30, to="failing")
+    finally:
+        standby.cleanup()
+    assert changed["reason"] == "server_starting", changed
