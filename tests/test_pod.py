@@ -1,0 +1,336 @@
+"""The chart's pod, run for real: the sidecar image and a stand-in app in a pod network
+namespace, PostgreSQL in a second namespace, and a kubelet (tests/support/kubelet.py) applying
+the rendered probes, start order, restarts and termination.
+
+The chart is rendered with the real Helm engine; only times are shortened, through values. Its
+Secret is projected the way kubelet projects it (`..data` symlink swap, defaultMode, fsGroup).
+The scenarios share one pod and run in file order (each starts from a Ready pod); the pod is
+deleted last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import yaml
+from support.image import APP_IMAGE, IMAGE, ImageToolMissing, Store, shared_store
+from support.kubelet import Kubelet, ProbeState
+from support.pod import NetnsPostgres, PodmanRuntime, PodNetwork, project_volume, write_volume
+from support.secretvolume import SecretVolume
+
+try:
+    import helm_python as helm
+except ImportError:
+    if os.environ.get("CI") == "true":
+        raise
+    pytest.skip("helm-python-sdk missing: run .ci/k8s-tools.sh", allow_module_level=True)
+
+REPO = Path(__file__).resolve().parent.parent
+CHART = REPO / "charts" / "health-sidecar"
+ROLE = "glucolens_probe"
+OLD_PASSWORD = "0ld-Pod#Rotation-Pw1"
+NEW_PASSWORD = "n3w-Pod#Rotation-Pw2"
+# Times shortened through values only; thresholds and timeouts stay the chart's.
+VALUES: dict[str, Any] = {
+    "sidecar": {
+        "checkInterval": 1,
+        "checkTimeout": 1,
+        "backoffMax": 2,
+        "drainSeconds": 1,
+        "livenessProbe": {"periodSeconds": 2},
+    },
+    "app": {
+        "startupProbe": {"periodSeconds": 1},
+        "livenessProbe": {"periodSeconds": 2},
+        "readinessProbe": {"periodSeconds": 1},
+    },
+    "terminationGracePeriodSeconds": 10,
+}
+# Container start and podman calls on a busy 2-core machine: generous slack on every bound.
+SLACK_SECONDS = 20.0
+
+pytestmark = pytest.mark.slow
+T = TypeVar("T")
+Obj = dict[str, Any]
+
+
+def render(dsn: str) -> list[Obj]:
+    values = {**VALUES, "database": {"url": dsn}}
+    with helm.Chart.load(CHART) as chart:
+        manifests = chart.render(values, name="health-sidecar", namespace="glucolens")
+    return [
+        doc
+        for path, text in sorted(manifests.items())
+        if not path.endswith(".txt")
+        for doc in yaml.safe_load_all(text)
+        if doc
+    ]
+
+
+def env_value(container: Obj, name: str) -> str:
+    return str(next(e["value"] for e in container["env"] if e["name"] == name))
+
+
+@dataclass
+class RunningPod:
+    """A pod whose kubelet runs in its own event loop thread, driven synchronously."""
+
+    spec: Obj
+    net: PodNetwork
+    pg: NetnsPostgres
+    runtime: PodmanRuntime
+    kubelet: Kubelet
+    loop: asyncio.AbstractEventLoop
+    secret_payload: dict[str, str]
+    secret_dir: Path
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 120) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def wait(self, condition: Callable[[], bool], within: float, what: str) -> float:
+        """Poll `condition` until true; the time it became true."""
+        deadline = time.monotonic() + within
+        while not condition():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{what} not within {within:g}s; events {self.kubelet.events}")
+            time.sleep(0.05)
+        return time.monotonic()
+
+    def container(self, name: str) -> Obj:
+        return next(
+            c
+            for c in [*self.spec.get("initContainers", []), *self.spec["containers"]]
+            if c["name"] == name
+        )
+
+    def sessions(self) -> int:
+        value = self.pg.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE client_addr = $1::inet",
+            self.net.pod_db_side_ip,
+        )
+        return int(value)
+
+    @property
+    def readiness(self) -> ProbeState:
+        return self.kubelet.probe("app", "readinessProbe")
+
+    def detection_bound(self) -> float:
+        """The chart's comment: checkInterval + checkTimeout + failureThreshold x periodSeconds."""
+        sidecar = self.container("health-sidecar")
+        probe = self.readiness.probe
+        return (
+            float(env_value(sidecar, "SIDECAR_CHECK_INTERVAL"))
+            + float(env_value(sidecar, "SIDECAR_CHECK_TIMEOUT"))
+            + probe.failure_threshold * probe.period_seconds
+        )
+
+
+@pytest.fixture(scope="module")
+def store() -> Store:
+    try:
+        return shared_store()
+    except ImageToolMissing as error:
+        if os.environ.get("CI") == "true":
+            pytest.fail(str(error))
+        pytest.skip(str(error))
+
+
+@pytest.fixture(scope="module")
+def pod(store: Store) -> Iterator[RunningPod]:
+    """The chart's pod started by the kubelet, PostgreSQL up in its namespace."""
+    net = PodNetwork.create()
+    pg = NetnsPostgres(net)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    volumes_root = Path(tempfile.mkdtemp(prefix="hs12-volumes-"))
+    volumes_root.chmod(0o755)
+    runtime: PodmanRuntime | None = None
+    try:
+        pg.start()
+        pg.create_role(ROLE, OLD_PASSWORD)
+        objects = render(pg.dsn(ROLE, host=net.db_ip))
+        deployment = next(o for o in objects if o["kind"] == "Deployment")
+        spec: Obj = deployment["spec"]["template"]["spec"]
+        secrets = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Secret"}
+        fs_group = spec.get("securityContext", {}).get("fsGroup")
+        volumes: dict[str, Path] = {}
+        payload: dict[str, str] = {}
+        secret_dir = volumes_root
+        for volume in spec["volumes"]:
+            if "secret" not in volume:
+                continue
+            source = volume["secret"]
+            data = secrets[source["secretName"]]["data"]
+            payload = {
+                item["path"]: base64.b64decode(data[item["key"]]).decode()
+                for item in source["items"]
+            }
+            secret_dir = volumes_root / volume["name"]
+            project_volume(secret_dir, payload, mode=source.get("defaultMode", 0o644), gid=fs_group)
+            volumes[volume["name"]] = secret_dir
+        app = next(c for c in spec["containers"] if c["name"] == "app")
+        runtime = PodmanRuntime(
+            store,
+            spec,
+            net,
+            images={"health-sidecar": IMAGE, "app": APP_IMAGE},
+            volumes=volumes,
+            app_args={"app": [str(app["ports"][0]["containerPort"])]},
+        )
+        kubelet = Kubelet(spec, runtime, net.pod_ip)
+        running = RunningPod(spec, net, pg, runtime, kubelet, loop, payload, secret_dir)
+        running.call(kubelet.start())
+        yield running
+        if not kubelet._terminating:
+            running.call(kubelet.terminate())
+    finally:
+        if runtime is not None:
+            runtime.cleanup()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        pg.cleanup()
+        net.delete()
+        shutil.rmtree(volumes_root, ignore_errors=True)
+
+
+def dump(pod: RunningPod) -> str:
+    return "\n".join(
+        f"--- {name} ---\n{pod.runtime.logs(name)[-3000:]}" for name in pod.runtime.containers
+    )
+
+
+def test_cold_start_reaches_ready_in_kubelet_order(pod: RunningPod) -> None:
+    """The sidecar starts first and passes its startupProbe, then the app; the pod turns Ready."""
+    pod.wait(lambda: pod.kubelet.ready, 60 + SLACK_SECONDS, "pod Ready after a cold start")
+    started = [what for _, what in pod.kubelet.events if what.startswith("started")]
+    assert started == ["started health-sidecar", "started app"]
+    sidecar_startup = pod.kubelet.probe("health-sidecar", "startupProbe")
+    assert sidecar_startup.passing
+    app_started = next(t for t, what in pod.kubelet.events if what == "started app")
+    assert sidecar_startup.transitions[0][0] <= app_started
+    assert pod.kubelet.restarts() == {"health-sidecar": 0, "app": 0}
+    assert pod.sessions() >= 1, "the sidecar holds no session on the database"
+
+
+def test_secret_volume_has_the_charts_mode_and_group(pod: RunningPod) -> None:
+    """The DSN file is projected with defaultMode 0440 and the pod's fsGroup, behind ..data."""
+    source = next(v for v in pod.spec["volumes"] if "secret" in v)["secret"]
+    key = source["items"][0]["path"]
+    target = (pod.secret_dir / key).resolve()
+    assert (pod.secret_dir / key).is_symlink()
+    assert target.parent.name.startswith("..")
+    assert target.stat().st_mode & 0o777 == source["defaultMode"]
+    assert target.stat().st_gid == pod.spec["securityContext"]["fsGroup"]
+
+
+def outage(pod: RunningPod, start: Callable[[], None], end: Callable[[], None]) -> None:
+    """Take the database away, expect NotReady within the chart's bound and no restart; give it
+    back, expect Ready again."""
+    pod.wait(lambda: pod.kubelet.ready, 30 + SLACK_SECONDS, "pod Ready before the outage")
+    restarts = pod.kubelet.restarts()
+    began = time.monotonic()
+    start()
+    unready_at = pod.wait(
+        lambda: not pod.kubelet.ready,
+        pod.detection_bound() + SLACK_SECONDS,
+        "pod NotReady after the database went away",
+    )
+    print(f"\nNotReady after {unready_at - began:.1f}s (chart bound {pod.detection_bound():g}s)")
+    flips = [r for r in pod.readiness.results if r.at >= began and not r.success]
+    assert len(flips) >= pod.readiness.probe.failure_threshold
+    assert {r.detail for r in flips} == {"503"}, "the sidecar must answer, 503, during an outage"
+    # Several liveness periods down: nothing restarts.
+    time.sleep(3 * pod.kubelet.probe("health-sidecar", "livenessProbe").probe.period_seconds)
+    assert not pod.kubelet.ready
+    back = time.monotonic()
+    end()
+    ready_at = pod.wait(lambda: pod.kubelet.ready, 10 + SLACK_SECONDS, "pod Ready again")
+    print(f"Ready again {ready_at - back:.1f}s after the database came back")
+    assert pod.kubelet.restarts() == restarts
+    assert pod.kubelet.probe("health-sidecar", "livenessProbe").passing
+
+
+def test_database_stopped_unreadies_pod_without_restarts(pod: RunningPod) -> None:
+    """PostgreSQL stopped in its namespace: NotReady within the chart's bound, zero restarts,
+    Ready again once it is back."""
+    outage(pod, pod.pg.stop, pod.pg.start)
+
+
+def test_database_blackholed_unreadies_pod_without_restarts(pod: RunningPod) -> None:
+    """Packets from the pod dropped at the database host: the same as a stop."""
+    outage(pod, lambda: pod.net.blackhole(True), lambda: pod.net.blackhole(False))
+
+
+def test_rotated_secret_with_changed_password_fails_no_check(pod: RunningPod) -> None:
+    """ALTER ROLE, then the Secret volume swapped as kubelet swaps it: no probe fails."""
+    pod.wait(lambda: pod.kubelet.ready, 30 + SLACK_SECONDS, "pod Ready before the rotation")
+    began = time.monotonic()
+    pod.pg.alter_password(ROLE, NEW_PASSWORD)
+    key = next(iter(pod.secret_payload))
+    new_dsn = pod.pg.dsn(ROLE, NEW_PASSWORD, host=pod.net.db_ip)
+    volume = SecretVolume(pod.secret_dir, mode=0o440)
+    write_volume(volume, {key: new_dsn}, gid=pod.spec["securityContext"]["fsGroup"])
+    # Wait until a session logged in after the swap, then a few more periods.
+    pod.wait(
+        lambda: (
+            pod.pg.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE client_addr = $1::inet"
+                " AND backend_start > now() - make_interval(secs => $2)",
+                pod.net.pod_db_side_ip,
+                float(time.monotonic() - began),
+            )
+            > 0
+        ),
+        30 + SLACK_SECONDS,
+        "a session with the new password",
+    )
+    time.sleep(3 * pod.readiness.probe.period_seconds)
+    failed = [r for r in pod.readiness.results if r.at >= began and not r.success]
+    assert failed == []
+    assert pod.kubelet.ready
+
+
+def test_killed_sidecar_process_is_restarted_and_pod_ready_again(pod: RunningPod) -> None:
+    """SIGKILL to the sidecar's process: its container is restarted, the pod Ready again."""
+    pod.wait(lambda: pod.kubelet.ready, 30 + SLACK_SECONDS, "pod Ready before the kill")
+    os.kill(pod.runtime.pid("health-sidecar"), 9)
+    pod.wait(
+        lambda: pod.kubelet.restarts()["health-sidecar"] == 1,
+        30 + SLACK_SECONDS,
+        "sidecar container restarted",
+    )
+    assert pod.kubelet.status["health-sidecar"].exit_codes[-1] == 137
+    pod.wait(lambda: pod.kubelet.ready, 30 + SLACK_SECONDS, "pod Ready after the restart")
+    assert pod.kubelet.restarts()["app"] == 0
+
+
+def test_pod_deleted_stops_app_first_then_sidecar_cleanly(pod: RunningPod) -> None:
+    """Deletion: app SIGTERM first, sidecar after it exits; both exit 0 within the grace period
+    and no session of the pod is left on the database."""
+    pod.wait(lambda: pod.kubelet.ready, 30 + SLACK_SECONDS, "pod Ready before deletion")
+    began = time.monotonic()
+    codes = pod.call(pod.kubelet.terminate())
+    took = time.monotonic() - began
+    order = [what for _, what in pod.kubelet.events if what.split()[0] in ("SIGTERM", "exited")]
+    assert order[-4:] == [
+        "SIGTERM app",
+        "exited app (0)",
+        "SIGTERM health-sidecar",
+        "exited health-sidecar (0)",
+    ], f"{order}\n{dump(pod)}"
+    assert codes == {"app": 0, "health-sidecar": 0}
+    assert not any(what.startswith("SIGKILL") for _, what in pod.kubelet.events)
+    assert took < pod.kubelet.grace_seconds
+    pod.wait(lambda: pod.sessions() == 0, 10, "no session of the pod left on the database")
