@@ -69,6 +69,8 @@ def test_liveness_starts_passing_and_reset_restores_initial_value() -> None:
     state = ProbeState.initial(probe)
     assert state.passing
     assert results(state, "--+---") == [True, True, True, True, True, False]
+    assert state.failure_streak == 3
     state.reset()
     assert state.passing
+    assert state.failure_streak == 0
     assert results(state, "--") == [True, True]

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 import pytest
 import yaml
+from sidecar_proc import Measurements
 from support.image import APP_IMAGE, IMAGE, ImageToolMissing, Store, shared_store
 from support.kubelet import Kubelet, ProbeState
 from support.pod import NetnsPostgres, PodmanRuntime, PodNetwork, project_volume, write_volume
@@ -61,6 +62,8 @@ VALUES: dict[str, Any] = {
 SLACK_SECONDS = 20.0
 
 pytestmark = pytest.mark.slow
+# Figures for docs/reliability.md, written to $SIDECAR_TEST_OUT/pod.json.
+FIGURES = Measurements("pod.json")
 T = TypeVar("T")
 Obj = dict[str, Any]
 
@@ -196,6 +199,7 @@ def pod(store: Store) -> Iterator[RunningPod]:
         if not kubelet._terminating:
             running.call(kubelet.terminate())
     finally:
+        FIGURES.write()
         if runtime is not None:
             runtime.cleanup()
         loop.call_soon_threadsafe(loop.stop)
@@ -213,7 +217,11 @@ def dump(pod: RunningPod) -> str:
 
 def test_cold_start_reaches_ready_in_kubelet_order(pod: RunningPod) -> None:
     """The sidecar starts first and passes its startupProbe, then the app; the pod turns Ready."""
-    pod.wait(lambda: pod.kubelet.ready, 60 + SLACK_SECONDS, "pod Ready after a cold start")
+    ready_at = pod.wait(
+        lambda: pod.kubelet.ready, 60 + SLACK_SECONDS, "pod Ready after a cold start"
+    )
+    first = pod.kubelet.events[0][0]
+    FIGURES.add(scenario="cold start", ready_s=ready_at - first)
     started = [what for _, what in pod.kubelet.events if what.startswith("started")]
     assert started == ["started health-sidecar", "started app"]
     sidecar_startup = pod.kubelet.probe("health-sidecar", "startupProbe")
@@ -235,7 +243,7 @@ def test_secret_volume_has_the_charts_mode_and_group(pod: RunningPod) -> None:
     assert target.stat().st_gid == pod.spec["securityContext"]["fsGroup"]
 
 
-def outage(pod: RunningPod, start: Callable[[], None], end: Callable[[], None]) -> None:
+def outage(pod: RunningPod, name: str, start: Callable[[], None], end: Callable[[], None]) -> None:
     """Take the database away, expect NotReady within the chart's bound and no restart; give it
     back, expect Ready again."""
     pod.wait(lambda: pod.kubelet.ready, 30 + SLACK_SECONDS, "pod Ready before the outage")
@@ -260,17 +268,29 @@ def outage(pod: RunningPod, start: Callable[[], None], end: Callable[[], None]) 
     print(f"Ready again {ready_at - back:.1f}s after the database came back")
     assert pod.kubelet.restarts() == restarts
     assert pod.kubelet.probe("health-sidecar", "livenessProbe").passing
+    FIGURES.add(
+        scenario=name,
+        not_ready_s=unready_at - began,
+        chart_bound_s=pod.detection_bound(),
+        ready_again_s=ready_at - back,
+        restarts=sum(pod.kubelet.restarts().values()) - sum(restarts.values()),
+    )
 
 
 def test_database_stopped_unreadies_pod_without_restarts(pod: RunningPod) -> None:
     """PostgreSQL stopped in its namespace: NotReady within the chart's bound, zero restarts,
     Ready again once it is back."""
-    outage(pod, pod.pg.stop, pod.pg.start)
+    outage(pod, "database stopped", pod.pg.stop, pod.pg.start)
 
 
 def test_database_blackholed_unreadies_pod_without_restarts(pod: RunningPod) -> None:
     """Packets from the pod dropped at the database host: the same as a stop."""
-    outage(pod, lambda: pod.net.blackhole(True), lambda: pod.net.blackhole(False))
+    outage(
+        pod,
+        "database blackholed",
+        lambda: pod.net.blackhole(True),
+        lambda: pod.net.blackhole(False),
+    )
 
 
 def test_rotated_secret_with_changed_password_fails_no_check(pod: RunningPod) -> None:
@@ -298,13 +318,16 @@ def test_rotated_secret_with_changed_password_fails_no_check(pod: RunningPod) ->
     )
     time.sleep(3 * pod.readiness.probe.period_seconds)
     failed = [r for r in pod.readiness.results if r.at >= began and not r.success]
+    probed = [r for r in pod.readiness.results if r.at >= began]
     assert failed == []
     assert pod.kubelet.ready
+    FIGURES.add(scenario="secret rotated", probes=len(probed), failed=len(failed))
 
 
 def test_killed_sidecar_process_is_restarted_and_pod_ready_again(pod: RunningPod) -> None:
     """SIGKILL to the sidecar's process: its container is restarted, the pod Ready again."""
     pod.wait(lambda: pod.kubelet.ready, 30 + SLACK_SECONDS, "pod Ready before the kill")
+    killed = time.monotonic()
     os.kill(pod.runtime.pid("health-sidecar"), 9)
     pod.wait(
         lambda: pod.kubelet.restarts()["health-sidecar"] == 1,
@@ -312,8 +335,11 @@ def test_killed_sidecar_process_is_restarted_and_pod_ready_again(pod: RunningPod
         "sidecar container restarted",
     )
     assert pod.kubelet.status["health-sidecar"].exit_codes[-1] == 137
-    pod.wait(lambda: pod.kubelet.ready, 30 + SLACK_SECONDS, "pod Ready after the restart")
+    ready_at = pod.wait(
+        lambda: pod.kubelet.ready, 30 + SLACK_SECONDS, "pod Ready after the restart"
+    )
     assert pod.kubelet.restarts()["app"] == 0
+    FIGURES.add(scenario="sidecar killed", ready_again_s=ready_at - killed, restarts=1)
 
 
 def test_pod_deleted_stops_app_first_then_sidecar_cleanly(pod: RunningPod) -> None:
@@ -334,3 +360,4 @@ def test_pod_deleted_stops_app_first_then_sidecar_cleanly(pod: RunningPod) -> No
     assert not any(what.startswith("SIGKILL") for _, what in pod.kubelet.events)
     assert took < pod.kubelet.grace_seconds
     pod.wait(lambda: pod.sessions() == 0, 10, "no session of the pod left on the database")
+    FIGURES.add(scenario="pod deleted", terminated_s=took, grace_s=pod.kubelet.grace_seconds)

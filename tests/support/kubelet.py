@@ -112,6 +112,11 @@ class ProbeState:
             return True
         return False
 
+    @property
+    def failure_streak(self) -> int:
+        """Consecutive failures up to now (0 after a success or a reset)."""
+        return 0 if self._streak_success else self._streak
+
     def reset(self) -> None:
         """A restarted container starts with fresh probe state."""
         self.passing = self.probe.kind == "livenessProbe"
@@ -182,10 +187,15 @@ class ContainerStatus:
 class Kubelet:
     """Runs one pod spec on `runtime`, probing containers at `host` (the pod's address)."""
 
-    def __init__(self, spec: Obj, runtime: Runtime, host: str, *, poll: float = 0.1) -> None:
+    def __init__(
+        self, spec: Obj, runtime: Runtime, host: str, *, relist: float = 1.0, poll: float = 0.05
+    ) -> None:
         self.spec = spec
         self.runtime = runtime
         self.host = host
+        # Container state is read from the runtime every `relist` seconds (kubelet's PLEG
+        # relists every second); in-memory conditions are polled every `poll` seconds.
+        self.relist = relist
         self.poll = poll
         self.restart_policy = spec.get("restartPolicy", "Always")
         self.grace_seconds = float(spec.get("terminationGracePeriodSeconds", 30))
@@ -281,11 +291,10 @@ class Kubelet:
             if (
                 startup is not None
                 and not startup.passing
-                and len(startup.results) >= startup.probe.failure_threshold
-                and all(not r.success for r in startup.results[-startup.probe.failure_threshold :])
+                and startup.failure_streak >= startup.probe.failure_threshold
             ):
                 return "startup failed"
-            await asyncio.sleep(self.poll)
+            await asyncio.sleep(self.relist)
         return "terminating"
 
     async def _probe_loop(self, name: str, kind: str) -> None:
@@ -333,4 +342,5 @@ class Kubelet:
                     self.event(f"SIGKILL {name}")
                     await self.runtime.signal(name, "KILL")
                 deadline = float("inf")
-            await asyncio.sleep(self.poll)
+            # Exits are timed to about this: fine next to a grace period of seconds.
+            await asyncio.sleep(0.2)

@@ -30,7 +30,9 @@ from .secretvolume import SecretVolume
 __all__ = ["NetnsPostgres", "PodNetwork", "PodmanRuntime", "project_volume"]
 
 Obj = dict[str, Any]
-SUBNET: Final = "10.212"
+# Each network takes a random 10.N.0.0/16 (N from 200 to 249), so two at once (a test run and
+# the bench) do not clash; this machine's own network is elsewhere.
+SUBNET_RANGE: Final = range(200, 250)
 
 
 def ip(*args: str, netns: str | None = None) -> None:
@@ -42,6 +44,7 @@ def ip(*args: str, netns: str | None = None) -> None:
 class PodNetwork:
     """Two namespaces and three veth pairs; addresses fixed within this process's subnet."""
 
+    subnet: str  # the first two octets, "10.N"
     pod_ns: str
     db_ns: str
     pod_ip: str  # where the kubelet reaches the pod
@@ -54,13 +57,15 @@ class PodNetwork:
     def create(cls, tag: str = "") -> PodNetwork:
         suffix = tag or secrets.token_hex(2)
         pod_ns, db_ns = f"hs12-pod-{suffix}", f"hs12-db-{suffix}"
+        subnet = f"10.{secrets.choice(SUBNET_RANGE)}"
         net = cls(
+            subnet=subnet,
             pod_ns=pod_ns,
             db_ns=db_ns,
-            pod_ip=f"{SUBNET}.1.2",
-            db_admin_ip=f"{SUBNET}.2.2",
-            db_ip=f"{SUBNET}.3.2",
-            pod_db_side_ip=f"{SUBNET}.3.1",
+            pod_ip=f"{subnet}.1.2",
+            db_admin_ip=f"{subnet}.2.2",
+            db_ip=f"{subnet}.3.2",
+            pod_db_side_ip=f"{subnet}.3.1",
             links=(f"h12p{suffix}", f"h12d{suffix}"),
         )
         subprocess.run(["ip", "netns", "add", pod_ns], check=True, timeout=30)
@@ -71,9 +76,9 @@ class PodNetwork:
             # root <-> pod, root <-> db
             for host_end, ns, third in ((net.links[0], pod_ns, 1), (net.links[1], db_ns, 2)):
                 ip("link", "add", host_end, "type", "veth", "peer", "name", "eth0", "netns", ns)
-                ip("addr", "add", f"{SUBNET}.{third}.1/30", "dev", host_end)
+                ip("addr", "add", f"{subnet}.{third}.1/30", "dev", host_end)
                 ip("link", "set", host_end, "up")
-                ip("addr", "add", f"{SUBNET}.{third}.2/30", "dev", "eth0", netns=ns)
+                ip("addr", "add", f"{subnet}.{third}.2/30", "dev", "eth0", netns=ns)
                 ip("link", "set", "eth0", "up", netns=ns)
             # pod <-> db
             ip("link", "add", "todb", "netns", pod_ns, "type", "veth", "peer", "name", "topod",
@@ -123,7 +128,7 @@ class NetnsPostgres(PostgresServer):
     def __init__(self, net: PodNetwork, **kwargs: Any) -> None:
         super().__init__(
             settings={"listen_addresses": "*"},
-            hba_lines=[f"host all all {SUBNET}.0.0/16 scram-sha-256"],
+            hba_lines=[f"host all all {net.subnet}.0.0/16 scram-sha-256"],
             **kwargs,
         )
         self.net = net
