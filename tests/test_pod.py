@@ -11,12 +11,13 @@ deleted last.
 from __future__ import annotations
 
 import asyncio
-import base64
 import os
 import shutil
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ import yaml
 from sidecar_proc import Measurements
 from support.image import APP_IMAGE, IMAGE, ImageToolMissing, Store, shared_store
 from support.kubelet import Kubelet, ProbeState
-from support.pod import NetnsPostgres, PodmanRuntime, PodNetwork, project_volume, write_volume
+from support.pod import NetnsPostgres, PodmanRuntime, PodNetwork, project_volumes, write_volume
 from support.secretvolume import SecretVolume
 
 try:
@@ -57,6 +58,12 @@ VALUES: dict[str, Any] = {
         "readinessProbe": {"periodSeconds": 1},
     },
     "terminationGracePeriodSeconds": 10,
+    # A check file, so the ConfigMap volume is run too: the database (the DSN Secret) and the
+    # stand-in app over HTTP inside the pod.
+    "checks": [
+        {"name": "primary", "kind": "postgres"},
+        {"name": "app", "kind": "http", "url": "http://127.0.0.1:8000/", "criticality": "warn"},
+    ],
 }
 # Container start and podman calls on a busy 2-core machine: generous slack on every bound.
 SLACK_SECONDS = 20.0
@@ -166,23 +173,10 @@ def pod(store: Store) -> Iterator[RunningPod]:
         objects = render(pg.dsn(ROLE, host=net.db_ip))
         deployment = next(o for o in objects if o["kind"] == "Deployment")
         spec: Obj = deployment["spec"]["template"]["spec"]
-        secrets = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Secret"}
-        fs_group = spec.get("securityContext", {}).get("fsGroup")
-        volumes: dict[str, Path] = {}
-        payload: dict[str, str] = {}
-        secret_dir = volumes_root
-        for volume in spec["volumes"]:
-            if "secret" not in volume:
-                continue
-            source = volume["secret"]
-            data = secrets[source["secretName"]]["data"]
-            payload = {
-                item["path"]: base64.b64decode(data[item["key"]]).decode()
-                for item in source["items"]
-            }
-            secret_dir = volumes_root / volume["name"]
-            project_volume(secret_dir, payload, mode=source.get("defaultMode", 0o644), gid=fs_group)
-            volumes[volume["name"]] = secret_dir
+        volumes = project_volumes(spec, objects, volumes_root)
+        dsn_volume = next(v for v in spec["volumes"] if "secret" in v)
+        secret_dir = volumes[dsn_volume["name"]]
+        payload = {item["path"]: "" for item in dsn_volume["secret"]["items"]}
         app = next(c for c in spec["containers"] if c["name"] == "app")
         runtime = PodmanRuntime(
             store,
@@ -232,15 +226,40 @@ def test_cold_start_reaches_ready_in_kubelet_order(pod: RunningPod) -> None:
     assert pod.sessions() >= 1, "the sidecar holds no session on the database"
 
 
-def test_secret_volume_has_the_charts_mode_and_group(pod: RunningPod) -> None:
-    """The DSN file is projected with defaultMode 0440 and the pod's fsGroup, behind ..data."""
-    source = next(v for v in pod.spec["volumes"] if "secret" in v)["secret"]
-    key = source["items"][0]["path"]
-    target = (pod.secret_dir / key).resolve()
-    assert (pod.secret_dir / key).is_symlink()
-    assert target.parent.name.startswith("..")
-    assert target.stat().st_mode & 0o777 == source["defaultMode"]
-    assert target.stat().st_gid == pod.spec["securityContext"]["fsGroup"]
+def test_volumes_have_the_charts_mode_and_group_and_are_read(pod: RunningPod) -> None:
+    """The DSN Secret and the check ConfigMap are projected with their defaultMode and the pod's
+    fsGroup behind ..data, and the sidecar runs the checks the ConfigMap lists."""
+    kinds = [v for v in pod.spec["volumes"] if "secret" in v or "configMap" in v]
+    assert {"secret", "configMap"} <= {k for v in kinds for k in v}
+    for volume in kinds:
+        source = volume.get("secret") or volume["configMap"]
+        root = pod.runtime.volumes[volume["name"]]
+        for entry in root.iterdir():
+            if entry.name.startswith(".."):
+                continue
+            assert entry.is_symlink()
+            target = entry.resolve()
+            assert target.parent.name.startswith("..")
+            assert target.stat().st_mode & 0o777 == source["defaultMode"]
+            assert target.stat().st_gid == pod.spec["securityContext"]["fsGroup"]
+    port = pod.readiness.probe.port
+    urls = [f"http://{pod.net.pod_ip}:{port}/ready/{check['name']}" for check in VALUES["checks"]]
+    # The app starts after the sidecar, so its check may still be in backoff: wait for it.
+    pod.wait(
+        lambda: [http_status(url) for url in urls] == [200] * len(urls),
+        15 + SLACK_SECONDS,
+        f"every check of the ConfigMap passing ({urls})",
+    )
+
+
+def http_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as answer:  # noqa: S310  # http:// built here
+            return int(answer.status)
+    except urllib.error.HTTPError as error:
+        return error.code
+    except OSError:
+        return 0
 
 
 def outage(pod: RunningPod, name: str, start: Callable[[], None], end: Callable[[], None]) -> None:

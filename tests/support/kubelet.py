@@ -258,10 +258,12 @@ class Kubelet:
         status = self.status[name]
         while True:
             workers = [asyncio.create_task(self._probe_loop(name, kind)) for kind in status.probes]
-            reason = await self._until_restart_needed(name)
-            for worker in workers:
-                worker.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
+            try:
+                reason = await self._until_restart_needed(name)
+            finally:
+                for worker in workers:
+                    worker.cancel()
+                await asyncio.gather(*workers, return_exceptions=True)
             if self._terminating:
                 return
             code = await self.runtime.exit_code(name)

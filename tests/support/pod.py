@@ -13,6 +13,7 @@ side of that pair blackholes the database for the pod while the test can still r
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import secrets
 import shutil
@@ -27,7 +28,14 @@ from .image import Store
 from .pg import PostgresServer, _as_os_user, _subprocess_env
 from .secretvolume import SecretVolume
 
-__all__ = ["NetnsPostgres", "PodNetwork", "PodmanRuntime", "project_volume"]
+__all__ = [
+    "NetnsPostgres",
+    "PodNetwork",
+    "PodmanRuntime",
+    "project_volume",
+    "project_volumes",
+    "write_volume",
+]
 
 Obj = dict[str, Any]
 # Each network takes a random 10.N.0.0/16 (N from 200 to 249), so two at once (a test run and
@@ -157,6 +165,31 @@ def project_volume(
     volume = SecretVolume(root, mode=mode)
     write_volume(volume, payload, gid=gid)
     return volume
+
+
+def project_volumes(spec: Obj, objects: list[Obj], root: Path) -> dict[str, Path]:
+    """Every Secret and ConfigMap volume of `spec`, from the rendered `objects`, projected under
+    `root` as kubelet would: `items` (key -> path) or every key, `defaultMode`, fsGroup."""
+    fs_group = spec.get("securityContext", {}).get("fsGroup")
+    by_name = {(o["kind"], o["metadata"]["name"]): o for o in objects}
+    projected: dict[str, Path] = {}
+    for volume in spec.get("volumes", []):
+        if "secret" in volume:
+            source = volume["secret"]
+            obj = by_name[("Secret", source["secretName"])]
+            data = {k: base64.b64decode(v).decode() for k, v in obj.get("data", {}).items()}
+            data.update(obj.get("stringData", {}))
+        elif "configMap" in volume:
+            source = volume["configMap"]
+            data = dict(by_name[("ConfigMap", source["name"])].get("data", {}))
+        else:
+            continue
+        items = source.get("items") or [{"key": k, "path": k} for k in data]
+        payload = {item["path"]: data[item["key"]] for item in items}
+        target = root / volume["name"]
+        project_volume(target, payload, mode=source.get("defaultMode", 0o644), gid=fs_group)
+        projected[volume["name"]] = target
+    return projected
 
 
 def write_volume(volume: SecretVolume, payload: Mapping[str, str], *, gid: int | None) -> None:
