@@ -282,8 +282,9 @@ class Store:
 
     def cleanup(self) -> None:
         """Remove every container and image of this store, then the store itself."""
+        # Not `podman system reset`: it also deletes the machine's network configuration.
         self.run("podman", "rm", "--all", "--force", "--time", "0", check=False)
-        self.run("podman", "system", "reset", "--force", check=False, timeout=300)
+        self.run("podman", "rmi", "--all", "--force", check=False, timeout=300)
         self.run("buildah", "rm", "--all", check=False)
         subprocess.run(["umount", "-R", str(self.root / "graph")], capture_output=True, check=False)
         shutil.rmtree(self.root, ignore_errors=True)
