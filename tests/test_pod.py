@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 from sidecar_proc import Measurements
 from support.image import APP_IMAGE, IMAGE, ImageToolMissing, Store, shared_store
 from support.kubelet import Kubelet, ProbeState
@@ -75,10 +76,34 @@ T = TypeVar("T")
 Obj = dict[str, Any]
 
 
-def render(dsn: str) -> list[Obj]:
-    values = {**VALUES, "database": {"url": dsn}}
-    with helm.Chart.load(CHART) as chart:
-        manifests = chart.render(values, name="health-sidecar", namespace="glucolens")
+@dataclass(frozen=True)
+class PodCase:
+    """A chart whose Deployment runs the sidecar beside an app, and how to run it here."""
+
+    id: str
+    chart: Path
+    values: Callable[[str], Obj]  # DSN -> the values to render with
+    sidecar: str  # container names in the rendered pod spec
+    app: str
+
+
+# The foreign chart (a consumer of the library chart) is added here as a second case once it
+# exists: its chart directory, values putting the DSN in its Secret with the same shortened
+# times, and its container names. Every scenario below then runs against it too.
+CASES = [
+    PodCase(
+        "app-chart",
+        CHART,
+        lambda dsn: {**VALUES, "database": {"url": dsn}},
+        "health-sidecar",
+        "app",
+    ),
+]
+
+
+def render(case: PodCase, dsn: str) -> list[Obj]:
+    with helm.Chart.load(case.chart) as chart:
+        manifests = chart.render(case.values(dsn), name="health-sidecar", namespace="glucolens")
     return [
         doc
         for path, text in sorted(manifests.items())
@@ -96,6 +121,7 @@ def env_value(container: Obj, name: str) -> str:
 class RunningPod:
     """A pod whose kubelet runs in its own event loop thread, driven synchronously."""
 
+    case: PodCase
     spec: Obj
     net: PodNetwork
     pg: NetnsPostgres
@@ -133,11 +159,11 @@ class RunningPod:
 
     @property
     def readiness(self) -> ProbeState:
-        return self.kubelet.probe("app", "readinessProbe")
+        return self.kubelet.probe(self.case.app, "readinessProbe")
 
     def detection_bound(self) -> float:
         """The chart's comment: checkInterval + checkTimeout + failureThreshold x periodSeconds."""
-        sidecar = self.container("health-sidecar")
+        sidecar = self.container(self.case.sidecar)
         probe = self.readiness.probe
         return (
             float(env_value(sidecar, "SIDECAR_CHECK_INTERVAL"))
@@ -164,9 +190,10 @@ def store() -> Store:
         raise
 
 
-@pytest.fixture(scope="module")
-def pod(store: Store) -> Iterator[RunningPod]:
+@pytest.fixture(scope="module", params=CASES, ids=[case.id for case in CASES])
+def pod(store: Store, request: pytest.FixtureRequest) -> Iterator[RunningPod]:
     """The chart's pod started by the kubelet, PostgreSQL up in its namespace."""
+    case: PodCase = request.param
     net = PodNetwork.create()
     pg = NetnsPostgres(net)
     loop = asyncio.new_event_loop()
@@ -178,24 +205,24 @@ def pod(store: Store) -> Iterator[RunningPod]:
     try:
         pg.start()
         pg.create_role(ROLE, OLD_PASSWORD)
-        objects = render(pg.dsn(ROLE, host=net.db_ip))
+        objects = render(case, pg.dsn(ROLE, host=net.db_ip))
         deployment = next(o for o in objects if o["kind"] == "Deployment")
         spec: Obj = deployment["spec"]["template"]["spec"]
         volumes = project_volumes(spec, objects, volumes_root)
         dsn_volume = next(v for v in spec["volumes"] if "secret" in v)
         secret_dir = volumes[dsn_volume["name"]]
         payload = {item["path"]: "" for item in dsn_volume["secret"]["items"]}
-        app = next(c for c in spec["containers"] if c["name"] == "app")
+        app = next(c for c in spec["containers"] if c["name"] == case.app)
         runtime = PodmanRuntime(
             store,
             spec,
             net,
-            images={"health-sidecar": IMAGE, "app": APP_IMAGE},
+            images={case.sidecar: IMAGE, case.app: APP_IMAGE},
             volumes=volumes,
-            app_args={"app": [str(app["ports"][0]["containerPort"])]},
+            app_args={case.app: [str(app["ports"][0]["containerPort"])]},
         )
         kubelet = Kubelet(spec, runtime, net.pod_ip)
-        running = RunningPod(spec, net, pg, runtime, kubelet, loop, payload, secret_dir)
+        running = RunningPod(case, spec, net, pg, runtime, kubelet, loop, payload, secret_dir)
         running.call(kubelet.start())
         yield running
         if not kubelet._terminating:
@@ -224,13 +251,14 @@ def test_cold_start_reaches_ready_in_kubelet_order(pod: RunningPod) -> None:
     )
     first = pod.kubelet.events[0][0]
     FIGURES.add(scenario="cold start", ready_s=ready_at - first)
+    sidecar, app = pod.case.sidecar, pod.case.app
     started = [what for _, what in pod.kubelet.events if what.startswith("started")]
-    assert started == ["started health-sidecar", "started app"]
-    sidecar_startup = pod.kubelet.probe("health-sidecar", "startupProbe")
+    assert started == [f"started {sidecar}", f"started {app}"]
+    sidecar_startup = pod.kubelet.probe(sidecar, "startupProbe")
     assert sidecar_startup.passing
-    app_started = next(t for t, what in pod.kubelet.events if what == "started app")
+    app_started = next(t for t, what in pod.kubelet.events if what == f"started {app}")
     assert sidecar_startup.transitions[0][0] <= app_started
-    assert pod.kubelet.restarts() == {"health-sidecar": 0, "app": 0}
+    assert pod.kubelet.restarts() == {sidecar: 0, app: 0}
     assert pod.sessions() >= 1, "the sidecar holds no session on the database"
 
 
@@ -260,6 +288,18 @@ def test_volumes_have_the_charts_mode_and_group_and_are_read(pod: RunningPod) ->
     )
 
 
+def metrics(pod: RunningPod) -> dict[str, dict[frozenset[tuple[str, str]], float]]:
+    """The sidecar's /metrics samples: name -> labels -> value."""
+    url = f"http://{pod.net.pod_ip}:{pod.readiness.probe.port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as answer:  # http:// built here
+        text = answer.read().decode()
+    samples: dict[str, dict[frozenset[tuple[str, str]], float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, {})[frozenset(sample.labels.items())] = sample.value
+    return samples
+
+
 def http_status(url: str) -> int:
     try:
         with urllib.request.urlopen(url, timeout=5) as answer:  # noqa: S310  # http:// built here
@@ -287,14 +327,14 @@ def outage(pod: RunningPod, name: str, start: Callable[[], None], end: Callable[
     assert len(flips) >= pod.readiness.probe.failure_threshold
     assert {r.detail for r in flips} == {"503"}, "the sidecar must answer, 503, during an outage"
     # Several liveness periods down: nothing restarts.
-    time.sleep(3 * pod.kubelet.probe("health-sidecar", "livenessProbe").probe.period_seconds)
+    time.sleep(3 * pod.kubelet.probe(pod.case.sidecar, "livenessProbe").probe.period_seconds)
     assert not pod.kubelet.ready
     back = time.monotonic()
     end()
     ready_at = pod.wait(lambda: pod.kubelet.ready, 10 + SLACK_SECONDS, "pod Ready again")
     print(f"Ready again {ready_at - back:.1f}s after the database came back")
     assert pod.kubelet.restarts() == restarts
-    assert pod.kubelet.probe("health-sidecar", "livenessProbe").passing
+    assert pod.kubelet.probe(pod.case.sidecar, "livenessProbe").passing
     FIGURES.add(
         scenario=name,
         not_ready_s=unready_at - began,
@@ -323,6 +363,7 @@ def test_database_blackholed_unreadies_pod_without_restarts(pod: RunningPod) -> 
 def test_rotated_secret_with_changed_password_fails_no_check(pod: RunningPod) -> None:
     """ALTER ROLE, then the Secret volume swapped as kubelet swaps it: no probe fails."""
     pod.wait(lambda: pod.kubelet.ready, 30 + SLACK_SECONDS, "pod Ready before the rotation")
+    before = metrics(pod)
     began = time.monotonic()
     pod.pg.alter_password(ROLE, NEW_PASSWORD)
     key = next(iter(pod.secret_payload))
@@ -348,6 +389,12 @@ def test_rotated_secret_with_changed_password_fails_no_check(pod: RunningPod) ->
     probed = [r for r in pod.readiness.results if r.at >= began]
     assert failed == []
     assert pod.kubelet.ready
+    after = metrics(pod)
+    assert after.get("health_sidecar_check_failures_total", {}) == before.get(
+        "health_sidecar_check_failures_total", {}
+    ), "a check failed during the rotation"
+    applied = after["health_sidecar_dsn_reloads_total"]
+    assert sum(v for labels, v in applied.items() if ("outcome", "applied") in labels) >= 1
     FIGURES.add(scenario="secret rotated", probes=len(probed), failed=len(failed))
 
 
@@ -355,17 +402,17 @@ def test_killed_sidecar_process_is_restarted_and_pod_ready_again(pod: RunningPod
     """SIGKILL to the sidecar's process: its container is restarted, the pod Ready again."""
     pod.wait(lambda: pod.kubelet.ready, 30 + SLACK_SECONDS, "pod Ready before the kill")
     killed = time.monotonic()
-    os.kill(pod.runtime.pid("health-sidecar"), 9)
+    os.kill(pod.runtime.pid(pod.case.sidecar), 9)
     pod.wait(
-        lambda: pod.kubelet.restarts()["health-sidecar"] == 1,
+        lambda: pod.kubelet.restarts()[pod.case.sidecar] == 1,
         30 + SLACK_SECONDS,
         "sidecar container restarted",
     )
-    assert pod.kubelet.status["health-sidecar"].exit_codes[-1] == 137
+    assert pod.kubelet.status[pod.case.sidecar].exit_codes[-1] == 137
     ready_at = pod.wait(
         lambda: pod.kubelet.ready, 30 + SLACK_SECONDS, "pod Ready after the restart"
     )
-    assert pod.kubelet.restarts()["app"] == 0
+    assert pod.kubelet.restarts()[pod.case.app] == 0
     FIGURES.add(scenario="sidecar killed", ready_again_s=ready_at - killed, restarts=1)
 
 
@@ -377,13 +424,14 @@ def test_pod_deleted_stops_app_first_then_sidecar_cleanly(pod: RunningPod) -> No
     codes = pod.call(pod.kubelet.terminate())
     took = time.monotonic() - began
     order = [what for _, what in pod.kubelet.events if what.split()[0] in ("SIGTERM", "exited")]
+    sidecar, app = pod.case.sidecar, pod.case.app
     assert order[-4:] == [
-        "SIGTERM app",
-        "exited app (0)",
-        "SIGTERM health-sidecar",
-        "exited health-sidecar (0)",
+        f"SIGTERM {app}",
+        f"exited {app} (0)",
+        f"SIGTERM {sidecar}",
+        f"exited {sidecar} (0)",
     ], f"{order}\n{dump(pod)}"
-    assert codes == {"app": 0, "health-sidecar": 0}
+    assert codes == {app: 0, sidecar: 0}
     assert not any(what.startswith("SIGKILL") for _, what in pod.kubelet.events)
     assert took < pod.kubelet.grace_seconds
     pod.wait(lambda: pod.sessions() == 0, 10, "no session of the pod left on the database")
