@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
+from support.helmdeps import dependencies_updated
 
 from sidecar.checkfile import COMMON_KEYS, KIND_KEYS, TIMING
 from sidecar.checkspec import KINDS, NAME_PATTERN, HttpSpec, PostgresSpec, TcpSpec
@@ -37,7 +38,7 @@ except ImportError:
     )
 
 REPO = Path(__file__).resolve().parent.parent
-CHART = REPO / "charts" / "health-sidecar"
+CHART = dependencies_updated(REPO / "charts" / "health-sidecar")
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 RELEASE = "health-sidecar"
 NAMESPACE = "glucolens"

@@ -31,6 +31,7 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
+from support.helmdeps import dependencies_updated
 from support import free_port
 from support.pg import PostgresServer
 
@@ -42,7 +43,7 @@ except ImportError:
     pytest.skip("helm-python-sdk missing: run .ci/k8s-tools.sh", allow_module_level=True)
 
 REPO = Path(__file__).resolve().parent.parent
-CHART = REPO / "charts" / "health-sidecar"
+CHART = dependencies_updated(REPO / "charts" / "health-sidecar")
 KUBELET_USER_AGENT = "kube-probe/1.29"
 # Time scaled down: the structure (thresholds, timeouts, which probe reads what) is the chart's.
 CHECK_INTERVAL_SECONDS = 1
