@@ -847,3 +847,14 @@ def test_checkov_passes_on_dockerfile() -> None:
     )
     assert passed > 0, "checkov checked nothing"
     assert not failed, "\n".join(failed)
+
+
+def test_pods_ignore_service_links_and_pin_sidecar_port_and_host() -> None:
+    """enableServiceLinks is off and SIDECAR_PORT/SIDECAR_HOST are set explicitly on the sidecar,
+    so a Service named `sidecar` cannot inject SIDECAR_PORT=tcp://... into it."""
+    for native in (True, False):
+        spec = pod_spec(render({**BASE, "sidecar": {"nativeSidecar": native, "port": 8181}}))
+        assert spec["enableServiceLinks"] is False
+        env = env_of(sidecar_container(spec))
+        assert env["SIDECAR_PORT"] == "8181"
+        assert env["SIDECAR_HOST"] == "0.0.0.0"  # noqa: S104 -- the pod's address, for kubelet
