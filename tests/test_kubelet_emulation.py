@@ -31,8 +31,8 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
-from support.helmdeps import dependencies_updated
 from support import free_port
+from support.helmdeps import dependencies_updated
 from support.pg import PostgresServer
 
 try:

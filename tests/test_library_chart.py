@@ -86,10 +86,12 @@ def test_foreign_chart_renders_valid_objects_in_both_modes(native: bool) -> None
     init_names = [c["name"] for c in spec.get("initContainers") or []]
     names = [c["name"] for c in spec["containers"]]
     if native:
-        assert init_names == ["health-sidecar"] and names == ["inventory"]
+        assert init_names == ["health-sidecar"]
+        assert names == ["inventory"]
         assert sidecar_of(spec)["restartPolicy"] == "Always"
     else:
-        assert init_names == [] and names == ["inventory", "health-sidecar"]
+        assert init_names == []
+        assert names == ["inventory", "health-sidecar"]
         assert "restartPolicy" not in sidecar_of(spec)
     assert [v["name"] for v in spec["volumes"]] == ["database-url"]
     assert spec["volumes"][0]["secret"]["secretName"] == "inventory-db"
@@ -119,8 +121,10 @@ def test_checks_give_a_configmap_mount_and_a_rolling_checksum() -> None:
     assert configmap["metadata"]["name"] == "shop-health-sidecar-checks"
     assert yaml.safe_load(configmap["data"]["checks.yaml"]) == {"checks": checks}
     spec = pod_spec(objects)
-    assert {"name": "checks", "configMap": {"name": "shop-health-sidecar-checks",
-            "defaultMode": 0o440}} in spec["volumes"]
+    assert {
+        "name": "checks",
+        "configMap": {"name": "shop-health-sidecar-checks", "defaultMode": 0o440},
+    } in spec["volumes"]
     env = {e["name"]: e["value"] for e in sidecar_of(spec)["env"]}
     assert env["SIDECAR_CONFIG_FILE"] == "/etc/health-sidecar/checks/checks.yaml"
 
@@ -145,8 +149,10 @@ def test_checks_give_a_configmap_mount_and_a_rolling_checksum() -> None:
         ({"logLevel": "loud"}, "healthSidecar.logLevel"),
         ({"checkIntervall": 5}, "healthSidecar.checkIntervall"),
         ({"checkDefaults": {"interval_seconds": 3}}, "healthSidecar.checkDefaults"),
-        ({"tlsSecrets": [{"name": "ca", "secretName": "a"}, {"name": "ca", "secretName": "b"}]},
-         "healthSidecar.tlsSecrets"),
+        (
+            {"tlsSecrets": [{"name": "ca", "secretName": "a"}, {"name": "ca", "secretName": "b"}]},
+            "healthSidecar.tlsSecrets",
+        ),
     ],
     ids=lambda v: v if isinstance(v, str) else None,
 )

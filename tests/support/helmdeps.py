@@ -10,7 +10,8 @@ from pathlib import Path
 @functools.cache
 def dependencies_updated(chart: Path) -> Path:
     """Vendor `chart`'s dependencies into its charts/ directory (ignored by git); return `chart`."""
-    import helm_python as helm  # only the Helm tests need it, and they skip or fail without it
+    # Imported here: only the Helm tests need it, and they skip (or fail in CI) without it.
+    import helm_python as helm  # noqa: PLC0415
 
     helm.dependency_update(chart, skip_refresh=True)
     return chart
