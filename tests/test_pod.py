@@ -27,6 +27,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from sidecar_proc import Measurements
+from support.helmdeps import dependencies_updated
 from support.image import APP_IMAGE, IMAGE, ImageToolMissing, Store, shared_store
 from support.kubelet import Kubelet, ProbeState
 from support.pod import NetnsPostgres, PodmanRuntime, PodNetwork, project_volumes, write_volume
@@ -85,11 +86,25 @@ class PodCase:
     values: Callable[[str], Obj]  # DSN -> the values to render with
     sidecar: str  # container names in the rendered pod spec
     app: str
+    checks: tuple[str, ...] = ()  # the check file's checks, when the chart renders one
+    existing_secret: str | None = None  # a Secret the user creates: made here, from the DSN
 
 
-# The foreign chart (a consumer of the library chart) is added here as a second case once it
-# exists: its chart directory, values putting the DSN in its Secret with the same shortened
-# times, and its container names. Every scenario below then runs against it too.
+# A foreign app's chart that adds the sidecar through the library chart (README "Add it to
+# your own workload"): its own container names, ports, pod securityContext, and a Secret of its
+# own that the chart does not render. Times shortened the same way.
+FOREIGN_CHART = REPO / "tests" / "fixtures" / "foreign-chart"
+FOREIGN_VALUES: Obj = {
+    "healthSidecar": {
+        "database": {"existingSecret": "inventory-db"},
+        "checkInterval": 1,
+        "checkTimeout": 1,
+        "backoffMax": 2,
+        "drainSeconds": 1,
+        "livenessProbe": {"periodSeconds": 2},
+        "readinessProbe": {"periodSeconds": 1},
+    }
+}
 CASES = [
     PodCase(
         "app-chart",
@@ -97,20 +112,37 @@ CASES = [
         lambda dsn: {**VALUES, "database": {"url": dsn}},
         "health-sidecar",
         "app",
+        checks=tuple(check["name"] for check in VALUES["checks"]),
+    ),
+    PodCase(
+        "foreign-chart",
+        FOREIGN_CHART,
+        lambda dsn: FOREIGN_VALUES,
+        "health-sidecar",
+        "inventory",
+        existing_secret="inventory-db",
     ),
 ]
 
 
 def render(case: PodCase, dsn: str) -> list[Obj]:
-    with helm.Chart.load(case.chart) as chart:
+    # Both charts take the sidecar from the library chart, vendored as `helm dependency update`.
+    with helm.Chart.load(dependencies_updated(case.chart)) as chart:
         manifests = chart.render(case.values(dsn), name="health-sidecar", namespace="glucolens")
-    return [
+    objects = [
         doc
         for path, text in sorted(manifests.items())
         if not path.endswith(".txt")
         for doc in yaml.safe_load_all(text)
         if doc
     ]
+    if case.existing_secret is not None:
+        secret_ref = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque"}
+        key = "database-url"
+        objects.append(
+            {**secret_ref, "metadata": {"name": case.existing_secret}, "stringData": {key: dsn}}
+        )
+    return objects
 
 
 def env_value(container: Obj, name: str) -> str:
@@ -266,7 +298,8 @@ def test_volumes_have_the_charts_mode_and_group_and_are_read(pod: RunningPod) ->
     """The DSN Secret and the check ConfigMap are projected with their defaultMode and the pod's
     fsGroup behind ..data, and the sidecar runs the checks the ConfigMap lists."""
     kinds = [v for v in pod.spec["volumes"] if "secret" in v or "configMap" in v]
-    assert {"secret", "configMap"} <= {k for v in kinds for k in v}
+    expected = {"secret", "configMap"} if pod.case.checks else {"secret"}
+    assert expected <= {k for v in kinds for k in v}
     for volume in kinds:
         source = volume.get("secret") or volume["configMap"]
         root = pod.runtime.volumes[volume["name"]]
@@ -279,7 +312,8 @@ def test_volumes_have_the_charts_mode_and_group_and_are_read(pod: RunningPod) ->
             assert target.stat().st_mode & 0o777 == source["defaultMode"]
             assert target.stat().st_gid == pod.spec["securityContext"]["fsGroup"]
     port = pod.readiness.probe.port
-    urls = [f"http://{pod.net.pod_ip}:{port}/ready/{check['name']}" for check in VALUES["checks"]]
+    names = pod.case.checks or ("postgres",)  # without a check file: the one check, postgres
+    urls = [f"http://{pod.net.pod_ip}:{port}/ready/{name}" for name in names]
     # The app starts after the sidecar, so its check may still be in backoff: wait for it.
     pod.wait(
         lambda: [http_status(url) for url in urls] == [200] * len(urls),

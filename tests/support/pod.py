@@ -239,7 +239,9 @@ class PodmanRuntime:
         # Kubernetes ignores HEALTHCHECK (podman would want systemd timers for it).
         args.append("--no-healthcheck")
         if "runAsUser" in sc:
-            args += ["--user", f"{sc['runAsUser']}:{sc.get('runAsGroup', 0)}"]
+            # Without runAsGroup the runtime picks the group (the image's, else 0), as here.
+            group = f":{sc['runAsGroup']}" if "runAsGroup" in sc else ""
+            args += ["--user", f"{sc['runAsUser']}{group}"]
         if "fsGroup" in pod_sc:
             args += ["--group-add", str(pod_sc["fsGroup"])]
         if sc.get("readOnlyRootFilesystem"):
