@@ -282,7 +282,7 @@ def test_cold_start_reaches_ready_in_kubelet_order(pod: RunningPod) -> None:
         lambda: pod.kubelet.ready, 60 + SLACK_SECONDS, "pod Ready after a cold start"
     )
     first = pod.kubelet.events[0][0]
-    FIGURES.add(scenario="cold start", ready_s=ready_at - first)
+    FIGURES.add(chart=pod.case.id, scenario="cold start", ready_s=ready_at - first)
     sidecar, app = pod.case.sidecar, pod.case.app
     started = [what for _, what in pod.kubelet.events if what.startswith("started")]
     assert started == [f"started {sidecar}", f"started {app}"]
@@ -370,6 +370,7 @@ def outage(pod: RunningPod, name: str, start: Callable[[], None], end: Callable[
     assert pod.kubelet.restarts() == restarts
     assert pod.kubelet.probe(pod.case.sidecar, "livenessProbe").passing
     FIGURES.add(
+        chart=pod.case.id,
         scenario=name,
         not_ready_s=unready_at - began,
         chart_bound_s=pod.detection_bound(),
@@ -429,7 +430,9 @@ def test_rotated_secret_with_changed_password_fails_no_check(pod: RunningPod) ->
     ), "a check failed during the rotation"
     applied = after["health_sidecar_dsn_reloads_total"]
     assert sum(v for labels, v in applied.items() if ("outcome", "applied") in labels) >= 1
-    FIGURES.add(scenario="secret rotated", probes=len(probed), failed=len(failed))
+    FIGURES.add(
+        chart=pod.case.id, scenario="secret rotated", probes=len(probed), failed=len(failed)
+    )
 
 
 def test_killed_sidecar_process_is_restarted_and_pod_ready_again(pod: RunningPod) -> None:
@@ -447,7 +450,9 @@ def test_killed_sidecar_process_is_restarted_and_pod_ready_again(pod: RunningPod
         lambda: pod.kubelet.ready, 30 + SLACK_SECONDS, "pod Ready after the restart"
     )
     assert pod.kubelet.restarts()[pod.case.app] == 0
-    FIGURES.add(scenario="sidecar killed", ready_again_s=ready_at - killed, restarts=1)
+    FIGURES.add(
+        chart=pod.case.id, scenario="sidecar killed", ready_again_s=ready_at - killed, restarts=1
+    )
 
 
 def test_pod_deleted_stops_app_first_then_sidecar_cleanly(pod: RunningPod) -> None:
@@ -469,4 +474,9 @@ def test_pod_deleted_stops_app_first_then_sidecar_cleanly(pod: RunningPod) -> No
     assert not any(what.startswith("SIGKILL") for _, what in pod.kubelet.events)
     assert took < pod.kubelet.grace_seconds
     pod.wait(lambda: pod.sessions() == 0, 10, "no session of the pod left on the database")
-    FIGURES.add(scenario="pod deleted", terminated_s=took, grace_s=pod.kubelet.grace_seconds)
+    FIGURES.add(
+        chart=pod.case.id,
+        scenario="pod deleted",
+        terminated_s=took,
+        grace_s=pod.kubelet.grace_seconds,
+    )
