@@ -3,10 +3,16 @@
 # health-sidecar: answers kubelet probes for the glucolens backend from cached PostgreSQL state.
 #
 #   docker build -t health-sidecar:0.2.0 .
-#   docker run --rm -p 8081:8081 -e SIDECAR_DATABASE_URL=postgresql://... health-sidecar:0.2.0
+#   docker run --rm -p 8081:8081 --read-only \
+#       -v "$PWD/dsn:/etc/health-sidecar/dsn:ro" \
+#       -e SIDECAR_DATABASE_URL_FILE=/etc/health-sidecar/dsn health-sidecar:0.2.0
+#
+# The DSN comes from a file (mode 0440, readable by gid 65532), never from the command line or
+# the environment, where `ps`, `docker inspect` and shell history would show the password.
 #
 # tests/test_dockerfile.py replays the build stage's ENV, WORKDIR, COPY and RUN lines in a fresh
-# venv (this machine has no Docker engine), so keep them plain shell that works outside Docker.
+# venv (this machine has no Docker engine), so keep them plain shell that works outside Docker;
+# tests/test_image.py builds the image itself with buildah.
 
 # ---------------------------------------------------------------------------------------------
 # Build stage: the project and its dependencies are installed into a venv at /opt/venv, the
@@ -32,8 +38,17 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 # Code layer. --no-deps: everything it needs is already there, so nothing new is resolved here.
 # Bytecode is compiled now because the root filesystem is read-only at run time; the
 # unchecked-hash mode makes Python trust the .pyc without comparing mtimes with the source.
+#
+# Then the venv is trimmed to what runs: pip, setuptools and wheel go (nothing installs at run
+# time), and so do test suites, C/Cython sources and type stubs shipped inside wheels.
 COPY sidecar/ sidecar/
 RUN pip install --no-cache-dir --no-compile --no-deps . \
+    && pip uninstall --yes --quiet pip setuptools wheel \
+    && find /opt/venv/lib \( -type d \( -name tests -o -name __pycache__ \) -prune \
+        -exec rm -rf {} + \) \
+    && find /opt/venv/lib -type f \( -name '*.c' -o -name '*.h' -o -name '*.pyx' \
+        -o -name '*.pxd' -o -name '*.pxi' -o -name '*.pyi' -o -name '*.cpp' \) -delete \
+    && rm -f /opt/venv/bin/activate* /opt/venv/bin/pip* \
     && python -m compileall -q -j 0 --invalidation-mode unchecked-hash /opt/venv/lib
 
 # ---------------------------------------------------------------------------------------------
@@ -48,7 +63,16 @@ LABEL org.opencontainers.image.title="health-sidecar" \
 
 # The official image deletes the standard library's .pyc files; compile them once here so a
 # read-only root filesystem does not make every start recompile asyncio, ssl, json and friends.
-RUN python -m compileall -q -j 0 --invalidation-mode unchecked-hash /usr/local/lib/python3.11
+# The base's own pip, setuptools and wheel go too: nothing installs at run time. Paths are asked
+# of the interpreter, so any Python 3.11 base works.
+RUN stdlib="$(python -c "import sysconfig; print(sysconfig.get_path('stdlib'))")" \
+    && sites="$(python -c "import site; print(' '.join(site.getsitepackages()))")" \
+    && for site in $sites; do \
+        rm -rf "$site"/pip "$site"/pip-* "$site"/setuptools "$site"/setuptools-* \
+            "$site"/wheel "$site"/wheel-* "$site"/_distutils_hack "$site"/distutils-precedence.pth; \
+    done \
+    && rm -f /usr/local/bin/pip* /usr/bin/pip* \
+    && python -m compileall -q -j 0 --invalidation-mode unchecked-hash "$stdlib"
 
 COPY --from=build /opt/venv /opt/venv
 

@@ -157,3 +157,11 @@ def test_runbook_table_lists_every_alert_with_its_severity() -> None:
     for rule in alert_rules():
         row = f"| {rule['alert']} | {rule['labels']['severity']} |"
         assert row in text, f"docs/alerts.md has no row {row!r}"
+
+
+def test_no_rule_selects_on_a_job_name() -> None:
+    """Every rule selects on sidecar metrics, never on a job name built from a release."""
+    for rule in alert_rules():
+        expr = " ".join(rule["expr"].split())
+        assert not re.search(r"\bjob\s*(=~|!~|!=|=)", expr), rule["alert"]
+        assert "health_sidecar_" in expr, rule["alert"]

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
+from support.helmdeps import dependencies_updated
 
 from sidecar.checkspec import HttpSpec, PostgresSpec, TcpSpec
 from sidecar.config import Settings
@@ -36,7 +37,7 @@ except ImportError:
     )
 
 REPO = Path(__file__).resolve().parent.parent
-CHART = REPO / "charts" / "health-sidecar"
+CHART = dependencies_updated(REPO / "charts" / "health-sidecar")
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 RELEASE = "health-sidecar"
 NAMESPACE = "glucolens"
@@ -821,3 +822,14 @@ def test_checkov_passes_on_dockerfile() -> None:
     )
     assert passed > 0, "checkov checked nothing"
     assert not failed, "\n".join(failed)
+
+
+def test_pods_ignore_service_links_and_pin_sidecar_port_and_host() -> None:
+    """enableServiceLinks is off and SIDECAR_PORT/SIDECAR_HOST are set explicitly on the sidecar,
+    so a Service named `sidecar` cannot inject SIDECAR_PORT=tcp://... into it."""
+    for native in (True, False):
+        spec = pod_spec(render({**BASE, "sidecar": {"nativeSidecar": native, "port": 8181}}))
+        assert spec["enableServiceLinks"] is False
+        env = env_of(sidecar_container(spec))
+        assert env["SIDECAR_PORT"] == "8181"
+        assert env["SIDECAR_HOST"] == "0.0.0.0"  # noqa: S104 -- the pod's address, for kubelet

@@ -32,6 +32,7 @@ import aiohttp
 import pytest
 import yaml
 from support import free_port
+from support.helmdeps import dependencies_updated
 from support.pg import PostgresServer
 
 try:
@@ -42,7 +43,10 @@ except ImportError:
     pytest.skip("helm-python-sdk missing: run .ci/k8s-tools.sh", allow_module_level=True)
 
 REPO = Path(__file__).resolve().parent.parent
-CHART = REPO / "charts" / "health-sidecar"
+CHART = dependencies_updated(REPO / "charts" / "health-sidecar")
+# A foreign app's chart that adds the sidecar through the library chart (README "Add it to your
+# own workload"): its pod must behave exactly like the app chart's.
+FOREIGN_CHART = dependencies_updated(REPO / "tests" / "fixtures" / "foreign-chart")
 KUBELET_USER_AGENT = "kube-probe/1.29"
 # Time scaled down: the structure (thresholds, timeouts, which probe reads what) is the chart's.
 CHECK_INTERVAL_SECONDS = 1
@@ -150,26 +154,45 @@ class ProbeWorker:
         return [r for r in self.results if not r.success]
 
 
-def render_pod_spec(sidecar_port: int) -> Obj:
+def render_pod_spec(chart: Path, sidecar_port: int) -> Obj:
     """The chart's pod spec: defaults, times scaled down, the sidecar on a free port."""
-    values = {
-        "database": {"url": "postgresql://replaced-by-the-test@localhost/db"},
-        "sidecar": {
-            "port": sidecar_port,
-            "checkInterval": CHECK_INTERVAL_SECONDS,
-            "checkTimeout": CHECK_TIMEOUT_SECONDS,
-            "backoffMax": BACKOFF_MAX_SECONDS,
-            "drainSeconds": 0,
-            "startupProbe": {"periodSeconds": PROBE_PERIOD_SECONDS},
-            "livenessProbe": {"periodSeconds": PROBE_PERIOD_SECONDS},
-        },
-        "app": {"readinessProbe": {"periodSeconds": PROBE_PERIOD_SECONDS}},
+    sidecar = {
+        "port": sidecar_port,
+        "checkInterval": CHECK_INTERVAL_SECONDS,
+        "checkTimeout": CHECK_TIMEOUT_SECONDS,
+        "backoffMax": BACKOFF_MAX_SECONDS,
+        "drainSeconds": 0,
+        "startupProbe": {"periodSeconds": PROBE_PERIOD_SECONDS},
+        "livenessProbe": {"periodSeconds": PROBE_PERIOD_SECONDS},
     }
-    with helm.Chart.load(CHART) as chart:
-        rendered = chart.render(values, name="health-sidecar", namespace="glucolens")
-    deployment = yaml.safe_load(rendered["health-sidecar/templates/deployment.yaml"])
+    readiness = {"periodSeconds": PROBE_PERIOD_SECONDS}
+    values: Obj
+    if chart == CHART:
+        values = {
+            "database": {"url": "postgresql://replaced-by-the-test@localhost/db"},
+            "sidecar": sidecar,
+            "app": {"readinessProbe": readiness},
+        }
+    else:
+        values = {"healthSidecar": {**sidecar, "readinessProbe": readiness}}
+    with helm.Chart.load(chart) as loaded:
+        rendered = loaded.render(values, name="health-sidecar", namespace="glucolens")
+    (deployment,) = [
+        doc
+        for path, text in rendered.items()
+        if path.endswith("/deployment.yaml")
+        for doc in yaml.safe_load_all(text)
+        if doc
+    ]
     spec: Obj = deployment["spec"]["template"]["spec"]
     return spec
+
+
+def app_container(spec: Obj) -> Obj:
+    """The workload's own container: the first of `containers`, as the library's README has it."""
+    first: Obj = spec["containers"][0]
+    assert first["name"] != "health-sidecar"
+    return first
 
 
 def container(spec: Obj, name: str) -> Obj:
@@ -180,10 +203,13 @@ def container(spec: Obj, name: str) -> Obj:
 
 def sidecar_environment(sidecar: Obj, dsn_file: Path) -> dict[str, str]:
     """The container's env as the chart renders it, the mounted DSN file mapped to `dsn_file`."""
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "SIDECAR_HOST": "127.0.0.1"}
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
     for variable in sidecar["env"]:
         assert "value" in variable, f"{variable['name']}: only literal values are emulated"
         env[variable["name"]] = variable["value"]
+    # The pod's address becomes loopback here: nothing outside this machine may reach it.
+    assert "SIDECAR_HOST" in env
+    env["SIDECAR_HOST"] = "127.0.0.1"
     assert "SIDECAR_DATABASE_URL" not in env
     assert env["SIDECAR_DATABASE_URL_FILE"].startswith(sidecar["volumeMounts"][0]["mountPath"])
     env["SIDECAR_DATABASE_URL_FILE"] = str(dsn_file)
@@ -212,11 +238,11 @@ class Pod:
         return self.log.read_text(errors="replace")[-5000:]
 
 
-@pytest.fixture
-def pod(dsn_file: Path) -> Iterator[Pod]:
+@pytest.fixture(params=[CHART, FOREIGN_CHART], ids=["app-chart", "foreign-chart"])
+def pod(request: pytest.FixtureRequest, dsn_file: Path) -> Iterator[Pod]:
     """The chart's sidecar container started with its rendered environment."""
     port = free_port()
-    spec = render_pod_spec(port)
+    spec = render_pod_spec(request.param, port)
     log = dsn_file.parent / "sidecar.log"
     with log.open("wb") as sink:
         process = subprocess.Popen(
@@ -263,7 +289,7 @@ async def test_database_outage_unreadies_pod_without_restarting_anything(
 ) -> None:
     """Probed like kubelet: unready ~failureThreshold x period after the DB stops, no liveness
     failure ever, ready again after the DB returns."""
-    sidecar, app = container(pod.spec, "health-sidecar"), container(pod.spec, "app")
+    sidecar, app = container(pod.spec, "health-sidecar"), app_container(pod.spec)
     ports = {p["name"]: p["containerPort"] for p in sidecar["ports"]}
     startup = HttpProbe.from_container(sidecar, "startupProbe", ports)
     liveness = HttpProbe.from_container(sidecar, "livenessProbe", ports)

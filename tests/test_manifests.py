@@ -10,12 +10,15 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from support.helmdeps import dependencies_updated
 
 try:
     import helm_python as helm
@@ -30,8 +33,11 @@ except ImportError:
     )
 
 REPO = Path(__file__).resolve().parent.parent
-CHART = REPO / "charts" / "health-sidecar"
+CHART = dependencies_updated(REPO / "charts" / "health-sidecar")
+LIBRARY_USER = dependencies_updated(REPO / "tests" / "fixtures" / "foreign-chart")
 MANIFESTS = REPO / "manifests"
+COMPONENT = MANIFESTS / "components" / "health-sidecar"
+FOREIGN_KUSTOMIZATION = REPO / "tests" / "fixtures" / "foreign-kustomization"
 # The release name whose object names the manifests use ("health-sidecar", not
 # "<release>-health-sidecar", since the name already holds the chart's).
 RELEASE = "health-sidecar"
@@ -54,13 +60,25 @@ def missing_tool(what: str) -> None:
     pytest.skip(message)
 
 
+def kustomize(directory: Path) -> list[Obj]:
+    """`kubectl kustomize directory`: the objects a user's `kubectl apply -k` would send."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        missing_tool("kubectl (with kustomize v5: components)")
+    result = subprocess.run(
+        [str(kubectl), "kustomize", str(directory)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    return [d for d in yaml.safe_load_all(result.stdout) if d]
+
+
 def manifest_objects() -> list[Obj]:
-    """The objects of every resource kustomization.yaml lists, in its order."""
-    kustomization = yaml.safe_load((MANIFESTS / "kustomization.yaml").read_text())
-    objects: list[Obj] = []
-    for resource in kustomization["resources"]:
-        objects.extend(d for d in yaml.safe_load_all((MANIFESTS / resource).read_text()) if d)
-    return objects
+    """The objects of manifests/, built by kustomize (the base plus the sidecar component)."""
+    return kustomize(MANIFESTS)
 
 
 def by_kind(objects: list[Obj]) -> dict[str, Obj]:
@@ -96,6 +114,10 @@ def differences(chart: Any, manifest: Any, path: str = "") -> list[str]:
         for key in sorted(set(chart) | set(manifest), key=str):
             found += differences(chart.get(key), manifest.get(key), f"{path}.{key}")
         return found
+    if path.endswith(".volumes") and isinstance(chart, list) and isinstance(manifest, list):
+        # Volumes match by name, in any order: kustomize's merge puts the component's first.
+        chart = sorted(chart, key=lambda volume: str(volume["name"]))
+        manifest = sorted(manifest, key=lambda volume: str(volume["name"]))
     if isinstance(chart, list) and isinstance(manifest, list) and len(chart) == len(manifest):
         found = []
         for index, (left, right) in enumerate(zip(chart, manifest, strict=True)):
@@ -219,6 +241,9 @@ def test_checkov_passes_on_manifests() -> None:
     """checkov's Kubernetes checks pass on manifests/ (skips justified in .checkov.yaml)."""
     if not CHECKOV.exists():
         missing_tool("checkov (in .venv-checkov)")
+    # The built objects, not the files: the component's patches are fragments of a Deployment.
+    built = Path(tempfile.mkdtemp(prefix="hs-manifests-"))
+    (built / "all.yaml").write_text(yaml.safe_dump_all(manifest_objects()))
     result = subprocess.run(
         [
             str(CHECKOV),
@@ -229,7 +254,7 @@ def test_checkov_passes_on_manifests() -> None:
             "--output",
             "json",
             "--directory",
-            str(MANIFESTS),
+            str(built),
         ],
         capture_output=True,
         text=True,
@@ -238,6 +263,7 @@ def test_checkov_passes_on_manifests() -> None:
         env={**os.environ, "BC_SKIP_MAPPING": "TRUE"},
         cwd=REPO,
     )
+    shutil.rmtree(built)
     assert result.returncode in {0, 1}, result.stderr[-3000:]
     reports = json.loads(result.stdout)
     reports = reports if isinstance(reports, list) else [reports]
@@ -249,3 +275,73 @@ def test_checkov_passes_on_manifests() -> None:
     ]
     assert passed > 0, "checkov checked nothing"
     assert not failed, "\n".join(failed)
+
+
+# ---- the component, on a workload of someone else's ------------------------------------------
+
+
+def deployment_of(objects: list[Obj]) -> Obj:
+    (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
+    return deployment
+
+
+def test_component_is_a_kustomize_component() -> None:
+    """components/health-sidecar is a `kind: Component` and the glucolens base includes it."""
+    component = yaml.safe_load((COMPONENT / "kustomization.yaml").read_text())
+    assert component["apiVersion"] == "kustomize.config.k8s.io/v1alpha1"
+    assert component["kind"] == "Component"
+    base = yaml.safe_load((MANIFESTS / "kustomization.yaml").read_text())
+    assert base["components"] == ["components/health-sidecar"]
+    assert "initContainers" not in (MANIFESTS / "deployment.yaml").read_text()
+
+
+def test_component_sidecar_equals_the_library_rendering() -> None:
+    """The component's container and volume are the library chart's, byte for byte in YAML."""
+    with helm.Chart.load(LIBRARY_USER) as chart:
+        rendered = chart.render(
+            {"healthSidecar": {"database": {"existingSecret": "health-sidecar-database"}}},
+            name="any",
+            namespace="default",
+        )
+    library = yaml.safe_load(rendered["inventory/templates/deployment.yaml"])["spec"]["template"][
+        "spec"
+    ]
+    patch = yaml.safe_load((COMPONENT / "sidecar.yaml").read_text())["spec"]["template"]["spec"]
+    assert patch["initContainers"] == library["initContainers"]
+    assert patch["volumes"] == library["volumes"]
+    (readiness,) = yaml.safe_load((COMPONENT / "readiness.yaml").read_text())
+    assert readiness["path"] == "/spec/template/spec/containers/0/readinessProbe"
+    assert readiness["value"] == library["containers"][0]["readinessProbe"]
+
+
+def test_component_gives_a_foreign_deployment_the_sidecar() -> None:
+    """kustomize + the component: a valid pod, the sidecar native, the first container's
+    readinessProbe on /ready, the renamed Secret and the retagged image applied."""
+    objects = kustomize(FOREIGN_KUSTOMIZATION)
+    assert [o["kind"] for o in objects] == ["Deployment"]
+    deployment = deployment_of(objects)
+    for version in ("1.29", "1.33"):
+        kubernetes_validate.validate(deployment, version, strict=True)
+    spec = deployment["spec"]["template"]["spec"]
+    (sidecar,) = spec["initContainers"]
+    assert sidecar["name"] == "health-sidecar"
+    assert sidecar["restartPolicy"] == "Always"
+    assert sidecar["image"] == "glucolens/health-sidecar:0.2.1"
+    env = {e["name"]: e["value"] for e in sidecar["env"]}
+    assert env["SIDECAR_PORT"] == "8081"
+    assert env["SIDECAR_HOST"] == "0.0.0.0"  # noqa: S104 -- the pod's address, for kubelet
+    first, second = spec["containers"]
+    assert first["readinessProbe"]["httpGet"] == {"path": "/ready", "port": 8081}
+    assert "readinessProbe" not in second
+    assert {v["name"]: v["secret"]["secretName"] for v in spec["volumes"]} == {
+        "database-url": "inventory-db"
+    }
+
+
+def test_base_pod_ignores_service_links_and_pins_sidecar_port() -> None:
+    """manifests/ pods set enableServiceLinks: false and SIDECAR_PORT/HOST on the sidecar."""
+    spec = deployment_of(manifest_objects())["spec"]["template"]["spec"]
+    assert spec["enableServiceLinks"] is False
+    env = {e["name"]: e["value"] for e in spec["initContainers"][0]["env"]}
+    assert env["SIDECAR_PORT"] == "8081"
+    assert "SIDECAR_HOST" in env

@@ -11,8 +11,6 @@ name so a parent chart's helpers of the same name cannot shadow them.
 {{/*
 The fully qualified name of every object: fullnameOverride, else "<release>-<chart>", or just the
 release name when it already holds the chart name. DNS names are limited to 63 characters.
-files/alerts.yaml matches scrape jobs on "health-sidecar", which this name holds unless
-overridden.
 */}}
 {{- define "health-sidecar.fullname" -}}
 {{- if .Values.fullnameOverride }}
@@ -66,40 +64,6 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- else -}}
 database-url
 {{- end }}
-{{- end }}
-
-{{/* Where the DSN file is mounted in the sidecar; SIDECAR_DATABASE_URL_FILE points at it. */}}
-{{- define "health-sidecar.databaseMountPath" -}}
-/etc/health-sidecar/database
-{{- end }}
-
-{{/*
-Roots of the other mounts in the sidecar. extraDatabaseSecrets[i] lands in
-<dbMountRoot>/<name>/<key>, tlsSecrets[i] in <tlsMountRoot>/<name>/<every key>, the check file at
-<checksMountPath>/checks.yaml.
-*/}}
-{{- define "health-sidecar.dbMountRoot" -}}
-/etc/health-sidecar/db
-{{- end }}
-
-{{- define "health-sidecar.tlsMountRoot" -}}
-/etc/health-sidecar/tls
-{{- end }}
-
-{{- define "health-sidecar.checksMountPath" -}}
-/etc/health-sidecar/checks
-{{- end }}
-
-{{/*
-The check file (SIDECAR_CONFIG_FILE) in the sidecar's format: `defaults:` (when checkDefaults is
-set) and `checks:`. toYaml keeps the values' types, which the sidecar checks strictly (a quoted
-"5" is not a number). The ConfigMap holds it and the pod template carries its checksum.
-*/}}
-{{- define "health-sidecar.checkFile" -}}
-{{- with .Values.checkDefaults }}
-{{- toYaml (dict "defaults" .) }}
-{{ end }}
-{{- toYaml (dict "checks" .Values.checks) }}
 {{- end }}
 
 {{/* The ConfigMap holding the check file. */}}
@@ -176,96 +140,31 @@ successThreshold: 1
 {{- end }}
 
 {{/*
-The sidecar container. The same spec serves as a native sidecar (an init container with
-restartPolicy: Always) or as a plain container; deployment.yaml decides where it goes.
+What the library chart (charts/health-sidecar-lib) reads as .Values.healthSidecar, built from this
+chart's own values: sidecar.* with database.*, checks, checkDefaults, extraDatabaseSecrets,
+tlsSecrets and app.readinessProbe beside it, the DSN Secret resolved to the one this chart creates
+when database.existingSecret is empty. Returns JSON (include returns text).
 */}}
-{{- define "health-sidecar.sidecarContainer" -}}
-{{- $sc := .Values.sidecar -}}
-- name: health-sidecar
-  image: {{ include "health-sidecar.image" (dict "image" $sc.image "defaultTag" .Chart.AppVersion) | quote }}
-  imagePullPolicy: {{ $sc.image.pullPolicy }}
-  {{- if .Values.sidecar.nativeSidecar }}
-  # A native sidecar: started before the app, kept running beside it, stopped after it.
-  restartPolicy: Always
-  {{- end }}
-  ports:
-    - name: sidecar
-      containerPort: {{ $sc.port }}
-      protocol: TCP
-  env:
-    - name: SIDECAR_DATABASE_URL_FILE
-      value: {{ printf "%s/url" (include "health-sidecar.databaseMountPath" .) | quote }}
-    {{- if .Values.checks }}
-    - name: SIDECAR_CONFIG_FILE
-      value: {{ printf "%s/checks.yaml" (include "health-sidecar.checksMountPath" .) | quote }}
-    {{- end }}
-    - name: SIDECAR_PORT
-      value: {{ $sc.port | quote }}
-    - name: SIDECAR_CHECK_INTERVAL
-      value: {{ $sc.checkInterval | quote }}
-    - name: SIDECAR_CHECK_TIMEOUT
-      value: {{ $sc.checkTimeout | quote }}
-    - name: SIDECAR_BACKOFF_MAX
-      value: {{ $sc.backoffMax | quote }}
-    - name: SIDECAR_FAILURE_THRESHOLD
-      value: {{ $sc.failureThreshold | quote }}
-    - name: SIDECAR_SUCCESS_THRESHOLD
-      value: {{ $sc.successThreshold | quote }}
-    - name: SIDECAR_DRAIN_SECONDS
-      value: {{ $sc.drainSeconds | quote }}
-    - name: SIDECAR_LOG_LEVEL
-      value: {{ $sc.logLevel | quote }}
-    - name: SIDECAR_LOG_FORMAT
-      value: {{ $sc.logFormat | quote }}
-    {{- with $sc.extraEnv }}
-    {{- toYaml . | nindent 4 }}
-    {{- end }}
-  # /health answers from memory and never depends on the database, so a database outage can
-  # never restart the sidecar. The numbers are explained in values.yaml (sidecar.startupProbe).
-  startupProbe:
-    httpGet:
-      path: /health
-      port: sidecar
-    periodSeconds: {{ $sc.startupProbe.periodSeconds }}
-    timeoutSeconds: {{ $sc.startupProbe.timeoutSeconds }}
-    failureThreshold: {{ $sc.startupProbe.failureThreshold }}
-    successThreshold: 1
-  # Restarts the sidecar only when its probe loop has died or stalled (values.yaml:
-  # sidecar.livenessProbe).
-  livenessProbe:
-    httpGet:
-      path: /health
-      port: sidecar
-    periodSeconds: {{ $sc.livenessProbe.periodSeconds }}
-    timeoutSeconds: {{ $sc.livenessProbe.timeoutSeconds }}
-    failureThreshold: {{ $sc.livenessProbe.failureThreshold }}
-    successThreshold: 1
-  # No readinessProbe here: the app container's readinessProbe reads /ready, and that is the
-  # one signal the pod's readiness needs.
-  resources:
-    {{- toYaml $sc.resources | nindent 4 }}
-  securityContext:
-    {{- toYaml $sc.securityContext | nindent 4 }}
-  # Every Secret is mounted as a directory, never with subPath: the kubelet updates a Secret
-  # volume in place (an atomic symlink swap), which is how a rotated DSN reaches the sidecar
-  # without a restart; a subPath mount is a bind mount of one file and never sees an update.
-  volumeMounts:
-    - name: database-url
-      mountPath: {{ include "health-sidecar.databaseMountPath" . }}
-      readOnly: true
-    {{- if .Values.checks }}
-    - name: checks
-      mountPath: {{ include "health-sidecar.checksMountPath" . }}
-      readOnly: true
-    {{- end }}
-    {{- range .Values.extraDatabaseSecrets }}
-    - name: {{ printf "db-%s" .name }}
-      mountPath: {{ printf "%s/%s" (include "health-sidecar.dbMountRoot" $) .name }}
-      readOnly: true
-    {{- end }}
-    {{- range .Values.tlsSecrets }}
-    - name: {{ printf "tls-%s" .name }}
-      mountPath: {{ printf "%s/%s" (include "health-sidecar.tlsMountRoot" $) .name }}
-      readOnly: true
-    {{- end }}
+{{- define "health-sidecar.libValues" -}}
+{{- $hs := omit (deepCopy .Values.sidecar) "image" }}
+{{- $image := deepCopy .Values.sidecar.image }}
+{{- $_ := set $image "tag" (toString (default .Chart.AppVersion $image.tag)) }}
+{{- $_ = set $hs "image" $image }}
+{{- $_ = set $hs "readinessProbe" (deepCopy .Values.app.readinessProbe) }}
+{{- $_ = set $hs "database" (dict "existingSecret" (include "health-sidecar.databaseSecretName" .) "existingSecretKey" (include "health-sidecar.databaseSecretKey" .)) }}
+{{- $_ = set $hs "checks" (deepCopy .Values.checks) }}
+{{- $_ = set $hs "checkDefaults" (deepCopy .Values.checkDefaults) }}
+{{- $_ = set $hs "extraDatabaseSecrets" (deepCopy .Values.extraDatabaseSecrets) }}
+{{- $_ = set $hs "tlsSecrets" (deepCopy .Values.tlsSecrets) }}
+{{- $_ = set $hs "checksConfigMapName" (include "health-sidecar.checksConfigMapName" .) }}
+{{- toJson $hs }}
+{{- end }}
+
+{{/*
+The root-shaped context the library's templates are called with: this chart's values mapped into
+healthSidecar, the release and the cluster's capabilities as they are. One container definition,
+the library's, serves this chart and every chart that depends on the library.
+*/}}
+{{- define "health-sidecar.libContext" -}}
+{{- toJson (dict "Values" (dict "healthSidecar" (fromJson (include "health-sidecar.libValues" .))) "Release" (dict "Name" .Release.Name "Namespace" .Release.Namespace) "Capabilities" (dict "KubeVersion" (dict "Version" .Capabilities.KubeVersion.Version))) }}
 {{- end }}

@@ -1,0 +1,482 @@
+"""The chart's pod, run for real: the sidecar image and a stand-in app in a pod network
+namespace, PostgreSQL in a second namespace, and a kubelet (tests/support/kubelet.py) applying
+the rendered probes, start order, restarts and termination.
+
+The chart is rendered with the real Helm engine; only times are shortened, through values. Its
+Secret is projected the way kubelet projects it (`..data` symlink swap, defaultMode, fsGroup).
+The scenarios share one pod and run in file order (each starts from a Ready pod); the pod is
+deleted last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+from sidecar_proc import Measurements
+from support.helmdeps import dependencies_updated
+from support.image import APP_IMAGE, IMAGE, ImageToolMissing, Store, shared_store
+from support.kubelet import Kubelet, ProbeState
+from support.pod import NetnsPostgres, PodmanRuntime, PodNetwork, project_volumes, write_volume
+from support.secretvolume import SecretVolume
+
+try:
+    import helm_python as helm
+except ImportError:
+    if os.environ.get("CI") == "true":
+        raise
+    pytest.skip("helm-python-sdk missing: run .ci/k8s-tools.sh", allow_module_level=True)
+
+REPO = Path(__file__).resolve().parent.parent
+CHART = REPO / "charts" / "health-sidecar"
+ROLE = "glucolens_probe"
+OLD_PASSWORD = "0ld-Pod#Rotation-Pw1"
+NEW_PASSWORD = "n3w-Pod#Rotation-Pw2"
+# Times shortened through values only; thresholds and timeouts stay the chart's.
+VALUES: dict[str, Any] = {
+    "sidecar": {
+        "checkInterval": 1,
+        "checkTimeout": 1,
+        "backoffMax": 2,
+        "drainSeconds": 1,
+        "livenessProbe": {"periodSeconds": 2},
+    },
+    "app": {
+        "startupProbe": {"periodSeconds": 1},
+        "livenessProbe": {"periodSeconds": 2},
+        "readinessProbe": {"periodSeconds": 1},
+    },
+    "terminationGracePeriodSeconds": 10,
+    # A check file, so the ConfigMap volume is run too: the database (the DSN Secret) and the
+    # stand-in app over HTTP inside the pod.
+    "checks": [
+        {"name": "primary", "kind": "postgres"},
+        {"name": "app", "kind": "http", "url": "http://127.0.0.1:8000/", "criticality": "warn"},
+    ],
+}
+# Container start and podman calls on a busy 2-core machine: generous slack on every bound.
+SLACK_SECONDS = 20.0
+
+pytestmark = pytest.mark.slow
+# Figures for docs/reliability.md, written to $SIDECAR_TEST_OUT/pod.json.
+FIGURES = Measurements("pod.json")
+T = TypeVar("T")
+Obj = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class PodCase:
+    """A chart whose Deployment runs the sidecar beside an app, and how to run it here."""
+
+    id: str
+    chart: Path
+    values: Callable[[str], Obj]  # DSN -> the values to render with
+    sidecar: str  # container names in the rendered pod spec
+    app: str
+    checks: tuple[str, ...] = ()  # the check file's checks, when the chart renders one
+    existing_secret: str | None = None  # a Secret the user creates: made here, from the DSN
+
+
+# A foreign app's chart that adds the sidecar through the library chart (README "Add it to
+# your own workload"): its own container names, ports, pod securityContext, and a Secret of its
+# own that the chart does not render. Times shortened the same way.
+FOREIGN_CHART = REPO / "tests" / "fixtures" / "foreign-chart"
+FOREIGN_VALUES: Obj = {
+    "healthSidecar": {
+        "database": {"existingSecret": "inventory-db"},
+        "checkInterval": 1,
+        "checkTimeout": 1,
+        "backoffMax": 2,
+        "drainSeconds": 1,
+        "livenessProbe": {"periodSeconds": 2},
+        "readinessProbe": {"periodSeconds": 1},
+    }
+}
+CASES = [
+    PodCase(
+        "app-chart",
+        CHART,
+        lambda dsn: {**VALUES, "database": {"url": dsn}},
+        "health-sidecar",
+        "app",
+        checks=tuple(check["name"] for check in VALUES["checks"]),
+    ),
+    PodCase(
+        "foreign-chart",
+        FOREIGN_CHART,
+        lambda dsn: FOREIGN_VALUES,
+        "health-sidecar",
+        "inventory",
+        existing_secret="inventory-db",
+    ),
+]
+
+
+def render(case: PodCase, dsn: str) -> list[Obj]:
+    # Both charts take the sidecar from the library chart, vendored as `helm dependency update`.
+    with helm.Chart.load(dependencies_updated(case.chart)) as chart:
+        manifests = chart.render(case.values(dsn), name="health-sidecar", namespace="glucolens")
+    objects = [
+        doc
+        for path, text in sorted(manifests.items())
+        if not path.endswith(".txt")
+        for doc in yaml.safe_load_all(text)
+        if doc
+    ]
+    if case.existing_secret is not None:
+        secret_ref = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque"}
+        key = "database-url"
+        objects.append(
+            {**secret_ref, "metadata": {"name": case.existing_secret}, "stringData": {key: dsn}}
+        )
+    return objects
+
+
+def env_value(container: Obj, name: str) -> str:
+    return str(next(e["value"] for e in container["env"] if e["name"] == name))
+
+
+@dataclass
+class RunningPod:
+    """A pod whose kubelet runs in its own event loop thread, driven synchronously."""
+
+    case: PodCase
+    spec: Obj
+    net: PodNetwork
+    pg: NetnsPostgres
+    runtime: PodmanRuntime
+    kubelet: Kubelet
+    loop: asyncio.AbstractEventLoop
+    secret_payload: dict[str, str]
+    secret_dir: Path
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 120) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def wait(self, condition: Callable[[], bool], within: float, what: str) -> float:
+        """Poll `condition` until true; the time it became true."""
+        deadline = time.monotonic() + within
+        while not condition():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{what} not within {within:g}s; events {self.kubelet.events}")
+            time.sleep(0.05)
+        return time.monotonic()
+
+    def container(self, name: str) -> Obj:
+        return next(
+            c
+            for c in [*self.spec.get("initContainers", []), *self.spec["containers"]]
+            if c["name"] == name
+        )
+
+    def sessions(self) -> int:
+        value = self.pg.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE client_addr = $1::inet",
+            self.net.pod_db_side_ip,
+        )
+        return int(value)
+
+    @property
+    def readiness(self) -> ProbeState:
+        return self.kubelet.probe(self.case.app, "readinessProbe")
+
+    def detection_bound(self) -> float:
+        """The chart's comment: checkInterval + checkTimeout + failureThreshold x periodSeconds."""
+        sidecar = self.container(self.case.sidecar)
+        probe = self.readiness.probe
+        return (
+            float(env_value(sidecar, "SIDECAR_CHECK_INTERVAL"))
+            + float(env_value(sidecar, "SIDECAR_CHECK_TIMEOUT"))
+            + probe.failure_threshold * probe.period_seconds
+        )
+
+
+def missing(what: str) -> None:
+    """Fail in CI (CI=true), where .ci/run runs as root with every tool; skip elsewhere."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(what)
+    pytest.skip(what)
+
+
+@pytest.fixture(scope="module")
+def store() -> Store:
+    if os.geteuid() != 0:
+        missing("the pod tests need root: network namespaces, veth pairs, iptables")
+    try:
+        return shared_store()
+    except ImageToolMissing as error:
+        missing(str(error))
+        raise
+
+
+@pytest.fixture(scope="module", params=CASES, ids=[case.id for case in CASES])
+def pod(store: Store, request: pytest.FixtureRequest) -> Iterator[RunningPod]:
+    """The chart's pod started by the kubelet, PostgreSQL up in its namespace."""
+    case: PodCase = request.param
+    net = PodNetwork.create()
+    pg = NetnsPostgres(net)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    volumes_root = Path(tempfile.mkdtemp(prefix="hs12-volumes-"))
+    volumes_root.chmod(0o755)
+    runtime: PodmanRuntime | None = None
+    try:
+        pg.start()
+        pg.create_role(ROLE, OLD_PASSWORD)
+        objects = render(case, pg.dsn(ROLE, host=net.db_ip))
+        deployment = next(o for o in objects if o["kind"] == "Deployment")
+        spec: Obj = deployment["spec"]["template"]["spec"]
+        volumes = project_volumes(spec, objects, volumes_root)
+        dsn_volume = next(v for v in spec["volumes"] if "secret" in v)
+        secret_dir = volumes[dsn_volume["name"]]
+        payload = {item["path"]: "" for item in dsn_volume["secret"]["items"]}
+        app = next(c for c in spec["containers"] if c["name"] == case.app)
+        runtime = PodmanRuntime(
+            store,
+            spec,
+            net,
+            images={case.sidecar: IMAGE, case.app: APP_IMAGE},
+            volumes=volumes,
+            app_args={case.app: [str(app["ports"][0]["containerPort"])]},
+        )
+        kubelet = Kubelet(spec, runtime, net.pod_ip)
+        running = RunningPod(case, spec, net, pg, runtime, kubelet, loop, payload, secret_dir)
+        running.call(kubelet.start())
+        yield running
+        if not kubelet._terminating:
+            running.call(kubelet.terminate())
+    finally:
+        FIGURES.write()
+        if runtime is not None:
+            runtime.cleanup()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        pg.cleanup()
+        net.delete()
+        shutil.rmtree(volumes_root, ignore_errors=True)
+
+
+def dump(pod: RunningPod) -> str:
+    return "\n".join(
+        f"--- {name} ---\n{pod.runtime.logs(name)[-3000:]}" for name in pod.runtime.containers
+    )
+
+
+def test_cold_start_reaches_ready_in_kubelet_order(pod: RunningPod) -> None:
+    """The sidecar starts first and passes its startupProbe, then the app; the pod turns Ready."""
+    ready_at = pod.wait(
+        lambda: pod.kubelet.ready, 60 + SLACK_SECONDS, "pod Ready after a cold start"
+    )
+    first = pod.kubelet.events[0][0]
+    FIGURES.add(chart=pod.case.id, scenario="cold start", ready_s=ready_at - first)
+    sidecar, app = pod.case.sidecar, pod.case.app
+    started = [what for _, what in pod.kubelet.events if what.startswith("started")]
+    assert started == [f"started {sidecar}", f"started {app}"]
+    sidecar_startup = pod.kubelet.probe(sidecar, "startupProbe")
+    assert sidecar_startup.passing
+    app_started = next(t for t, what in pod.kubelet.events if what == f"started {app}")
+    assert sidecar_startup.transitions[0][0] <= app_started
+    assert pod.kubelet.restarts() == {sidecar: 0, app: 0}
+    assert pod.sessions() >= 1, "the sidecar holds no session on the database"
+
+
+def test_volumes_have_the_charts_mode_and_group_and_are_read(pod: RunningPod) -> None:
+    """The DSN Secret and the check ConfigMap are projected with their defaultMode and the pod's
+    fsGroup behind ..data, and the sidecar runs the checks the ConfigMap lists."""
+    kinds = [v for v in pod.spec["volumes"] if "secret" in v or "configMap" in v]
+    expected = {"secret", "configMap"} if pod.case.checks else {"secret"}
+    assert expected <= {k for v in kinds for k in v}
+    for volume in kinds:
+        source = volume.get("secret") or volume["configMap"]
+        root = pod.runtime.volumes[volume["name"]]
+        for entry in root.iterdir():
+            if entry.name.startswith(".."):
+                continue
+            assert entry.is_symlink()
+            target = entry.resolve()
+            assert target.parent.name.startswith("..")
+            assert target.stat().st_mode & 0o777 == source["defaultMode"]
+            assert target.stat().st_gid == pod.spec["securityContext"]["fsGroup"]
+    port = pod.readiness.probe.port
+    names = pod.case.checks or ("postgres",)  # without a check file: the one check, postgres
+    urls = [f"http://{pod.net.pod_ip}:{port}/ready/{name}" for name in names]
+    # The app starts after the sidecar, so its check may still be in backoff: wait for it.
+    pod.wait(
+        lambda: [http_status(url) for url in urls] == [200] * len(urls),
+        15 + SLACK_SECONDS,
+        f"every check of the ConfigMap passing ({urls})",
+    )
+
+
+def metrics(pod: RunningPod) -> dict[str, dict[frozenset[tuple[str, str]], float]]:
+    """The sidecar's /metrics samples: name -> labels -> value."""
+    url = f"http://{pod.net.pod_ip}:{pod.readiness.probe.port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as answer:  # http:// built here
+        text = answer.read().decode()
+    samples: dict[str, dict[frozenset[tuple[str, str]], float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, {})[frozenset(sample.labels.items())] = sample.value
+    return samples
+
+
+def http_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as answer:  # noqa: S310  # http:// built here
+            return int(answer.status)
+    except urllib.error.HTTPError as error:
+        return error.code
+    except OSError:
+        return 0
+
+
+def outage(pod: RunningPod, name: str, start: Callable[[], None], end: Callable[[], None]) -> None:
+    """Take the database away, expect NotReady within the chart's bound and no restart; give it
+    back, expect Ready again."""
+    pod.wait(lambda: pod.kubelet.ready, 30 + SLACK_SECONDS, "pod Ready before the outage")
+    restarts = pod.kubelet.restarts()
+    began = time.monotonic()
+    start()
+    unready_at = pod.wait(
+        lambda: not pod.kubelet.ready,
+        pod.detection_bound() + SLACK_SECONDS,
+        "pod NotReady after the database went away",
+    )
+    print(f"\nNotReady after {unready_at - began:.1f}s (chart bound {pod.detection_bound():g}s)")
+    flips = [r for r in pod.readiness.results if r.at >= began and not r.success]
+    assert len(flips) >= pod.readiness.probe.failure_threshold
+    assert {r.detail for r in flips} == {"503"}, "the sidecar must answer, 503, during an outage"
+    # Several liveness periods down: nothing restarts.
+    time.sleep(3 * pod.kubelet.probe(pod.case.sidecar, "livenessProbe").probe.period_seconds)
+    assert not pod.kubelet.ready
+    back = time.monotonic()
+    end()
+    ready_at = pod.wait(lambda: pod.kubelet.ready, 10 + SLACK_SECONDS, "pod Ready again")
+    print(f"Ready again {ready_at - back:.1f}s after the database came back")
+    assert pod.kubelet.restarts() == restarts
+    assert pod.kubelet.probe(pod.case.sidecar, "livenessProbe").passing
+    FIGURES.add(
+        chart=pod.case.id,
+        scenario=name,
+        not_ready_s=unready_at - began,
+        chart_bound_s=pod.detection_bound(),
+        ready_again_s=ready_at - back,
+        restarts=sum(pod.kubelet.restarts().values()) - sum(restarts.values()),
+    )
+
+
+def test_database_stopped_unreadies_pod_without_restarts(pod: RunningPod) -> None:
+    """PostgreSQL stopped in its namespace: NotReady within the chart's bound, zero restarts,
+    Ready again once it is back."""
+    outage(pod, "database stopped", pod.pg.stop, pod.pg.start)
+
+
+def test_database_blackholed_unreadies_pod_without_restarts(pod: RunningPod) -> None:
+    """Packets from the pod dropped at the database host: the same as a stop."""
+    outage(
+        pod,
+        "database blackholed",
+        lambda: pod.net.blackhole(True),
+        lambda: pod.net.blackhole(False),
+    )
+
+
+def test_rotated_secret_with_changed_password_fails_no_check(pod: RunningPod) -> None:
+    """ALTER ROLE, then the Secret volume swapped as kubelet swaps it: no probe fails."""
+    pod.wait(lambda: pod.kubelet.ready, 30 + SLACK_SECONDS, "pod Ready before the rotation")
+    before = metrics(pod)
+    began = time.monotonic()
+    pod.pg.alter_password(ROLE, NEW_PASSWORD)
+    key = next(iter(pod.secret_payload))
+    new_dsn = pod.pg.dsn(ROLE, NEW_PASSWORD, host=pod.net.db_ip)
+    volume = SecretVolume(pod.secret_dir, mode=0o440)
+    write_volume(volume, {key: new_dsn}, gid=pod.spec["securityContext"]["fsGroup"])
+    # Wait until a session logged in after the swap, then a few more periods.
+    pod.wait(
+        lambda: (
+            pod.pg.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE client_addr = $1::inet"
+                " AND backend_start > now() - make_interval(secs => $2)",
+                pod.net.pod_db_side_ip,
+                float(time.monotonic() - began),
+            )
+            > 0
+        ),
+        30 + SLACK_SECONDS,
+        "a session with the new password",
+    )
+    time.sleep(3 * pod.readiness.probe.period_seconds)
+    failed = [r for r in pod.readiness.results if r.at >= began and not r.success]
+    probed = [r for r in pod.readiness.results if r.at >= began]
+    assert failed == []
+    assert pod.kubelet.ready
+    after = metrics(pod)
+    assert after.get("health_sidecar_check_failures_total", {}) == before.get(
+        "health_sidecar_check_failures_total", {}
+    ), "a check failed during the rotation"
+    applied = after["health_sidecar_dsn_reloads_total"]
+    assert sum(v for labels, v in applied.items() if ("outcome", "applied") in labels) >= 1
+    FIGURES.add(
+        chart=pod.case.id, scenario="secret rotated", probes=len(probed), failed=len(failed)
+    )
+
+
+def test_killed_sidecar_process_is_restarted_and_pod_ready_again(pod: RunningPod) -> None:
+    """SIGKILL to the sidecar's process: its container is restarted, the pod Ready again."""
+    pod.wait(lambda: pod.kubelet.ready, 30 + SLACK_SECONDS, "pod Ready before the kill")
+    killed = time.monotonic()
+    os.kill(pod.runtime.pid(pod.case.sidecar), 9)
+    pod.wait(
+        lambda: pod.kubelet.restarts()[pod.case.sidecar] == 1,
+        30 + SLACK_SECONDS,
+        "sidecar container restarted",
+    )
+    assert pod.kubelet.status[pod.case.sidecar].exit_codes[-1] == 137
+    ready_at = pod.wait(
+        lambda: pod.kubelet.ready, 30 + SLACK_SECONDS, "pod Ready after the restart"
+    )
+    assert pod.kubelet.restarts()[pod.case.app] == 0
+    FIGURES.add(
+        chart=pod.case.id, scenario="sidecar killed", ready_again_s=ready_at - killed, restarts=1
+    )
+
+
+def test_pod_deleted_stops_app_first_then_sidecar_cleanly(pod: RunningPod) -> None:
+    """Deletion: app SIGTERM first, sidecar after it exits; both exit 0 within the grace period
+    and no session of the pod is left on the database."""
+    pod.wait(lambda: pod.kubelet.ready, 30 + SLACK_SECONDS, "pod Ready before deletion")
+    began = time.monotonic()
+    codes = pod.call(pod.kubelet.terminate())
+    took = time.monotonic() - began
+    order = [what for _, what in pod.kubelet.events if what.split()[0] in ("SIGTERM", "exited")]
+    sidecar, app = pod.case.sidecar, pod.case.app
+    assert order[-4:] == [
+        f"SIGTERM {app}",
+        f"exited {app} (0)",
+        f"SIGTERM {sidecar}",
+        f"exited {sidecar} (0)",
+    ], f"{order}\n{dump(pod)}"
+    assert codes == {app: 0, sidecar: 0}
+    assert not any(what.startswith("SIGKILL") for _, what in pod.kubelet.events)
+    assert took < pod.kubelet.grace_seconds
+    pod.wait(lambda: pod.sessions() == 0, 10, "no session of the pod left on the database")
+    FIGURES.add(
+        chart=pod.case.id,
+        scenario="pod deleted",
+        terminated_s=took,
+        grace_s=pod.kubelet.grace_seconds,
+    )
