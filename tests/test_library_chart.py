@@ -177,3 +177,12 @@ def test_app_chart_holds_no_copy_of_the_sidecar_container() -> None:
         text = path.read_text()
         assert "SIDECAR_CHECK_INTERVAL" not in text, path
         assert "path: /health" not in text, path
+
+
+def test_library_and_foreign_chart_lint_without_warnings() -> None:
+    """helm lint --strict passes on the library chart and on the chart that uses it."""
+    for chart in (LIBRARY, FOREIGN):
+        report = helm.lint(chart, {}, strict=True, namespace="stock")
+        problems = [m for m in report["messages"] if m["severity"] >= 2]
+        assert not problems, (chart.name, problems)
+        assert not report["errors"], report["errors"]

@@ -33,8 +33,8 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 ALERTS = ROOT / "charts" / "health-sidecar" / "files" / "alerts.yaml"
 DASHBOARD = ROOT / "charts" / "health-sidecar" / "files" / "dashboard.json"
-# The job name a hand-written scrape config would use; HealthSidecarTargetMissing must match it.
-JOB = "health-sidecar"
+# A job name that says nothing of the sidecar: no rule may depend on the job's name.
+JOB = "inventory"
 
 # Generous bounds: a loaded CI machine is slow, and none of this measures speed.
 START_TIMEOUT_SECONDS = 60.0
@@ -309,8 +309,8 @@ def test_alert_rules_evaluate_cleanly_and_stay_silent_on_a_healthy_sidecar(
         running_prometheus(sidecar.port, workdir) as prometheus,
     ):
         wait_for_value(prometheus, f'health_sidecar_ready{{job="{JOB}"}}', 1, "database up")
-        # The selector HealthSidecarTargetMissing uses finds this job.
-        wait_for_value(prometheus, 'up{job=~".*health-sidecar.*"}', 1, "target scraped")
+        # What HealthSidecarTargetMissing recognises a sidecar by, whatever the job's name.
+        wait_for_value(prometheus, f'health_sidecar_build_info{{job="{JOB}"}}', 1, "target scraped")
         rules = wait_for(
             lambda: evaluated_rules(prometheus),
             timeout=STATE_TIMEOUT_SECONDS,
@@ -325,8 +325,8 @@ def test_alert_rules_evaluate_cleanly_and_stay_silent_on_a_healthy_sidecar(
         }
         broken = [(rule["name"], rule.get("lastError")) for rule in rules if rule["health"] != "ok"]
         assert not broken, broken
-        # Before the first scrape absent(up{...}) holds, so wait for that to clear; anything
-        # still active after the bound is an alert a healthy sidecar sets off.
+        # Before the first scrape absent(health_sidecar_build_info) holds, so wait for that to
+        # clear; anything still active after the bound is an alert a healthy sidecar sets off.
         wait_for(
             lambda: not active_alerts(prometheus),
             timeout=STATE_TIMEOUT_SECONDS,
