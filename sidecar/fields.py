@@ -39,7 +39,10 @@ KIND_KEYS: Final[dict[str, tuple[str, ...]]] = {
     "tcp": ("host", "port"),
 }
 STATUS_RANGE: Final = (100, 599)
-STATUS_RULE: Final = 'must be a status code (100-599) or a range "A-B" such as "200-399"'
+STATUS_RULE: Final = (
+    f"must be a status code ({STATUS_RANGE[0]}-{STATUS_RANGE[1]}) or a range "
+    f'"A-B" such as "{DEFAULT_STATUS[0]}-{DEFAULT_STATUS[1]}"'
+)
 REVISION_RULE: Final = (
     "must be a revision id as text, or a list of them (quote one that looks like a number)"
 )
