@@ -105,7 +105,8 @@ def test_entrypoint_rejects_a_bad_setting_with_one_line(store: Store) -> None:
     """The image's entrypoint is the command: a bad setting exits 2 with one line naming it."""
     result = store.run(
         "podman", "run", "--rm", "--network", "none", "--no-healthcheck",
-        "--env", "SIDECAR_PORT=eighty",
+        # A database is named, so that the port is the one problem.
+        "--env", "SIDECAR_PORT=eighty", "--env", "PGHOST=db.invalid",
         IMAGE, check=False, timeout=120,
     )  # fmt: skip
     stderr = result.stderr.decode().strip().splitlines()
