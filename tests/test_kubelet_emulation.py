@@ -5,7 +5,8 @@ backoff and probe periods); thresholds and timeouts of the probes stay the chart
 runs as a subprocess with the environment the chart gives its container (the DSN file and port
 pointed at this machine), and each probe is run the way kubelet's prober does:
 
-- an HTTP GET with `User-Agent: kube-probe/1.29`, a fresh connection each time, `timeoutSeconds`
+- (tests/support/kubelet.py, shared with the real-container pod tests) an HTTP GET with
+  `User-Agent: kube-probe/1.29`, a fresh connection each time, `timeoutSeconds`
   for the whole request; any status from 200 to 399 is a success, anything else a failure;
 - every `periodSeconds` after `initialDelaySeconds`; liveness and readiness only once the
   startup probe has passed (and, for a native sidecar, the app only starts after the sidecar's
@@ -24,16 +25,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 import yaml
-from support import free_port
+from support import LOOPBACK, free_port
 from support.helmdeps import dependencies_updated
+from support.kubelet import Probe, ProbeState, probe_once
 from support.pg import PostgresServer
 
 try:
@@ -50,7 +51,6 @@ CHART = dependencies_updated(REPO / "charts" / "health-sidecar")
 FOREIGN_CHART = dependencies_updated(REPO / "tests" / "fixtures" / "foreign-chart")
 # A foreign app's Deployment given the sidecar by the kustomize component.
 FOREIGN_KUSTOMIZATION = REPO / "tests" / "fixtures" / "foreign-kustomization"
-KUBELET_USER_AGENT = "kube-probe/1.29"
 # Time scaled down: the structure (thresholds, timeouts, which probe reads what) is the chart's.
 CHECK_INTERVAL_SECONDS = 1
 CHECK_TIMEOUT_SECONDS = 1
@@ -64,97 +64,20 @@ Obj = dict[str, Any]
 helm.disable_logging()
 
 
-@dataclass(frozen=True)
-class HttpProbe:
-    """One probe of a rendered container spec, with its port resolved to a number."""
-
-    name: str
-    path: str
-    port: int
-    initial_delay_seconds: int
-    period_seconds: int
-    timeout_seconds: int
-    failure_threshold: int
-    success_threshold: int
-
-    @classmethod
-    def from_container(cls, container: Obj, kind: str, ports: dict[str, int]) -> HttpProbe:
-        spec = container[kind]
-        get = spec["httpGet"]
-        port = get["port"] if isinstance(get["port"], int) else ports[get["port"]]
-        # Kubernetes' defaults for fields a probe leaves out.
-        return cls(
-            name=f"{container['name']}.{kind}",
-            path=get.get("path", "/"),
-            port=port,
-            initial_delay_seconds=spec.get("initialDelaySeconds", 0),
-            period_seconds=spec.get("periodSeconds", 10),
-            timeout_seconds=spec.get("timeoutSeconds", 1),
-            failure_threshold=spec.get("failureThreshold", 3),
-            success_threshold=spec.get("successThreshold", 1),
-        )
-
-
-@dataclass(frozen=True)
-class ProbeResult:
-    at: float
-    success: bool
-    detail: str
-
-
-@dataclass
-class ProbeWorker:
-    """kubelet's per-container, per-probe worker: probe every period, apply the thresholds."""
-
-    probe: HttpProbe
-    session: aiohttp.ClientSession
-    results: list[ProbeResult] = field(default_factory=list)
-    # Readiness starts false; liveness and startup start as "success" (kubelet's initial values).
-    passing: bool = False
-    # (time, new value) each time the thresholded result flips.
-    transitions: list[tuple[float, bool]] = field(default_factory=list)
-    _streak: int = 0
-    _streak_success: bool = True
-
-    async def probe_once(self) -> ProbeResult:
-        url = f"http://127.0.0.1:{self.probe.port}{self.probe.path}"
+async def run_probe(state: ProbeState, host: str) -> None:
+    """kubelet's worker for one probe: every `periodSeconds` after `initialDelaySeconds`."""
+    await asyncio.sleep(state.probe.initial_delay_seconds)
+    while True:
         started = time.monotonic()
-        try:
-            async with self.session.get(
-                url,
-                headers={"User-Agent": KUBELET_USER_AGENT, "Accept": "*/*"},
-                timeout=aiohttp.ClientTimeout(total=self.probe.timeout_seconds),
-                allow_redirects=True,
-            ) as response:
-                await response.content.read(10 * 1024)  # kubelet reads at most 10 KiB
-                success = 200 <= response.status < 400
-                return ProbeResult(started, success, str(response.status))
-        except TimeoutError:
-            return ProbeResult(started, False, "timeout")
-        except aiohttp.ClientError as error:
-            return ProbeResult(started, False, type(error).__name__)
+        state.record(await probe_once(state.probe, host))
+        await asyncio.sleep(max(0.0, state.probe.period_seconds - (time.monotonic() - started)))
 
-    def record(self, result: ProbeResult) -> None:
-        self.results.append(result)
-        if result.success == self._streak_success:
-            self._streak += 1
-        else:
-            self._streak_success, self._streak = result.success, 1
-        threshold = self.probe.success_threshold if result.success else self.probe.failure_threshold
-        if self._streak >= threshold and self.passing != result.success:
-            self.passing = result.success
-            self.transitions.append((result.at, result.success))
 
-    async def run(self) -> None:
-        await asyncio.sleep(self.probe.initial_delay_seconds)
-        while True:
-            started = time.monotonic()
-            self.record(await self.probe_once())
-            elapsed = time.monotonic() - started
-            await asyncio.sleep(max(0.0, self.probe.period_seconds - elapsed))
-
-    def failures(self) -> list[ProbeResult]:
-        return [r for r in self.results if not r.success]
+def probe_of(container: Obj, kind: str) -> Probe:
+    probe = Probe.from_container(container, kind)
+    assert probe is not None, f"{container['name']} has no {kind}"
+    assert probe.handler == "httpGet"
+    return probe
 
 
 def kustomized_pod_spec(sidecar_port: int) -> Obj:
@@ -308,13 +231,6 @@ def pod(request: pytest.FixtureRequest, dsn_file: Path) -> Iterator[Pod]:
                 process.wait()
 
 
-@pytest.fixture
-async def kubelet_session() -> AsyncIterator[aiohttp.ClientSession]:
-    # kubelet disables keep-alive: every probe is a new connection.
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
-        yield session
-
-
 async def wait_for(condition: Any, within: float, what: str) -> float:
     """Poll `condition()` until true; return the time it became true."""
     deadline = time.monotonic() + within
@@ -329,33 +245,33 @@ async def wait_for(condition: Any, within: float, what: str) -> float:
 async def test_database_outage_unreadies_pod_without_restarting_anything(
     pg_private: PostgresServer,
     pod: Pod,
-    kubelet_session: aiohttp.ClientSession,
 ) -> None:
     """Probed like kubelet: unready ~failureThreshold x period after the DB stops, no liveness
     failure ever, ready again after the DB returns."""
     sidecar, app = container(pod.spec, "health-sidecar"), app_container(pod.spec)
-    ports = {p["name"]: p["containerPort"] for p in sidecar["ports"]}
-    startup = HttpProbe.from_container(sidecar, "startupProbe", ports)
-    liveness = HttpProbe.from_container(sidecar, "livenessProbe", ports)
-    readiness = HttpProbe.from_container(app, "readinessProbe", ports)
+    startup = probe_of(sidecar, "startupProbe")
+    liveness = probe_of(sidecar, "livenessProbe")
+    readiness = probe_of(app, "readinessProbe")
     assert readiness.path == "/ready"
     assert readiness.port == pod.sidecar_port
 
     tasks: list[asyncio.Task[None]] = []
     try:
         # The startup probe runs alone until it passes; failureThreshold failures = a restart.
-        starter = ProbeWorker(startup, kubelet_session, passing=False)
+        starter = ProbeState.initial(startup)
         for _ in range(startup.failure_threshold):
-            starter.record(await starter.probe_once())
+            starter.record(await probe_once(startup, LOOPBACK))
             if starter.passing:
                 break
             await asyncio.sleep(startup.period_seconds)
         assert starter.passing, f"startup probe never passed: {starter.results}"
 
         # Then (native sidecar: the app starts now) liveness and readiness run side by side.
-        live = ProbeWorker(liveness, kubelet_session, passing=True)
-        ready = ProbeWorker(readiness, kubelet_session)
-        tasks = [asyncio.create_task(live.run()), asyncio.create_task(ready.run())]
+        live, ready = ProbeState.initial(liveness), ProbeState.initial(readiness)
+        tasks = [
+            asyncio.create_task(run_probe(live, LOOPBACK)),
+            asyncio.create_task(run_probe(ready, LOOPBACK)),
+        ]
         await wait_for(lambda: ready.passing, 15 + SLACK_SECONDS, "pod ready with the DB up")
 
         stopped_at = time.monotonic()
