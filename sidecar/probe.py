@@ -10,14 +10,15 @@ import ipaddress
 
 
 def connect_host(host: str) -> str:
-    """The address to dial for a listen address: a wildcard means this machine."""
+    """The address to dial for a listen address: a wildcard means this machine.
+
+    IPv4 loopback for `::` too: the server's `::` socket takes IPv4 as well, and falls back to
+    IPv4 only where the kernel has no IPv6, where `::1` would not answer."""
     try:
         address = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
         return host
-    if address.is_unspecified:
-        return "::1" if address.version == 6 else "127.0.0.1"
-    return str(address)
+    return "127.0.0.1" if address.is_unspecified else str(address)
 
 
 def probe(endpoint: str, *, host: str, port: int, timeout: float) -> tuple[bool, str]:

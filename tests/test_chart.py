@@ -832,4 +832,4 @@ def test_pods_ignore_service_links_and_pin_sidecar_port_and_host() -> None:
         assert spec["enableServiceLinks"] is False
         env = env_of(sidecar_container(spec))
         assert env["SIDECAR_PORT"] == "8181"
-        assert env["SIDECAR_HOST"] == "0.0.0.0"  # noqa: S104 -- the pod's address, for kubelet
+        assert env["SIDECAR_HOST"] == "::"  # the pod's address, for kubelet

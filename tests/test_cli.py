@@ -166,3 +166,16 @@ def test_config_file_flag_wins_over_the_variable() -> None:
         "health-sidecar: bad setting: SIDECAR_CONFIG_FILE (--config-file): "
         "file '/nonexistent/flag.yaml' does not exist"
     ]
+
+
+@pytest.mark.parametrize(
+    ("listen", "dial"),
+    [("::", "127.0.0.1"), ("0.0.0.0", "127.0.0.1"), ("[::]", "127.0.0.1"), ("::1", "::1"),  # noqa: S104 -- values, nothing binds
+     ("10.1.2.3", "10.1.2.3"), ("sidecar.local", "sidecar.local")],
+)  # fmt: skip
+def test_probe_dials_ipv4_loopback_for_any_wildcard(listen: str, dial: str) -> None:
+    """A wildcard listen address is dialled on 127.0.0.1, which `::` (dual-stack or IPv4-only
+    where the kernel lacks IPv6) and `0.0.0.0` both answer; a named address as given."""
+    from sidecar.probe import connect_host  # noqa: PLC0415 -- the CLI's own module
+
+    assert connect_host(listen) == dial

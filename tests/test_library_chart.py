@@ -110,7 +110,7 @@ def test_library_sets_sidecar_port_and_host_explicitly() -> None:
     """SIDECAR_PORT and SIDECAR_HOST are always in the env, so service links cannot set them."""
     env = {e["name"]: e["value"] for e in sidecar_of(pod_spec(render(FOREIGN, {})))["env"]}
     assert env["SIDECAR_PORT"] == "8081"
-    assert env["SIDECAR_HOST"] == "0.0.0.0"  # noqa: S104 -- what the sidecar listens on in a pod
+    assert env["SIDECAR_HOST"] == "::"  # what the sidecar listens on in a pod
 
 
 def test_checks_give_a_configmap_mount_and_a_rolling_checksum() -> None:

@@ -329,7 +329,7 @@ def test_component_gives_a_foreign_deployment_the_sidecar() -> None:
     assert sidecar["image"] == "glucolens/health-sidecar:0.2.1"
     env = {e["name"]: e["value"] for e in sidecar["env"]}
     assert env["SIDECAR_PORT"] == "8081"
-    assert env["SIDECAR_HOST"] == "0.0.0.0"  # noqa: S104 -- the pod's address, for kubelet
+    assert env["SIDECAR_HOST"] == "::"  # the pod's address, for kubelet
     first, second = spec["containers"]
     assert first["readinessProbe"]["httpGet"] == {"path": "/ready", "port": 8081}
     assert "readinessProbe" not in second

@@ -161,8 +161,10 @@ sidecar (an init container with restartPolicy: Always) or as a plain container.
     {{- end }}
     # Set explicitly, always: a Service named "sidecar" in the namespace would otherwise inject
     # SIDECAR_PORT=tcp://... through service links, and an explicit env entry wins over those.
+    # "::" listens on IPv6 and IPv4 (IPv4 only where the kernel has none): kubelet probes the pod
+    # IP, which is IPv6 in an IPv6-only cluster.
     - name: SIDECAR_HOST
-      value: "0.0.0.0"
+      value: "::"
     - name: SIDECAR_PORT
       value: {{ int $hs.port | quote }}
     - name: SIDECAR_CHECK_INTERVAL
