@@ -15,7 +15,6 @@ Imports only the leaf `inputs`.
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -183,6 +182,9 @@ def unknown_variables(environ: Iterable[str]) -> list[tuple[str, str | None]]:
     for name in sorted(environ):
         if not name.startswith("SIDECAR_") or name in known or _SERVICE_LINK_NAME.match(name):
             continue
+        # Imported here: only a start with an unknown name pays for difflib (~0.2 MiB RSS).
+        import difflib  # noqa: PLC0415
+
         # Matched without the shared prefix, which would make every name look close.
         guess = difflib.get_close_matches(name[8:], [env[8:] for env in known], n=1)
         found.append((name, f"SIDECAR_{guess[0]}" if guess else None))
