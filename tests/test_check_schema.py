@@ -17,8 +17,8 @@ from test_checkfile import (
     with_local_files,
 )
 
+from sidecar.checkfile import COMMON_KEYS, KIND_KEYS, TIMING
 from sidecar.checkspec import CRITICALITIES, KINDS, NAME_PATTERN
-from sidecar.fields import COMMON_KEYS, KIND_KEYS, TIMING
 
 REPO = Path(__file__).resolve().parent.parent
 SCHEMA = json.loads((REPO / "docs" / "check-file.schema.json").read_text())
@@ -47,7 +47,7 @@ def test_schema_is_valid_2020_12() -> None:
 
 def test_schema_states_the_declared_keys_kinds_and_ranges() -> None:
     """Every key, kind, criticality, name pattern, timing range and per-kind key set is the
-    loader's (sidecar.options through sidecar.fields)."""
+    loader's (sidecar.options through sidecar.checkfile)."""
     check, defaults = SCHEMA["$defs"]["check"], SCHEMA["$defs"]["defaults"]
     properties = check["properties"]
     assert sorted(properties) == sorted(
