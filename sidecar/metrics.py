@@ -1,7 +1,7 @@
 """Every metric, built against an injected registry (never the global one).
 
-Counters and the histogram are updated by the prober once per check. Gauges that depend on
-time (ready, check loop healthy) are computed at scrape time from the same verdicts the
+Counters and the histogram are updated by the check loops once per check. Gauges that depend
+on time (ready, check loop healthy) are computed at scrape time from the same verdicts the
 handlers use, so /metrics and /ready never disagree.
 """
 
@@ -21,22 +21,25 @@ from sidecar.health import liveness, readiness, startup
 from sidecar.state import ALL_REASONS, Board, CheckResult, CheckState, Transition
 
 # A database ping on loopback takes ~0.2 ms, across a zone a few ms; timeouts go to 10 s.
-DURATION_BUCKETS: Final = (
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
+DURATION_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+# Per-check gauges read from the snapshot: (name, help, value of a state).
+_CHECK_GAUGES: Final[tuple[tuple[str, str, Callable[[CheckState], float]], ...]] = (
+    (
+        "health_sidecar_check_up",
+        "1 if the latest check passed, 0 if it failed or none has finished yet.",
+        lambda state: float(state.last is not None and state.last.ok),
+    ),
+    (
+        "health_sidecar_check_last_success_timestamp_seconds",
+        "Unix time of the latest passing check; 0 if none has passed yet.",
+        lambda state: state.last_success_at or 0.0,
+    ),
+    (
+        "health_sidecar_check_consecutive_failures",
+        "Checks failed in a row; 0 after a pass.",
+        lambda state: float(state.consecutive_failures),
+    ),
 )
-HANDLERS: Final = ("health", "ready", "startup", "metrics", "other")
 
 
 class RequestCounts:
@@ -56,8 +59,8 @@ class RequestCounts:
         self.counts[key] = self.counts.get(key, 0) + 1
 
 
-class Metrics:
-    """The prober's observer, plus the scrape-time collector for state gauges."""
+class Metrics(Collector):
+    """The check loops' observer, and the scrape-time collector of the state gauges."""
 
     def __init__(
         self,
@@ -69,7 +72,10 @@ class Metrics:
         requests: RequestCounts,
         credentials: Mapping[str, CredentialsStatus] | None = None,
     ) -> None:
-        names = tuple(check_names)
+        self._board = board
+        self._monotonic = monotonic
+        self._requests = requests
+        self._credentials = credentials or {}
         self.duration = Histogram(
             "health_sidecar_check_duration_seconds",
             "Time one check took, connect and query together, in seconds.",
@@ -77,41 +83,37 @@ class Metrics:
             buckets=DURATION_BUCKETS,
             registry=registry,
         )
-        self.checks = Counter(
-            "health_sidecar_check_total",
-            "Checks run, by outcome (pass or fail).",
-            ["check", "outcome"],
-            registry=registry,
-        )
-        self.failures = Counter(
-            "health_sidecar_check_failures_total",
-            "Failed checks by reason (timeout, connection_refused, auth_failed, ...).",
-            ["check", "reason"],
-            registry=registry,
-        )
-        self.transitions = Counter(
-            "health_sidecar_check_transitions_total",
-            "Changes of a check's state, by the state entered (passing or failing).",
-            ["check", "to"],
-            registry=registry,
-        )
-        # Every series exists from the first scrape, so rate() and absent() behave.
+        names = tuple(check_names)
         for name in names:
             self.duration.labels(name)
-            for outcome in ("pass", "fail"):
-                self.checks.labels(name, outcome)
-            for reason in ALL_REASONS:
-                self.failures.labels(name, reason)
-            for to in ("passing", "failing"):
-                self.transitions.labels(name, to)
-        registry.register(
-            StateCollector(
-                board,
-                monotonic=monotonic,
-                requests=requests,
-                credentials=credentials or {},
-            )
+
+        def counter(name: str, help_text: str, label: str, values: Iterable[str]) -> Counter:
+            made = Counter(name, help_text, ["check", label], registry=registry)
+            # Every series exists from the first scrape, so rate() and absent() behave.
+            for check in names:
+                for value in values:
+                    made.labels(check, value)
+            return made
+
+        self.checks = counter(
+            "health_sidecar_check_total",
+            "Checks run, by outcome (pass or fail).",
+            "outcome",
+            ("pass", "fail"),
         )
+        self.failures = counter(
+            "health_sidecar_check_failures_total",
+            "Failed checks by reason (timeout, connection_refused, auth_failed, ...).",
+            "reason",
+            ALL_REASONS,
+        )
+        self.transitions = counter(
+            "health_sidecar_check_transitions_total",
+            "Changes of a check's state, by the state entered (passing or failing).",
+            "to",
+            ("passing", "failing"),
+        )
+        registry.register(self)
 
     def observe(
         self, result: CheckResult, state: CheckState, transition: Transition | None
@@ -124,98 +126,65 @@ class Metrics:
         if transition is not None:
             self.transitions.labels(name, transition.current).inc()
 
-
-class StateCollector(Collector):
-    """Gauges read from the current snapshot at scrape time."""
-
-    def __init__(
-        self,
-        board: Board,
-        *,
-        monotonic: Callable[[], float],
-        requests: RequestCounts,
-        credentials: Mapping[str, CredentialsStatus],
-    ) -> None:
-        self._board = board
-        self._monotonic = monotonic
-        self._requests = requests
-        self._credentials = credentials
-
     def collect(self) -> Iterator[Metric]:
         board = self._board
         now = self._monotonic()
-        up = GaugeMetricFamily(
-            "health_sidecar_check_up",
-            "1 if the latest check passed, 0 if it failed or none has finished yet.",
-            labels=["check"],
-        )
-        last_success = GaugeMetricFamily(
-            "health_sidecar_check_last_success_timestamp_seconds",
-            "Unix time of the latest passing check; 0 if none has passed yet.",
-            labels=["check"],
-        )
-        failures = GaugeMetricFamily(
-            "health_sidecar_check_consecutive_failures",
-            "Checks failed in a row; 0 after a pass.",
-            labels=["check"],
-        )
+        states = board.checks.values()
+        for name, help_text, value in _CHECK_GAUGES:
+            gauge = GaugeMetricFamily(name, help_text, labels=["check"])
+            for state in states:
+                gauge.add_metric([state.name], value(state))
+            yield gauge
         info = GaugeMetricFamily(
             "health_sidecar_check_info",
             "Always 1 per configured check; its kind and criticality (critical or warn) are "
             "labels, for joins that page on critical checks only.",
             labels=["check", "kind", "criticality"],
         )
-        for state in board.checks.values():
-            ok = state.last is not None and state.last.ok
-            up.add_metric([state.name], 1.0 if ok else 0.0)
-            last_success.add_metric([state.name], state.last_success_at or 0.0)
-            failures.add_metric([state.name], float(state.consecutive_failures))
-            criticality = "critical" if state.critical else "warn"
-            info.add_metric([state.name, state.kind, criticality], 1.0)
-        yield up
-        yield last_success
-        yield failures
+        for state in states:
+            info.add_metric([state.name, state.kind, "critical" if state.critical else "warn"], 1)
         yield info
         yield from self._credential_metrics()
-        ready = readiness(board, now=now).ok
-        yield GaugeMetricFamily(
-            "health_sidecar_ready",
-            "1 if /ready answers 200 (checks passing, fresh, not draining), 0 if it answers 503.",
-            value=1.0 if ready else 0.0,
-        )
-        yield GaugeMetricFamily(
-            "health_sidecar_started",
-            "1 once every check has passed once (/startup answers 200), 0 before.",
-            value=1.0 if startup(board).ok else 0.0,
-        )
-        yield GaugeMetricFamily(
-            "health_sidecar_draining",
-            "1 after SIGTERM or SIGINT while the sidecar drains, 0 otherwise.",
-            value=1.0 if board.draining else 0.0,
-        )
-        alive = liveness(board, now=now).ok
-        yield GaugeMetricFamily(
-            "health_sidecar_probe_loop_healthy",
-            "1 if the probe loop keeps its schedule (/health answers 200), 0 if stalled or dead.",
-            value=1.0 if alive else 0.0,
-        )
+        for name, help_text, on in (
+            (
+                "health_sidecar_ready",
+                "1 if /ready answers 200 (checks passing, fresh, not draining), 0 if it answers "
+                "503.",
+                readiness(board, now=now).ok,
+            ),
+            (
+                "health_sidecar_started",
+                "1 once every check has passed once (/startup answers 200), 0 before.",
+                startup(board).ok,
+            ),
+            (
+                "health_sidecar_draining",
+                "1 after SIGTERM or SIGINT while the sidecar drains, 0 otherwise.",
+                board.draining,
+            ),
+            (
+                "health_sidecar_probe_loop_healthy",
+                "1 if the probe loop keeps its schedule (/health answers 200), 0 if stalled or "
+                "dead.",
+                liveness(board, now=now).ok,
+            ),
+        ):
+            yield GaugeMetricFamily(name, help_text, value=float(on))
         requests = CounterMetricFamily(
             "health_sidecar_http_requests",
             "HTTP requests answered, by handler and status code.",
             labels=["handler", "code"],
         )
-        seen = set()
         for (handler, status), count in sorted(self._requests.counts.items()):
-            requests.add_metric([handler, str(status)], float(count))
-            seen.add(handler)
+            requests.add_metric([handler, str(status)], count)
         # The scrape that reads this is itself not counted yet; keep the family non-empty.
-        if "metrics" not in seen:
-            requests.add_metric(["metrics", "200"], 0.0)
+        if not any(handler == "metrics" for handler, _ in self._requests.counts):
+            requests.add_metric(["metrics", "200"], 0)
         yield requests
         build = GaugeMetricFamily(
             "health_sidecar_build_info", "Always 1; the version is a label.", labels=["version"]
         )
-        build.add_metric([__version__], 1.0)
+        build.add_metric([__version__], 1)
         yield build
 
     def _credential_metrics(self) -> Iterator[Metric]:
@@ -236,8 +205,8 @@ class StateCollector(Collector):
         )
         for name, status in sorted(self._credentials.items()):
             for outcome in OUTCOMES:
-                reloads.add_metric([name, outcome], float(status.reloads.get(outcome, 0)))
-            last_ok.add_metric([name], 1.0 if status.last_reload_ok else 0.0)
+                reloads.add_metric([name, outcome], status.reloads.get(outcome, 0))
+            last_ok.add_metric([name], float(status.last_reload_ok))
         yield reloads
         yield last_ok
 
@@ -260,18 +229,21 @@ class SurroundingsCollector(Collector):
         self._dropped_log_lines = dropped_log_lines
 
     def collect(self) -> Iterator[Metric]:
-        yield CounterMetricFamily(
-            "health_sidecar_log_lines_dropped",
-            "Log lines dropped because stdout did not keep up (a stalled log pipe).",
-            value=float(self._dropped_log_lines()),
-        )
-        yield CounterMetricFamily(
-            "health_sidecar_accept_errors",
-            "Connections the server could not accept (out of file descriptors, memory).",
-            value=float(self._counts.accept_errors),
-        )
-        yield CounterMetricFamily(
-            "health_sidecar_connections_evicted",
-            "Idle connections closed early to make room under the connection cap.",
-            value=float(self._counts.connections_evicted),
-        )
+        for name, help_text, value in (
+            (
+                "health_sidecar_log_lines_dropped",
+                "Log lines dropped because stdout did not keep up (a stalled log pipe).",
+                self._dropped_log_lines(),
+            ),
+            (
+                "health_sidecar_accept_errors",
+                "Connections the server could not accept (out of file descriptors, memory).",
+                self._counts.accept_errors,
+            ),
+            (
+                "health_sidecar_connections_evicted",
+                "Idle connections closed early to make room under the connection cap.",
+                self._counts.connections_evicted,
+            ),
+        ):
+            yield CounterMetricFamily(name, help_text, value=value)

@@ -185,8 +185,7 @@ class Views:
         # The hot path: a passing answer stays valid for this snapshot until a deadline
         # (freshness for /ready, the stall bound for /health), so most requests are one
         # identity check and one comparison.
-        self._ready_fast: tuple[object, float, Rendered] | None = None
-        self._health_fast: tuple[object, float, Rendered] | None = None
+        self._fast: dict[str, tuple[object, bool, float, Rendered]] = {}
 
     def _memo(self, key: str, verdict: Verdict, build: Callable[[], dict[str, Any]]) -> Rendered:
         board = self._board
@@ -200,85 +199,70 @@ class Views:
             self._cache[memo_key] = hit
         return hit
 
-    # -- aggregated endpoints ---------------------------------------------------------------
-
     def ready(self, now: float, query: Query = PLAIN) -> Rendered:
-        board = self._board
-        if query is PLAIN:
-            fast = self._ready_fast
-            if fast is not None and not board.draining and not board.prober_stopped:
-                seen, until, rendered = fast
-                if seen is board.checks and now <= until:
-                    return rendered
-        exclude = frozenset(query.exclude)
-        verdict = readiness(board, now=now, exclude=exclude)
-        if query is PLAIN:
-            rendered = self._memo(
-                "ready", verdict, lambda: document(board, verdict, states=board.checks.values())
-            )
-            if verdict.ok:
-                self._ready_fast = (board.checks, self._ready_until(), rendered)
-            return rendered
-        notes = unknown_excludes(self.names, query.exclude)
-        if query.text:
-            return _text_answer(
-                "ready",
-                verdict,
-                query,
-                lambda: [
-                    *self._listing(exclude, lambda s: check_line(s, check_readiness(s, now=now))),
-                    *self._lifecycle_lines(ready=True),
-                ],
-                notes,
-            )
-        states = [s for s in board.checks.values() if s.name not in exclude]
-        doc = document(board, verdict, states=states, verbose=query.verbose, now=now, notes=notes)
-        return (_status(verdict), encode(doc), CONTENT_TYPE)
-
-    def _ready_until(self) -> float:
-        """Until when the passing answer stays true without a new snapshot: the moment the
-        first critical result goes stale."""
-        deadlines = [
-            s.last.finished_monotonic + s.freshness_seconds
-            for s in self._board.checks.values()
-            if s.critical and s.last is not None
-        ]
-        return min(deadlines, default=float("inf"))
+        return self._aggregate("ready", now, query)
 
     def health(self, now: float, query: Query = PLAIN) -> Rendered:
+        return self._aggregate("health", now, query)
+
+    def _aggregate(self, endpoint: str, now: float, query: Query) -> Rendered:
+        """/ready (the critical checks' results) or /health (the loops keep their schedule)."""
         board = self._board
-        if query is PLAIN:
-            fast = self._health_fast
-            if fast is not None and not board.prober_stopped:
-                seen, until, rendered = fast
-                if seen is board.checks and now <= until:
-                    return rendered
+        ready = endpoint == "ready"
+        fast = self._fast.get(endpoint)
+        if query is PLAIN and fast is not None and not board.prober_stopped:
+            seen, draining, until, rendered = fast
+            if seen is board.checks and draining == board.draining and now <= until:
+                return rendered
         exclude = frozenset(query.exclude)
-        verdict = liveness(board, now=now, exclude=exclude)
+        verdict = (readiness if ready else liveness)(board, now=now, exclude=exclude)
+        states = [s for s in board.checks.values() if s.name not in exclude]
         if query is PLAIN:
             rendered = self._memo(
-                "health", verdict, lambda: document(board, verdict, with_checks=False)
+                endpoint,
+                verdict,
+                lambda: document(board, verdict, states=states, with_checks=ready),
             )
-            if verdict.ok and board.checks:
-                until = min(stall_deadline(s) for s in board.checks.values())
-                self._health_fast = (board.checks, until, rendered)
+            if verdict.ok:
+                self._fast[endpoint] = (board.checks, board.draining, self._until(ready), rendered)
             return rendered
         notes = unknown_excludes(self.names, query.exclude)
         if query.text:
+            judge, line = (check_readiness, check_line) if ready else (check_liveness, _loop_line)
             return _text_answer(
-                "health",
+                endpoint,
                 verdict,
                 query,
                 lambda: [
-                    *self._listing(exclude, lambda s: _loop_line(s, check_liveness(s, now=now))),
-                    *self._lifecycle_lines(ready=False),
+                    *self._listing(exclude, lambda s: line(s, judge(s, now=now))),
+                    *self._lifecycle_lines(ready=ready),
                 ],
                 notes,
             )
         doc = document(
-            board, verdict, with_checks=False, verbose=query.verbose, now=now, notes=notes
+            board,
+            verdict,
+            states=states,
+            with_checks=ready,
+            verbose=query.verbose,
+            now=now,
+            notes=notes,
         )
         return (_status(verdict), encode(doc), CONTENT_TYPE)
+
+    def _until(self, ready: bool) -> float:
+        """Until when a passing answer stays true without a new snapshot: the moment the first
+        critical result goes stale (/ready), or the first loop is overdue (/health)."""
+        checks = self._board.checks.values()
+        if ready:
+            times = [
+                s.last.finished_monotonic + s.freshness_seconds
+                for s in checks
+                if s.critical and s.last is not None
+            ]
+        else:
+            times = [stall_deadline(s) for s in checks]
+        return min(times, default=float("inf"))
 
     def startup(self, now: float, query: Query = PLAIN) -> Rendered:
         board = self._board
@@ -314,8 +298,6 @@ class Views:
         if board.prober_stopped:
             lines.append("[-]probe-loop failed: a probe loop stopped")
         return lines
-
-    # -- one check ---------------------------------------------------------------------------
 
     def ready_check(self, name: str, now: float, query: Query = PLAIN) -> Rendered | None:
         """/ready/<name>: that check alone, whatever its criticality; None if unknown."""
