@@ -124,11 +124,12 @@ def parse_checks(
     `dsn_file` uses `database`, the environment's. Only the files the document names
     (dsn_file, ca_file, cert_file, key_file) are read.
     """
-    if document is None:
-        problems.append(f"{origin}: the file is empty; it must hold a 'checks' list")
-        return ()
     if not isinstance(document, Mapping):
-        problems.append(f"{origin}: must be a mapping with a 'checks' list, got {shown(document)}")
+        problems.append(
+            f"{origin}: the file is empty; it must hold a 'checks' list"
+            if document is None
+            else f"{origin}: must be a mapping with a 'checks' list, got {shown(document)}"
+        )
         return ()
     _refuse_unknown(document, ("checks", "defaults"), f"{origin}: ", problems)
     policy = defaults
@@ -139,14 +140,14 @@ def parse_checks(
     elif raw_defaults is not ABSENT:
         problems.append(f"{origin}: defaults: must be a mapping, got {shown(raw_defaults)}")
     raw_checks = document.get("checks", ABSENT)
-    if raw_checks is ABSENT:
-        problems.append(f"{origin}: checks: missing; list at least one check")
-        return ()
-    if not isinstance(raw_checks, list):
-        problems.append(f"{origin}: checks: must be a list of checks, got {shown(raw_checks)}")
-        return ()
-    if not raw_checks:
-        problems.append(f"{origin}: checks: must list at least one check, got an empty list")
+    if not isinstance(raw_checks, list) or not raw_checks:
+        if raw_checks is ABSENT:
+            problem = "missing; list at least one check"
+        elif isinstance(raw_checks, list):
+            problem = "must list at least one check, got an empty list"
+        else:
+            problem = f"must be a list of checks, got {shown(raw_checks)}"
+        problems.append(f"{origin}: checks: {problem}")
         return ()
 
     specs: list[AnySpec] = []

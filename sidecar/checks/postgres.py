@@ -13,6 +13,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeAlias
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
@@ -22,6 +23,7 @@ from sidecar import resolver
 from sidecar.checks import CheckFailed
 from sidecar.checks.failures import POSTGRES, classify, close_within, failures_as_reasons
 from sidecar.checkspec import PostgresSpec
+from sidecar.options import default
 from sidecar.state import Reason
 
 if TYPE_CHECKING:
@@ -29,7 +31,6 @@ if TYPE_CHECKING:
     Conn: TypeAlias = asyncpg.Connection[asyncpg.Record]
 
 APPLICATION_NAME: Final = "health-sidecar"
-DEFAULT_MAX_CONNECTION_AGE_SECONDS: Final = 300.0
 # Of a host's time budget, the part a name lookup may take: a silent resolver is reported as
 # dns_failure (timed out) rather than as a plain timeout of the whole check.
 RESOLVE_SHARE: Final = 0.8
@@ -48,6 +49,20 @@ SELECT pg_is_in_recovery() AS in_recovery,
        END AS lag_seconds
 """
 ALEMBIC_QUERY: Final = "SELECT version_num FROM alembic_version"
+# asyncpg.connect's arguments for a target given as libpq parameters (PGHOST, ...).
+LIBPQ_ARGUMENTS: Final = ("host", "port", "user", "password", "database")
+# The rest of what asyncpg's DSN parser takes; only the host list is read from it here.
+_UNUSED_PARSE_ARGUMENTS: Final = [
+    "passfile",
+    "ssl",
+    "service",
+    "servicefile",
+    "direct_tls",
+    "server_settings",
+    "target_session_attrs",
+    "krbsrvname",
+    "gsslib",
+]
 
 
 class Credentials(Protocol):
@@ -67,27 +82,22 @@ class Credentials(Protocol):
     def reject(self, dsn: str, reason: Reason) -> None: ...
 
 
+@dataclass(eq=False, slots=True)
 class PostgresCheck:
     """Owns at most one connection; it is opened lazily and dropped after any failure."""
 
-    def __init__(
-        self,
-        spec: PostgresSpec,
-        *,
-        credentials: Credentials | None = None,
-        max_connection_age: float = DEFAULT_MAX_CONNECTION_AGE_SECONDS,
-        monotonic: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._spec = spec
-        self._credentials = credentials
-        self._conn: Conn | None = None
-        self._max_age = max_connection_age
-        self._monotonic = monotonic
-        self._opened_at = 0.0
+    spec: PostgresSpec
+    credentials: Credentials | None = None
+    # A kept connection sees a server that stops taking new sessions (smart shutdown,
+    # NOLOGIN, ALLOW_CONNECTIONS false, pg_hba) only when it is replaced: at this age.
+    max_connection_age: float = default("max_connection_age")
+    monotonic: Callable[[], float] = time.monotonic
+    _conn: Conn | None = field(default=None, init=False)
+    _opened_at: float = field(default=0.0, init=False)
 
     @property
     def name(self) -> str:
-        return self._spec.name
+        return self.spec.name
 
     async def run(self) -> None:
         with failures_as_reasons(POSTGRES):
@@ -97,15 +107,13 @@ class PostgresCheck:
             if self._conn is None or self._conn.is_closed():
                 self._conn = None
                 self._conn = await self._connect(self._dsn())
-                self._opened_at = self._monotonic()
+                self._opened_at = self.monotonic()
             await self._run_gates(self._conn)
-            if self._max_age == 0:
+            if self.max_connection_age == 0:
                 await self._retire()
 
     def _too_old(self) -> bool:
-        """A kept connection sees a server that stops taking new sessions (smart shutdown,
-        NOLOGIN, ALLOW_CONNECTIONS false, pg_hba) only when it is replaced: at this age."""
-        return self._monotonic() - self._opened_at >= self._max_age
+        return self.monotonic() - self._opened_at >= self.max_connection_age
 
     async def _retire(self) -> None:
         conn, self._conn = self._conn, None
@@ -118,7 +126,7 @@ class PostgresCheck:
         Bounded to half the check's timeout so that, if the candidate hangs, the other half is
         left for the check itself: a rotation never turns into a false failure.
         """
-        credentials = self._credentials
+        credentials = self.credentials
         if credentials is None:
             return
         candidate = credentials.poll()
@@ -127,7 +135,7 @@ class PostgresCheck:
         # Cancellation (shutdown, the prober's own timeout) is not a verdict on the candidate:
         # it is a BaseException and propagates. Anything else is the candidate's failure.
         try:
-            async with asyncio.timeout(self._spec.policy.timeout / 2):
+            async with asyncio.timeout(self.spec.policy.timeout / 2):
                 conn = await self._connect(candidate)
         except CheckFailed as exc:
             credentials.reject(candidate, exc.reason)
@@ -142,20 +150,20 @@ class PostgresCheck:
             old.terminate()
 
     def _dsn(self) -> str | None:
-        if self._credentials is not None:
-            return self._credentials.current
-        return self._spec.target.dsn
+        if self.credentials is not None:
+            return self.credentials.current
+        return self.spec.target.dsn
 
     async def _connect(self, dsn: str | None) -> Conn:
         # Checked at start, but a mounted Secret can go away later; asyncpg would then report a
         # bare FileNotFoundError, indistinguishable from a missing Unix socket.
-        unreadable = _unreadable_tls_file(self._spec)
+        unreadable = _unreadable_tls_file(self.spec)
         if unreadable is not None:
             raise CheckFailed(Reason.TLS_ERROR, {"unreadable": unreadable})
         target = self._target_kwargs(dsn)
-        dsn = _with_tls_files(dsn, self._spec)
+        dsn = _with_tls_files(dsn, self.spec)
         hosts = _hosts(dsn, target)
-        budget = self._spec.policy.timeout
+        budget = self.spec.policy.timeout
         if len(hosts) <= 1:
             if hosts:
                 await _resolve(hosts[0], budget * RESOLVE_SHARE)
@@ -191,17 +199,10 @@ class PostgresCheck:
         """The libpq-style parameters, when there is no DSN (explicit arguments win over it)."""
         if dsn is not None:
             return {}
-        target = self._spec.target
-        return {
-            "host": target.host,
-            "port": target.port,
-            "user": target.user,
-            "password": target.password,
-            "database": target.database,
-        }
+        return {key: getattr(self.spec.target, key) for key in LIBPQ_ARGUMENTS}
 
     async def _run_gates(self, conn: Conn) -> None:
-        spec = self._spec
+        spec = self.spec
         role_gate = spec.require_primary or (
             spec.allow_replica and spec.max_replica_lag_seconds is not None
         )
@@ -223,7 +224,7 @@ class PostgresCheck:
                 await self._query_gate(conn, spec.query)
 
     async def _role_gate(self, conn: Conn) -> None:
-        spec = self._spec
+        spec = self.spec
         row = await conn.fetchrow(ROLE_QUERY)
         if row is None or not row["in_recovery"]:  # None: cannot happen, no FROM clause
             return
@@ -245,7 +246,7 @@ class PostgresCheck:
             )
 
     async def _schema_gate(self, conn: Conn) -> None:
-        expected = set(self._spec.alembic_revisions)
+        expected = set(self.spec.alembic_revisions)
         try:
             rows = await conn.fetch(ALEMBIC_QUERY)
         except asyncpg.UndefinedTableError:
@@ -271,7 +272,7 @@ class PostgresCheck:
             if isinstance(exc, asyncpg.ConnectionDoesNotExistError) or conn.is_closed():
                 raise
             raise CheckFailed(Reason.QUERY_FAILED) from None
-        expect = self._spec.expect
+        expect = self.spec.expect
         if expect is None:
             return
         found = "no rows" if row is None or len(row) == 0 else as_text(row[0])
@@ -287,12 +288,7 @@ class PostgresCheck:
             conn.terminate()
 
     async def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is None or conn.is_closed():
-            return
-        await close_within(
-            conn.close(), conn.terminate, (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
-        )
+        await self._retire()
 
 
 def as_text(value: object) -> str:
@@ -306,13 +302,10 @@ def as_text(value: object) -> str:
 
 def _unreadable_tls_file(spec: PostgresSpec) -> str | None:
     """The setting name (ca_file, cert_file, key_file) of a TLS file we cannot read, if any."""
-    for setting, path in (
-        ("ca_file", spec.ca_file),
-        ("cert_file", spec.cert_file),
-        ("key_file", spec.key_file),
-    ):
+    for setting in ("ca_file", "cert_file", "key_file"):
+        path = getattr(spec, setting)
         if path and not os.access(path, os.R_OK):
-            return setting
+            return str(setting)
     return None
 
 
@@ -351,20 +344,8 @@ def _hosts(dsn: str | None, target: dict[str, Any]) -> list[tuple[str, int | Non
         parse = asyncpg.connect_utils._parse_connect_dsn_and_args  # type: ignore[attr-defined]
         addrs, _params = parse(
             dsn=dsn,
-            host=target.get("host"),
-            port=target.get("port"),
-            user=target.get("user"),
-            password=target.get("password"),
-            passfile=None,
-            database=target.get("database"),
-            ssl=None,
-            service=None,
-            servicefile=None,
-            direct_tls=None,
-            server_settings=None,
-            target_session_attrs=None,
-            krbsrvname=None,
-            gsslib=None,
+            **{key: target.get(key) for key in LIBPQ_ARGUMENTS},
+            **dict.fromkeys(_UNUSED_PARSE_ARGUMENTS),
         )
     except Exception:  # noqa: BLE001 -- asyncpg.connect will say what is wrong, classified
         return []
