@@ -53,6 +53,11 @@ class Settings:
             return self.checks
         return (PostgresSpec(name="postgres", policy=self.policy, target=self.database),)
 
+    @property
+    def uses_environment_database(self) -> bool:
+        """True when a postgres check connects to `database` (it names no DSN of its own)."""
+        return any(spec.target is self.database for spec in _postgres(self.check_specs))
+
     def secrets(self) -> tuple[str, ...]:
         """Every secret any check holds at start (rotated DSNs add theirs when they arrive)."""
         found = list(self.database.secrets())

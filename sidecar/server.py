@@ -295,7 +295,8 @@ async def serve(app: web.Application, settings: Settings) -> None:
             addresses=[sock.getsockname()[0] for sock in sockets],
             max_connections=cap.limit,
             version=__version__,
-            database=settings.database.source,
+            # Where the environment's database comes from, when a check uses it.
+            database=settings.database.source if settings.uses_environment_database else None,
         )
         received = await signals.get()
         app[BOARD].draining = True

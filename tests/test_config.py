@@ -44,8 +44,14 @@ def test_check_file_whose_checks_need_no_environment_database_is_enough(tmp_path
         "  - {name: cache, kind: tcp, host: 127.0.0.1, port: 6379}\n"
         "  - {name: db, kind: postgres, dsn: 'postgresql://app@db/x'}\n"
     )
-    assert len(Settings.from_environ({"SIDECAR_CONFIG_FILE": str(path)}).checks) == 2
+    settings = Settings.from_environ({"SIDECAR_CONFIG_FILE": str(path)})
+    assert len(settings.checks) == 2
+    assert not settings.uses_environment_database
     path.write_text("checks:\n  - {name: db, kind: postgres}\n")
+    assert Settings.from_environ(
+        {"SIDECAR_CONFIG_FILE": str(path), "PGHOST": "db"}
+    ).uses_environment_database
+    assert Settings.from_environ({"PGHOST": "db"}).uses_environment_database
     (line,) = problems_for({"SIDECAR_CONFIG_FILE": str(path)}, database=False)
     assert "no database given" in line
 

@@ -123,6 +123,8 @@ def test_every_kind_passes_and_each_has_its_view(
         assert pg.sessions() == 1
         started = sidecar.events("sidecar.starting")[0]
         assert "primary" in json.dumps(started)
+        # Every check names its own target: the environment's database is not in use.
+        assert sidecar.events("sidecar.listening")[0]["database"] is None
 
 
 def test_a_hung_check_never_delays_another(
