@@ -1,6 +1,6 @@
 """This tree's sidecar beside an earlier release's, in the same run: start to Ready, RSS, imports.
 
-    .venv/bin/python -m bench.versions [--base REV] [--rounds N] [--out DIR]   # about a minute
+    .venv/bin/python -m bench.versions [--base REV] [--rounds N] [--out DIR]   # about two minutes
 
 The earlier release's `sidecar/` is taken from git (`git archive REV`), so both run on the same
 interpreter and the same installed dependencies; only the package differs. In interleaved
@@ -9,6 +9,12 @@ PostgreSQL with the DSN in a file, and is timed from the start to the first 200 
 (polled every 5 ms); its RSS is read after 3 s idle. Import time is `python -X importtime -c
 "import sidecar.__main__, sidecar.app"` (the cumulative microseconds of the two). Figures are
 medians, the ratio this/base taken round by round. Writes VERSIONS.md and versions.json.
+
+A third figure separates live memory from heap that glibc keeps after it was freed: each tree
+starts again under a small wrapper that, once the bench asks (a trigger file, after the same
+3 s idle), calls malloc_trim(0), which hands free heap pages back; RSS is read 0.5 s later.
+The wrapper (ctypes) adds the same to both; the difference of the two is what each one's
+objects and code really hold, whereas the plain RSS also depends on where freed blocks lay.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from bench.db import Database
 # The commit that released 0.2.0, the version before settings were declared once.
 DEFAULT_BASE = "68eb16c"
 IDLE_SECONDS = 3.0
+FIGURES = ("start_s", "rss_mib", "trimmed_mib", "import_ms")
 READY_TIMEOUT = 60.0
 
 
@@ -48,8 +55,22 @@ def export(rev: str, into: Path) -> Path:
     return into
 
 
-def start_to_ready(tree: Path, dsn_file: Path) -> tuple[float, int]:
-    """(seconds from spawn to the first /ready 200, RSS bytes after IDLE_SECONDS)."""
+# Runs the sidecar (cwd: the tree) and, once the trigger file exists, calls malloc_trim(0).
+TRIM_WRAPPER = """
+import ctypes, os, runpy, sys, threading, time
+def trim():
+    while not os.path.exists(sys.argv[1]):
+        time.sleep(0.05)
+    ctypes.CDLL(None).malloc_trim(0)
+threading.Thread(target=trim, daemon=True).start()
+sys.argv = ["sidecar"]
+runpy.run_module("sidecar", run_name="__main__", alter_sys=True)
+"""
+
+
+def start_to_ready(tree: Path, dsn_file: Path, trigger: Path | None = None) -> tuple[float, int]:
+    """(seconds from spawn to the first /ready 200, RSS bytes after IDLE_SECONDS); with a
+    `trigger`, the RSS 0.5 s after the process trimmed its heap instead."""
     port = procs.free_port()
     env = {
         "PATH": "/usr/bin:/bin",
@@ -60,7 +81,11 @@ def start_to_ready(tree: Path, dsn_file: Path) -> tuple[float, int]:
     }
     started = time.monotonic()
     # cwd = the tree: `python -m` puts it first on sys.path, so its `sidecar` is the one imported.
-    proc = procs.spawn([sys.executable, "-m", "sidecar"], env=env, cwd=tree)
+    command = [sys.executable, "-m", "sidecar"]
+    if trigger is not None:
+        trigger.unlink(missing_ok=True)
+        command = [sys.executable, "-c", TRIM_WRAPPER, str(trigger)]
+    proc = procs.spawn(command, env=env, cwd=tree)
     try:
         while True:
             try:
@@ -74,6 +99,9 @@ def start_to_ready(tree: Path, dsn_file: Path) -> tuple[float, int]:
             time.sleep(0.005)
         seconds = time.monotonic() - started
         time.sleep(IDLE_SECONDS)
+        if trigger is not None:
+            trigger.touch()
+            time.sleep(0.5)
         return seconds, procs.tree_rss_bytes(proc.pid)
     finally:
         procs.stop(proc)
@@ -115,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
                 seconds, rss = start_to_ready(trees[name], dsn_file)
                 row[f"{name}_start_s"] = seconds
                 row[f"{name}_rss_mib"] = rss / procs.MIB
+                _, trimmed = start_to_ready(trees[name], dsn_file, work / "trim")
+                row[f"{name}_trimmed_mib"] = trimmed / procs.MIB
                 row[f"{name}_import_ms"] = import_microseconds(trees[name]) / 1000
             rows.append(row)
             print(json.dumps(row), flush=True)
@@ -135,9 +165,9 @@ def main(argv: list[str] | None = None) -> int:
         **{
             f"{name}_{what}": round(median(f"{name}_{what}"), 3)
             for name in ("base", "this")
-            for what in ("start_s", "rss_mib", "import_ms")
+            for what in FIGURES
         },
-        **{f"ratio_{what}": round(ratio(what), 3) for what in ("start_s", "rss_mib", "import_ms")},
+        **{f"ratio_{what}": round(ratio(what), 3) for what in FIGURES},
     }
     args.out.mkdir(parents=True, exist_ok=True)
     report = {"summary": summary, "rounds": rows}
@@ -155,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     for what, label in (
         ("start_s", "start to the first /ready 200 (s)"),
         ("rss_mib", "RSS after start, 3 s idle (MiB)"),
+        ("trimmed_mib", "RSS after malloc_trim(0): live memory, under the wrapper (MiB)"),
         ("import_ms", "import of `sidecar.__main__` + `sidecar.app` (ms)"),
     ):
         lines.append(
