@@ -60,12 +60,9 @@ class HttpCheck:
 
     async def reset(self) -> None:
         """Drop the session and its connection; the next run starts afresh."""
-        await self._close_session()
+        await self.close()
 
     async def close(self) -> None:
-        await self._close_session()
-
-    async def _close_session(self) -> None:
         session, self._session = self._session, None
         if session is None or session.closed:
             return

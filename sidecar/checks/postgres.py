@@ -54,7 +54,6 @@ LIBPQ_ARGUMENTS: Final = ("host", "port", "user", "password", "database")
 # The rest of what asyncpg's DSN parser takes; only the host list is read from it here.
 _UNUSED_PARSE_ARGUMENTS: Final = [
     "passfile",
-    "ssl",
     "service",
     "servicefile",
     "direct_tls",
@@ -344,6 +343,8 @@ def _hosts(dsn: str | None, target: dict[str, Any]) -> list[tuple[str, int | Non
         parse = asyncpg.connect_utils._parse_connect_dsn_and_args  # type: ignore[attr-defined]
         addrs, _params = parse(
             dsn=dsn,
+            # Only the host list is read: no SSLContext to build (and drop) on every check.
+            ssl=False,
             **{key: target.get(key) for key in LIBPQ_ARGUMENTS},
             **dict.fromkeys(_UNUSED_PARSE_ARGUMENTS),
         )
