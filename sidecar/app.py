@@ -29,18 +29,12 @@ from sidecar.state import Board
 
 BOARD: Final = web.AppKey("board", Board)
 SERVER_COUNTS: Final = web.AppKey("server_counts", ServerCounts)
-PROBER_TASKS: Final = web.AppKey("prober_tasks", list["asyncio.Task[None]"])
 
 # Aliases follow the Kubernetes API server's own endpoint names.
 ENDPOINT_ROUTES: Final = (
     ("health", ("/health", "/livez")),
     ("ready", ("/ready", "/readyz")),
     ("startup", ("/startup", "/startupz")),
-)
-# One check's view, as kube-apiserver's /readyz/<check>.
-CHECK_ROUTES: Final = (
-    ("health", ("/health", "/livez")),
-    ("ready", ("/ready", "/readyz")),
 )
 
 log = structlog.get_logger("sidecar.app")
@@ -94,7 +88,6 @@ def create_app(
 
     app = web.Application()
     app[BOARD] = board
-    app[PROBER_TASKS] = []
     app[SERVER_COUNTS] = server_counts
     _add_routes(app, views, counts, registry, clock, names)
     loops = [CheckLoop(spec, check, board, observer=metrics, clock=clock) for spec, check in checks]
@@ -102,7 +95,7 @@ def create_app(
     stop_timeout = max(spec.policy.timeout for spec, _ in checks) + 1
 
     async def run_loops(app: web.Application) -> AsyncIterator[None]:
-        tasks = app[PROBER_TASKS]
+        tasks: list[asyncio.Task[None]] = []
         for loop, name in zip(loops, names, strict=True):
             task = asyncio.create_task(loop.run(), name=f"prober:{name}")
             task.add_done_callback(_watch(board, name))
@@ -134,20 +127,22 @@ def _add_routes(  # noqa: PLR0917 -- one private call site
 ) -> None:
     not_found, not_allowed = make_fallback_handlers(counts)
     view_for = {"health": views.health, "ready": views.ready, "startup": views.startup}
+    # One check's view, as kube-apiserver's /readyz/<check>.
+    check_view_for = {"health": views.health_check, "ready": views.ready_check}
     for name, paths in ENDPOINT_ROUTES:
         # /startup is a one-way latch over the critical checks: nothing to exclude there.
         handler = make_probe_handler(
             name, view_for[name], counts, clock.monotonic, allow_exclude=name != "startup"
         )
+        check_handler = None
+        if name in check_view_for:
+            check_handler = make_check_handler(
+                name, check_view_for[name], counts, clock.monotonic, tuple(names)
+            )
         for path in paths:
             _add(app, path, handler, not_allowed)
-    check_view_for = {"health": views.health_check, "ready": views.ready_check}
-    for name, paths in CHECK_ROUTES:
-        handler = make_check_handler(
-            name, check_view_for[name], counts, clock.monotonic, tuple(names)
-        )
-        for path in paths:
-            _add(app, path + "/{check}", handler, not_allowed)
+            if check_handler is not None:
+                _add(app, path + "/{check}", check_handler, not_allowed)
     metrics_handler = make_metrics_handler(registry, counts)
     _add(app, "/metrics", metrics_handler, not_allowed)
     app.router.add_route("*", "/{tail:.*}", not_found)
