@@ -142,7 +142,7 @@ class Metrics(Collector):
             labels=["check", "kind", "criticality"],
         )
         for state in states:
-            info.add_metric([state.name, state.kind, "critical" if state.critical else "warn"], 1)
+            info.add_metric([state.name, state.kind, state.criticality], 1)
         yield info
         yield from self._credential_metrics()
         for name, help_text, on in (

@@ -62,7 +62,6 @@ def component(state: CheckState, *, verbose: bool = False, now: float = 0.0) -> 
         "status": state.status,
     }
     if last is None:
-        entry["status"] = "fail" if state.critical else "warn"
         entry["output"] = "no result yet"
     else:
         entry["time"] = _iso(last.finished_at)
@@ -72,7 +71,7 @@ def component(state: CheckState, *, verbose: bool = False, now: float = 0.0) -> 
             entry["output"] = last.reason.value
     if verbose:
         entry["kind"] = state.kind
-        entry["criticality"] = "critical" if state.critical else "warn"
+        entry["criticality"] = state.criticality
         entry["state"] = state_word(state)
         entry["reason"] = last.reason.value if last and last.reason else None
         entry["details"] = dict(last.details) if last and last.details else None

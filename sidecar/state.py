@@ -78,6 +78,10 @@ class CheckState:
     next_due_monotonic: float = 0.0
 
     @property
+    def criticality(self) -> str:
+        return "critical" if self.critical else "warn"
+
+    @property
     def status(self) -> str:
         """IETF health-check status: pass, warn (passing but the latest check failed, or a
         failing check of `warn` criticality), fail."""
