@@ -49,7 +49,7 @@ def _probe_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", help=f"sidecar address [SIDECAR_HOST, default {PROBE_HOST}]")
     port = options.PORT
     parser.add_argument("--port", help=f"sidecar port [{port.env}, default {port.default}]")
-    parser.add_argument("--timeout", default="2", help="seconds to wait (default 2)")
+    parser.add_argument("--timeout", default="2", help="seconds to wait (default %(default)s)")
     return parser
 
 

@@ -142,8 +142,8 @@ def check_line(state: CheckState, verdict: Verdict) -> str:
 def own_check_line(state: CheckState, verdict: Verdict) -> str:
     """The line of /ready/<name>, which judges that check alone whatever its criticality."""
     if verdict.ok:
-        return f"[+]{state.name} ok"
-    return f"[-]{state.name} failed: {_failure_text(state, verdict)}"
+        return _line(state.name)
+    return _line(state.name, _failure_text(state, verdict))
 
 
 def text_report(
@@ -293,9 +293,9 @@ class Views:
         board = self._board
         lines = []
         if ready and board.draining:
-            lines.append("[-]draining failed: the sidecar is shutting down")
+            lines.append(_line("draining", "the sidecar is shutting down"))
         if board.prober_stopped:
-            lines.append("[-]probe-loop failed: a probe loop stopped")
+            lines.append(_line("probe-loop", "a probe loop stopped"))
         return lines
 
     def ready_check(self, name: str, now: float, query: Query = PLAIN) -> Rendered | None:
@@ -360,13 +360,18 @@ def _text_answer(
 
 def _loop_line(state: CheckState, verdict: Verdict) -> str:
     if verdict.ok:
-        return f"[+]{state.name} ok"
-    return f"[-]{state.name} failed: {verdict.output or 'probe loop stalled'}"
+        return _line(state.name)
+    return _line(state.name, verdict.output or "probe loop stalled")
 
 
 def _startup_line(state: CheckState) -> str:
     if state.ever_passed:
-        return f"[+]{state.name} ok"
+        return _line(state.name)
     if not state.critical:
-        return f"[+]{state.name} ok (criticality warn: not awaited)"
-    return f"[-]{state.name} failed: not passed yet"
+        return _line(state.name) + " (criticality warn: not awaited)"
+    return _line(state.name, "not passed yet")
+
+
+def _line(name: str, failure: str | None = None) -> str:
+    """kube-apiserver's line for one check: `[+]name ok`, or `[-]name failed: why`."""
+    return f"[+]{name} ok" if failure is None else f"[-]{name} failed: {failure}"
