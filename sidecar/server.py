@@ -135,7 +135,7 @@ class ConnectionCap:
         self._lowered_at = 0.0
         self._counts = counts
         self._monotonic = monotonic
-        self._open: dict[_Counted, asyncio.BaseTransport] = {}
+        self._open: dict[object, asyncio.BaseTransport] = {}
 
     @property
     def limit(self) -> int:
@@ -145,15 +145,24 @@ class ConnectionCap:
             self._ceiling = self._wanted  # whatever held the descriptors has had time to go
         return min(self._ceiling, connection_limit(self._wanted))
 
-    def wrap(self, factory: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
-        return lambda: _Counted(factory(), self)
+    def watch(self, server: web.Server) -> None:
+        """Count `server`'s connections: its own bookkeeping hooks, extended."""
+        made, lost = server.connection_made, server.connection_lost
 
-    def opened(self, protocol: _Counted, transport: asyncio.BaseTransport) -> None:
-        self._open[protocol] = transport
+        def connection_made(handler: Any, transport: asyncio.Transport) -> None:
+            made(handler, transport)
+            self.opened(handler, transport)
+
+        def connection_lost(handler: Any, exc: BaseException | None = None) -> None:
+            self._open.pop(handler, None)
+            lost(handler, exc)
+
+        server.connection_made = connection_made  # type: ignore[method-assign]
+        server.connection_lost = connection_lost  # type: ignore[method-assign]
+
+    def opened(self, connection: object, transport: asyncio.BaseTransport) -> None:
+        self._open[connection] = transport
         self._close_beyond(self.limit)
-
-    def closed(self, protocol: _Counted) -> None:
-        self._open.pop(protocol, None)
 
     def out_of_descriptors(self) -> None:
         """Accept failed for want of descriptors: something else holds them. Lower the cap
@@ -173,58 +182,6 @@ class ConnectionCap:
             self._counts.connections_evicted += 1
             with contextlib.suppress(Exception):
                 oldest_transport.abort()  # type: ignore[attr-defined]
-
-
-class _Counted(asyncio.Protocol):
-    """aiohttp's protocol, unchanged, with its connection counted by the cap."""
-
-    __slots__ = ("_cap", "_inner")
-
-    def __init__(self, inner: asyncio.Protocol, cap: ConnectionCap) -> None:
-        self._inner = inner
-        self._cap = cap
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._inner.connection_made(transport)
-        self._cap.opened(self, transport)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._cap.closed(self)
-        self._inner.connection_lost(exc)
-
-    def data_received(self, data: bytes) -> None:
-        self._inner.data_received(data)
-
-    def eof_received(self) -> bool | None:
-        return self._inner.eof_received()
-
-    def pause_writing(self) -> None:
-        self._inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        self._inner.resume_writing()
-
-
-class CappedSockSite(web.SockSite):
-    """A SockSite whose connections go through a ConnectionCap."""
-
-    def __init__(self, runner: web.AppRunner, sock: socket.socket, cap: ConnectionCap) -> None:
-        super().__init__(
-            runner, sock, shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS, backlog=LISTEN_BACKLOG
-        )
-        self._cap = cap
-
-    async def start(self) -> None:
-        # SockSite.start, with the protocol factory wrapped.
-        await web.BaseSite.start(self)
-        server = self._runner.server
-        if server is None:
-            raise RuntimeError("the runner is not set up")
-        self._server = await asyncio.get_running_loop().create_server(
-            self._cap.wrap(server),
-            sock=self._sock,
-            backlog=self._backlog,
-        )
 
 
 class AcceptErrors:
@@ -286,8 +243,14 @@ async def serve(app: web.Application, settings: Settings) -> None:
     )
     try:
         await runner.setup()
+        if runner.server is None:
+            raise RuntimeError("the runner is not set up")
+        cap.watch(runner.server)
         for sock in sockets:
-            await CappedSockSite(runner, sock, cap).start()
+            site = web.SockSite(
+                runner, sock, shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS, backlog=LISTEN_BACKLOG
+            )
+            await site.start()
         log.info(
             "sidecar.listening",
             host=settings.host,

@@ -29,8 +29,7 @@ def open_many(cap: ConnectionCap, count: int) -> list[FakeTransport]:
     transports = []
     for _ in range(count):
         transport = FakeTransport()
-        protocol = cap.wrap(asyncio.Protocol)()
-        protocol.connection_made(transport)
+        cap.opened(object(), transport)
         transports.append(transport)
     return transports
 
