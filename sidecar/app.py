@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Final
 
@@ -127,17 +128,15 @@ def _add_routes(  # noqa: PLR0917 -- one private call site
 ) -> None:
     not_found, not_allowed = make_fallback_handlers(counts)
     view_for = {"health": views.health, "ready": views.ready, "startup": views.startup}
-    # One check's view, as kube-apiserver's /readyz/<check>.
-    check_view_for = {"health": views.health_check, "ready": views.ready_check}
     for name, paths in ENDPOINT_ROUTES:
         # /startup is a one-way latch over the critical checks: nothing to exclude there.
         handler = make_probe_handler(
             name, view_for[name], counts, clock.monotonic, allow_exclude=name != "startup"
         )
         check_handler = None
-        if name in check_view_for:
+        if name != "startup":  # one check's view, as kube-apiserver's /readyz/<check>
             check_handler = make_check_handler(
-                name, check_view_for[name], counts, clock.monotonic, tuple(names)
+                name, functools.partial(views.check, name), counts, clock.monotonic, tuple(names)
             )
         for path in paths:
             _add(app, path, handler, not_allowed)

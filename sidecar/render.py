@@ -133,17 +133,15 @@ def _failure_text(state: CheckState, verdict: Verdict) -> str:
     return text
 
 
-def check_line(state: CheckState, verdict: Verdict) -> str:
-    """One kube-apiserver-style line of /ready: `[+]name ok` or `[-]name failed: reason`."""
-    suffix = "" if state.critical else " (criticality warn: does not fail readiness)"
-    return own_check_line(state, verdict) + ("" if verdict.ok else suffix)
-
-
-def own_check_line(state: CheckState, verdict: Verdict) -> str:
-    """The line of /ready/<name>, which judges that check alone whatever its criticality."""
+def check_line(state: CheckState, verdict: Verdict, *, alone: bool = False) -> str:
+    """One kube-apiserver-style line of /ready: `[+]name ok` or `[-]name failed: reason`.
+    In the list, a failing warn check adds that it does not fail readiness; `alone` (the line
+    of /ready/<name>, which judges that check whatever its criticality) does not."""
     if verdict.ok:
         return _line(state.name)
-    return _line(state.name, _failure_text(state, verdict))
+    warn = not state.critical and not alone
+    suffix = " (criticality warn: does not fail readiness)" if warn else ""
+    return _line(state.name, _failure_text(state, verdict)) + suffix
 
 
 def text_report(
@@ -298,42 +296,25 @@ class Views:
             lines.append(_line("probe-loop", "a probe loop stopped"))
         return lines
 
-    def ready_check(self, name: str, now: float, query: Query = PLAIN) -> Rendered | None:
-        """/ready/<name>: that check alone, whatever its criticality; None if unknown."""
-        state = self._board.checks.get(name)
+    def check(self, endpoint: str, name: str, now: float, query: Query = PLAIN) -> Rendered | None:
+        """/ready/<name> (that check alone, whatever its criticality) or /health/<name> (that
+        check's loop keeps its schedule); None if no check has that name."""
+        board = self._board
+        state = board.checks.get(name)
         if state is None:
             return None
-        verdict = check_readiness(state, now=now)
-        return self._one("ready", state, verdict, now, query, own_check_line)
-
-    def health_check(self, name: str, now: float, query: Query = PLAIN) -> Rendered | None:
-        """/health/<name>: that check's loop keeps its schedule; None if unknown."""
-        state = self._board.checks.get(name)
-        if state is None:
-            return None
-        verdict = check_liveness(state, now=now)
-        if self._board.prober_stopped:
+        ready = endpoint == "ready"
+        verdict = (check_readiness if ready else check_liveness)(state, now=now)
+        if not ready and board.prober_stopped:
             verdict = Verdict(False, "probe loop stopped")
-        return self._one("health", state, verdict, now, query, _loop_line)
-
-    def _one(  # noqa: PLR0917 -- private; the two callers pass the same six things
-        self,
-        endpoint: str,
-        state: CheckState,
-        verdict: Verdict,
-        now: float,
-        query: Query,
-        line: Callable[[CheckState, Verdict], str],
-    ) -> Rendered:
         if query.text:
-            return _text_answer(endpoint, verdict, query, lambda: [line(state, verdict)])
+            line = check_line(state, verdict, alone=True) if ready else _loop_line(state, verdict)
+            return _text_answer(endpoint, verdict, query, lambda: [line])
         if not query.verbose:
             return self._memo(
-                f"{endpoint}/{state.name}",
-                verdict,
-                lambda: document(self._board, verdict, states=[state]),
+                f"{endpoint}/{name}", verdict, lambda: document(board, verdict, states=[state])
             )
-        doc = document(self._board, verdict, states=[state], verbose=True, now=now)
+        doc = document(board, verdict, states=[state], verbose=True, now=now)
         return (_status(verdict), encode(doc), CONTENT_TYPE)
 
 
