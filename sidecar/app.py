@@ -24,12 +24,12 @@ from sidecar.handlers import (
     make_probe_handler,
 )
 from sidecar.loop import CheckLoop, Clock, SystemClock
-from sidecar.metrics import Metrics, RequestCounts, ServerCounts, SurroundingsCollector
+from sidecar.metrics import Counts, Metrics
 from sidecar.render import Views
 from sidecar.state import Board
 
 BOARD: Final = web.AppKey("board", Board)
-SERVER_COUNTS: Final = web.AppKey("server_counts", ServerCounts)
+COUNTS: Final = web.AppKey("counts", Counts)
 
 # Aliases follow the Kubernetes API server's own endpoint names.
 ENDPOINT_ROUTES: Final = (
@@ -72,24 +72,23 @@ def create_app(
     registry = registry if registry is not None else CollectorRegistry()
     clock = clock or SystemClock()
     board = board if board is not None else Board()
-    counts = RequestCounts()
+    counts = Counts()
     metrics = Metrics(
         registry,
         board,
         check_names=names,
         monotonic=clock.monotonic,
-        requests=counts,
+        counts=counts,
         credentials=credentials,
+        dropped_log_lines=dropped_log_lines,
     )
-    server_counts = ServerCounts()
-    registry.register(SurroundingsCollector(server_counts, dropped_log_lines))
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     views = Views(board, names=names)
 
     app = web.Application()
     app[BOARD] = board
-    app[SERVER_COUNTS] = server_counts
+    app[COUNTS] = counts
     _add_routes(app, views, counts, registry, clock, names)
     loops = [CheckLoop(spec, check, board, observer=metrics, clock=clock) for spec, check in checks]
     # Shutdown waits at most this long for the loops: the slowest check's timeout, plus slack.
@@ -121,7 +120,7 @@ def create_app(
 def _add_routes(  # noqa: PLR0917 -- one private call site
     app: web.Application,
     views: Views,
-    counts: RequestCounts,
+    counts: Counts,
     registry: CollectorRegistry,
     clock: Clock,
     names: list[str],

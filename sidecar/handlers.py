@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from sidecar.checkspec import NAME_PATTERN
-from sidecar.metrics import RequestCounts
+from sidecar.metrics import Counts
 from sidecar.render import CONTENT_TYPE, PLAIN, TEXT_CONTENT_TYPE, Query, Rendered, encode
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -103,7 +103,7 @@ def _wants_text(request: web.Request) -> bool:
 def make_probe_handler(
     name: str,
     view: View,
-    counts: RequestCounts,
+    counts: Counts,
     monotonic: Callable[[], float],
     *,
     allow_exclude: bool = True,
@@ -128,7 +128,7 @@ def make_probe_handler(
 def make_check_handler(
     name: str,
     view: CheckView,
-    counts: RequestCounts,
+    counts: Counts,
     monotonic: Callable[[], float],
     known: tuple[str, ...],
 ) -> Handler:
@@ -154,7 +154,7 @@ def make_check_handler(
     return handler
 
 
-def make_metrics_handler(registry: CollectorRegistry, counts: RequestCounts) -> Handler:
+def make_metrics_handler(registry: CollectorRegistry, counts: Counts) -> Handler:
     # prometheus-client's own handler does the content negotiation (OpenMetrics on Accept).
     inner = make_aiohttp_handler(registry)
 
@@ -167,7 +167,7 @@ def make_metrics_handler(registry: CollectorRegistry, counts: RequestCounts) -> 
     return metrics_handler
 
 
-def make_fallback_handlers(counts: RequestCounts) -> tuple[Handler, Handler]:
+def make_fallback_handlers(counts: Counts) -> tuple[Handler, Handler]:
     """404 for unknown paths and 405 for other methods, with the same headers and counting."""
 
     async def not_found(request: web.Request) -> web.Response:

@@ -42,21 +42,24 @@ _CHECK_GAUGES: Final[tuple[tuple[str, str, Callable[[CheckState], float]], ...]]
 )
 
 
-class RequestCounts:
-    """HTTP requests by handler and status: a plain dict bump on the request path.
+class Counts:
+    """What the server counts on its own paths, read at scrape time: requests by handler and
+    status, and what the surroundings did to the process (accept errors, evictions at the cap).
 
-    Cheaper than a labelled prometheus Counter (no lock, no child lookup); exposed as a
-    counter family at scrape time.
+    A plain attribute bump on the request path: cheaper than a labelled prometheus Counter (no
+    lock, no child lookup); exposed as counter families at scrape time.
     """
 
-    __slots__ = ("counts",)
+    __slots__ = ("accept_errors", "connections_evicted", "requests")
 
     def __init__(self) -> None:
-        self.counts: dict[tuple[str, int], int] = {}
+        self.requests: dict[tuple[str, int], int] = {}
+        self.accept_errors = 0
+        self.connections_evicted = 0
 
     def hit(self, handler: str, status: int) -> None:
         key = (handler, status)
-        self.counts[key] = self.counts.get(key, 0) + 1
+        self.requests[key] = self.requests.get(key, 0) + 1
 
 
 class Metrics(Collector):
@@ -69,12 +72,14 @@ class Metrics(Collector):
         *,
         check_names: Iterable[str],
         monotonic: Callable[[], float],
-        requests: RequestCounts,
+        counts: Counts,
         credentials: Mapping[str, CredentialsStatus] | None = None,
+        dropped_log_lines: Callable[[], int] = lambda: 0,
     ) -> None:
         self._board = board
         self._monotonic = monotonic
-        self._requests = requests
+        self._counts = counts
+        self._dropped_log_lines = dropped_log_lines
         self._credentials = credentials or {}
         self.duration = Histogram(
             "health_sidecar_check_duration_seconds",
@@ -175,10 +180,11 @@ class Metrics(Collector):
             "HTTP requests answered, by handler and status code.",
             labels=["handler", "code"],
         )
-        for (handler, status), count in sorted(self._requests.counts.items()):
+        counts = self._counts
+        for (handler, status), count in sorted(counts.requests.items()):
             requests.add_metric([handler, str(status)], count)
         # The scrape that reads this is itself not counted yet; keep the family non-empty.
-        if not any(handler == "metrics" for handler, _ in self._requests.counts):
+        if not any(handler == "metrics" for handler, _ in counts.requests):
             requests.add_metric(["metrics", "200"], 0)
         yield requests
         build = GaugeMetricFamily(
@@ -186,6 +192,24 @@ class Metrics(Collector):
         )
         build.add_metric([__version__], 1)
         yield build
+        for name, help_text, total in (
+            (
+                "health_sidecar_log_lines_dropped",
+                "Log lines dropped because stdout did not keep up (a stalled log pipe).",
+                self._dropped_log_lines(),
+            ),
+            (
+                "health_sidecar_accept_errors",
+                "Connections the server could not accept (out of file descriptors, memory).",
+                counts.accept_errors,
+            ),
+            (
+                "health_sidecar_connections_evicted",
+                "Idle connections closed early to make room under the connection cap.",
+                counts.connections_evicted,
+            ),
+        ):
+            yield CounterMetricFamily(name, help_text, value=total)
 
     def _credential_metrics(self) -> Iterator[Metric]:
         """Only for checks whose DSN comes from a watched file (rotation)."""
@@ -209,41 +233,3 @@ class Metrics(Collector):
             last_ok.add_metric([name], float(status.last_reload_ok))
         yield reloads
         yield last_ok
-
-
-class ServerCounts:
-    """What the process's surroundings did to it: counted by the server, read at scrape time."""
-
-    __slots__ = ("accept_errors", "connections_evicted")
-
-    def __init__(self) -> None:
-        self.accept_errors = 0
-        self.connections_evicted = 0
-
-
-class SurroundingsCollector(Collector):
-    """Counters of the server (accept errors, evictions at the cap) and of the log writer."""
-
-    def __init__(self, counts: ServerCounts, dropped_log_lines: Callable[[], int]) -> None:
-        self._counts = counts
-        self._dropped_log_lines = dropped_log_lines
-
-    def collect(self) -> Iterator[Metric]:
-        for name, help_text, value in (
-            (
-                "health_sidecar_log_lines_dropped",
-                "Log lines dropped because stdout did not keep up (a stalled log pipe).",
-                self._dropped_log_lines(),
-            ),
-            (
-                "health_sidecar_accept_errors",
-                "Connections the server could not accept (out of file descriptors, memory).",
-                self._counts.accept_errors,
-            ),
-            (
-                "health_sidecar_connections_evicted",
-                "Idle connections closed early to make room under the connection cap.",
-                self._counts.connections_evicted,
-            ),
-        ):
-            yield CounterMetricFamily(name, help_text, value=value)

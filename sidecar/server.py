@@ -25,9 +25,9 @@ import structlog
 from aiohttp import web
 
 from sidecar import __version__, resolver
-from sidecar.app import BOARD, SERVER_COUNTS
+from sidecar.app import BOARD, COUNTS
 from sidecar.config import Settings
-from sidecar.metrics import ServerCounts
+from sidecar.metrics import Counts
 
 # Requests here take microseconds; this only bounds a client that never reads its answer.
 SHUTDOWN_TIMEOUT_SECONDS: Final = 2.0
@@ -127,7 +127,7 @@ class ConnectionCap:
     def __init__(
         self,
         wanted: int,
-        counts: ServerCounts,
+        counts: Counts,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._wanted = wanted
@@ -189,7 +189,7 @@ class AcceptErrors:
 
     def __init__(
         self,
-        counts: ServerCounts,
+        counts: Counts,
         on_error: Callable[[], None],
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -225,7 +225,7 @@ async def serve(app: web.Application, settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     # asyncio resolves names in the default executor, whose threads exit would wait for.
     loop.set_default_executor(resolver.shared())
-    counts = app[SERVER_COUNTS]
+    counts = app[COUNTS]
     cap = ConnectionCap(connection_limit(settings.max_connections), counts)
     loop.set_exception_handler(AcceptErrors(counts, cap.out_of_descriptors))
     signals: asyncio.Queue[str] = asyncio.Queue()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from sidecar.metrics import ServerCounts
+from sidecar.metrics import Counts
 from sidecar.server import CEILING_RESET_SECONDS, ConnectionCap
 
 
@@ -36,7 +36,7 @@ def open_many(cap: ConnectionCap, count: int) -> list[FakeTransport]:
 
 def test_beyond_the_cap_the_oldest_connection_is_closed() -> None:
     """The 11th connection under a cap of 10 closes the first, and only it."""
-    counts = ServerCounts()
+    counts = Counts()
     cap = ConnectionCap(10, counts)
     transports = open_many(cap, 11)
     assert [t.aborted for t in transports] == [True] + [False] * 10
@@ -47,7 +47,7 @@ def test_accept_errors_lower_the_cap_once_per_burst_and_it_recovers() -> None:
     """Out of descriptors: the cap drops under what is open, once per burst; back after a
     quiet minute."""
     clock = Clock()
-    cap = ConnectionCap(100, ServerCounts(), monotonic=clock)
+    cap = ConnectionCap(100, Counts(), monotonic=clock)
     transports = open_many(cap, 40)
     for _ in range(50):  # one burst of failed accepts
         cap.out_of_descriptors()
