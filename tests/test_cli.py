@@ -147,6 +147,13 @@ def test_exec_probe_bad_arguments_exit_2(args: list[str], env: dict[str, str], n
     assert named in result.stderr
 
 
+def test_a_probe_usage_error_points_at_the_probe_help() -> None:
+    """A usage error of `probe` names the probe command and its own --help."""
+    result = run(["probe", "alive"])
+    assert result.stderr.startswith("health-sidecar probe: argument endpoint: ")
+    assert result.stderr.endswith(" (see health-sidecar probe --help)\n")
+
+
 def test_help_lists_the_config_file_flag() -> None:
     """--help shows --config-file and its variable, like every other setting."""
     result = run(["--help"])
