@@ -15,6 +15,16 @@ from sidecar.config import ConfigError, Settings
 PROG = "health-sidecar"
 # The exec probe runs in the sidecar's own container: loopback reaches it on any listen address.
 PROBE_HOST = "127.0.0.1"
+# Only a flag of `probe`: kubelet's exec timeout bounds it too; declared as the settings are.
+PROBE_TIMEOUT = options.Setting(
+    env="",
+    field="timeout",
+    type="seconds",
+    default=2.0,
+    above_minimum=True,
+    maximum=300,
+    help="seconds to wait",
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -49,7 +59,7 @@ def _probe_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", help=f"sidecar address [SIDECAR_HOST, default {PROBE_HOST}]")
     port = options.PORT
     parser.add_argument("--port", help=f"sidecar port [{port.env}, default {port.default}]")
-    parser.add_argument("--timeout", default="2", help="seconds to wait (default %(default)s)")
+    parser.add_argument("--timeout", help=PROBE_TIMEOUT.help_line)
     return parser
 
 
@@ -170,17 +180,12 @@ def _probe(args: list[str], env: dict[str, str]) -> int:
     port, problem = setting.parse(raw_port)
     if problem is not None:
         problems.append(f"{'--port' if given.port else setting.env}: {problem}")
-    try:
-        timeout = float(given.timeout)
-    except ValueError:
-        timeout = 0.0
-    if not 0 < timeout <= 300:
-        problems.append(
-            f"--timeout: must be a number of seconds in (0, 300], got {given.timeout!r}"
-        )
+    timeout, problem = PROBE_TIMEOUT.parse(given.timeout or str(PROBE_TIMEOUT.default))
+    if problem is not None:
+        problems.append(f"--timeout: {problem}")
     if problems:
         return _fail(problems)
-    ok, detail = probe(given.endpoint, host=host, port=int(port or 0), timeout=timeout)
+    ok, detail = probe(given.endpoint, host=host, port=int(port or 0), timeout=float(timeout or 0))
     print(detail, file=sys.stdout if ok else sys.stderr)
     return 0 if ok else 1
 
