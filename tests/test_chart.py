@@ -224,6 +224,8 @@ INVALID_VALUES = {
     "pdb-as-word": ({"podDisruptionBudget": {"maxUnavailable": "one"}}, "maxUnavailable"),
     "uid-as-name": ({"podSecurityContext": {"runAsUser": "nobody"}}, "/podSecurityContext"),
     "unknown-check-kind": ({"checks": [{"name": "cache", "kind": "redis"}]}, "/checks/0/kind"),
+    "name-override-not-a-dns-label": ({"nameOverride": "Health_Sidecar"}, "/nameOverride"),
+    "fullname-override-not-a-dns-label": ({"fullnameOverride": "glucolens."}, "/fullnameOverride"),
     "check-name-with-capitals": (
         {"checks": [{"name": "Cache", "kind": "tcp", "host": "redis", "port": 6379}]},
         "/checks/0/name",
@@ -328,6 +330,10 @@ def test_schema_accepts_the_defaults_with_a_database() -> None:
         (merged(BASE, {"checks": [TCP_CHECK, TCP_CHECK]}), 'name "cache" is used twice'),
         (merged(BASE, {"checkDefaults": {"interval_seconds": 2}}), "checks list, which is empty"),
         (
+            merged(BASE, {"sidecar": {"drainSeconds": 30}, "terminationGracePeriodSeconds": 30}),
+            "sidecar.drainSeconds (30) must be less than terminationGracePeriodSeconds (30)",
+        ),
+        (
             merged(BASE, {"extraDatabaseSecrets": [REPLICA_SECRET, REPLICA_SECRET]}),
             'extraDatabaseSecrets: the name "replica" is used twice',
         ),
@@ -339,6 +345,7 @@ def test_schema_accepts_the_defaults_with_a_database() -> None:
         "app-without-version",
         "duplicate-check-names",
         "check-defaults-without-checks",
+        "drain-as-long-as-the-grace-period",
         "duplicate-dsn-secret-names",
     ],
 )
@@ -347,6 +354,12 @@ def test_render_refuses_values_only_templates_can_judge(values: Obj, message: st
     with pytest.raises(helm.HelmError) as refused:
         render(values)
     assert message in str(refused.value)
+
+
+def test_a_drain_of_zero_needs_no_grace_period() -> None:
+    """drainSeconds 0 with a grace period of 0 renders: nothing is left to cut short."""
+    values = merged(BASE, {"sidecar": {"drainSeconds": 0}, "terminationGracePeriodSeconds": 0})
+    assert pod_spec(render(values))["terminationGracePeriodSeconds"] == 0
 
 
 # ---- what the rendered pod does --------------------------------------------------------------

@@ -98,6 +98,10 @@ database-url
 {{- if and .Values.podDisruptionBudget.enabled (ne (toString .Values.podDisruptionBudget.minAvailable) "") (ne (toString .Values.podDisruptionBudget.maxUnavailable) "") }}
 {{- fail "set only one of podDisruptionBudget.minAvailable and podDisruptionBudget.maxUnavailable" }}
 {{- end }}
+{{- $drain := float64 .Values.sidecar.drainSeconds }}
+{{- if and (gt $drain 0.0) (ge $drain (float64 .Values.terminationGracePeriodSeconds)) }}
+{{- fail (printf "sidecar.drainSeconds (%v) must be less than terminationGracePeriodSeconds (%v): kubelet kills the pod when the grace period ends, in the middle of the drain" .Values.sidecar.drainSeconds .Values.terminationGracePeriodSeconds) }}
+{{- end }}
 {{- if and .Values.checkDefaults (not .Values.checks) }}
 {{- fail "checkDefaults applies only to the checks list, which is empty; set checks, or tune the single check with sidecar.checkInterval and friends" }}
 {{- end }}
