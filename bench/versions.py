@@ -1,6 +1,6 @@
 """This tree's sidecar beside an earlier release's, in the same run: start to Ready, RSS, imports.
 
-    .venv/bin/python -m bench.versions [--base REV] [--rounds N] [--out DIR]   # about two minutes
+    .venv/bin/python -m bench.versions [--base REV] [--rounds N] [--out DIR]   # a few minutes
 
 The earlier release's `sidecar/` is taken from git (`git archive REV`), so both run on the same
 interpreter and the same installed dependencies; only the package differs. In interleaved
@@ -10,11 +10,12 @@ PostgreSQL with the DSN in a file, and is timed from the start to the first 200 
 "import sidecar.__main__, sidecar.app"` (the cumulative microseconds of the two). Figures are
 medians, the ratio this/base taken round by round. Writes VERSIONS.md and versions.json.
 
-A third figure separates live memory from heap that glibc keeps after it was freed: each tree
-starts again under a small wrapper that, once the bench asks (a trigger file, after the same
-3 s idle), calls malloc_trim(0), which hands free heap pages back; RSS is read 0.5 s later.
-The wrapper (ctypes) adds the same to both; the difference of the two is what each one's
-objects and code really hold, whereas the plain RSS also depends on where freed blocks lay.
+A third figure separates live memory from how the process's pages happen to be laid out: each
+tree starts again with PYTHONTRACEMALLOC=1 under a small wrapper that, once the bench asks (a
+trigger file, after the same 3 s idle), reports tracemalloc's traced total: the bytes of every
+Python allocation still alive, whatever arenas and heap pages they sit in. The plain RSS also
+moves with layout: a few kilobytes more of live objects can open one more of pymalloc's 1 MiB
+arenas, or not.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from bench.db import Database
 # The commit that released 0.2.0, the version before settings were declared once.
 DEFAULT_BASE = "68eb16c"
 IDLE_SECONDS = 3.0
-FIGURES = ("start_s", "rss_mib", "trimmed_mib", "import_ms")
+FIGURES = ("start_s", "rss_mib", "traced_mib", "import_ms")
 READY_TIMEOUT = 60.0
 
 
@@ -55,22 +56,27 @@ def export(rev: str, into: Path) -> Path:
     return into
 
 
-# Runs the sidecar (cwd: the tree) and, once the trigger file exists, calls malloc_trim(0).
-TRIM_WRAPPER = """
-import ctypes, os, runpy, sys, threading, time
-def trim():
-    while not os.path.exists(sys.argv[1]):
+# Runs the sidecar (cwd: the tree) under tracemalloc and, once the trigger file exists, writes
+# the traced total to "<trigger>.done". The path is read before sys.argv becomes the sidecar's.
+TRACE_WRAPPER = """
+import os, runpy, sys, threading, time, tracemalloc
+trigger = sys.argv[1]
+def report():
+    while not os.path.exists(trigger):
         time.sleep(0.05)
-    ctypes.CDLL(None).malloc_trim(0)
-threading.Thread(target=trim, daemon=True).start()
+    with open(trigger + ".part", "w") as out:
+        out.write(str(tracemalloc.get_traced_memory()[0]))
+    os.rename(trigger + ".part", trigger + ".done")
+threading.Thread(target=report, daemon=True).start()
 sys.argv = ["sidecar"]
 runpy.run_module("sidecar", run_name="__main__", alter_sys=True)
 """
+TRACE_WAIT_SECONDS = 5.0
 
 
 def start_to_ready(tree: Path, dsn_file: Path, trigger: Path | None = None) -> tuple[float, int]:
     """(seconds from spawn to the first /ready 200, RSS bytes after IDLE_SECONDS); with a
-    `trigger`, the RSS 0.5 s after the process trimmed its heap instead."""
+    `trigger`, under tracemalloc, the traced bytes after IDLE_SECONDS instead of the RSS."""
     port = procs.free_port()
     env = {
         "PATH": "/usr/bin:/bin",
@@ -82,9 +88,12 @@ def start_to_ready(tree: Path, dsn_file: Path, trigger: Path | None = None) -> t
     started = time.monotonic()
     # cwd = the tree: `python -m` puts it first on sys.path, so its `sidecar` is the one imported.
     command = [sys.executable, "-m", "sidecar"]
+    done = Path(f"{trigger}.done")
     if trigger is not None:
         trigger.unlink(missing_ok=True)
-        command = [sys.executable, "-c", TRIM_WRAPPER, str(trigger)]
+        done.unlink(missing_ok=True)
+        env["PYTHONTRACEMALLOC"] = "1"
+        command = [sys.executable, "-c", TRACE_WRAPPER, str(trigger)]
     proc = procs.spawn(command, env=env, cwd=tree)
     try:
         while True:
@@ -99,10 +108,15 @@ def start_to_ready(tree: Path, dsn_file: Path, trigger: Path | None = None) -> t
             time.sleep(0.005)
         seconds = time.monotonic() - started
         time.sleep(IDLE_SECONDS)
-        if trigger is not None:
-            trigger.touch()
-            time.sleep(0.5)
-        return seconds, procs.tree_rss_bytes(proc.pid)
+        if trigger is None:
+            return seconds, procs.tree_rss_bytes(proc.pid)
+        trigger.touch()
+        deadline = time.monotonic() + TRACE_WAIT_SECONDS
+        while not done.exists():  # no figure unless the wrapper really reported one
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{tree}: the tracemalloc wrapper did not report")
+            time.sleep(0.05)
+        return seconds, int(done.read_text())
     finally:
         procs.stop(proc)
 
@@ -143,8 +157,8 @@ def main(argv: list[str] | None = None) -> int:
                 seconds, rss = start_to_ready(trees[name], dsn_file)
                 row[f"{name}_start_s"] = seconds
                 row[f"{name}_rss_mib"] = rss / procs.MIB
-                _, trimmed = start_to_ready(trees[name], dsn_file, work / "trim")
-                row[f"{name}_trimmed_mib"] = trimmed / procs.MIB
+                _, traced = start_to_ready(trees[name], dsn_file, work / "trace")
+                row[f"{name}_traced_mib"] = traced / procs.MIB
                 row[f"{name}_import_ms"] = import_microseconds(trees[name]) / 1000
             rows.append(row)
             print(json.dumps(row), flush=True)
@@ -185,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     for what, label in (
         ("start_s", "start to the first /ready 200 (s)"),
         ("rss_mib", "RSS after start, 3 s idle (MiB)"),
-        ("trimmed_mib", "RSS after malloc_trim(0): live memory, under the wrapper (MiB)"),
+        ("traced_mib", "live Python heap after 3 s idle: tracemalloc's traced total (MiB)"),
         ("import_ms", "import of `sidecar.__main__` + `sidecar.app` (ms)"),
     ):
         lines.append(
