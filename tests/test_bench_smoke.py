@@ -118,3 +118,23 @@ def test_markdown_and_plot_are_written(quick_run: Path) -> None:
     for heading in ("## Targets", "## 1.", "## 2.", "## 3.", "## 4.", "## 5."):
         assert heading in markdown, heading
     assert (quick_run / "outage.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_versions_reports_every_figure_for_both_trees(tmp_path: Path) -> None:
+    """bench.versions, one round: every figure of both trees is measured (the live-heap wrapper
+    really reports), and the live Python heap is a part of the RSS."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.versions", "--rounds", "1", "--out", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, f"bench failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    summary = json.loads((tmp_path / "versions.json").read_text())["summary"]
+    for tree in ("base", "this"):
+        figures = {what: summary[f"{tree}_{what}"] for what in ("start_s", "rss_mib", "import_ms")}
+        assert all(value > 0 for value in figures.values()), figures
+        assert 1 < summary[f"{tree}_traced_mib"] < summary[f"{tree}_rss_mib"]
+    assert "live Python heap" in (tmp_path / "VERSIONS.md").read_text()
