@@ -174,18 +174,21 @@ def _probe(args: list[str], env: dict[str, str]) -> int:
 
     given = _probe_parser().parse_args(args)
     problems = []
-    host = given.host or env.get("SIDECAR_HOST", "").strip() or PROBE_HOST
-    setting = options.PORT
-    raw_port = given.port or env.get(setting.env, "").strip() or str(setting.default)
-    port, problem = setting.parse(raw_port)
-    if problem is not None:
-        problems.append(f"{'--port' if given.port else setting.env}: {problem}")
-    timeout, problem = PROBE_TIMEOUT.parse(given.timeout or str(PROBE_TIMEOUT.default))
-    if problem is not None:
-        problems.append(f"--timeout: {problem}")
+    # Host and port as the server reads them: the flag, else the variable; loopback by default.
+    found: dict[str, Any] = {}
+    for setting, flag_value, default in (
+        (options.BY_FIELD["host"], given.host, PROBE_HOST),
+        (options.PORT, given.port, options.PORT.default),
+        (PROBE_TIMEOUT, given.timeout, PROBE_TIMEOUT.default),
+    ):
+        raw = flag_value or (setting.env and env.get(setting.env, "").strip()) or str(default)
+        found[setting.field], problem = setting.parse(raw)
+        if problem is not None:
+            named = f"--{setting.field}" if flag_value else setting.env
+            problems.append(f"{named}: {problem}")
     if problems:
         return _fail(problems)
-    ok, detail = probe(given.endpoint, host=host, port=int(port or 0), timeout=float(timeout or 0))
+    ok, detail = probe(given.endpoint, **found)
     print(detail, file=sys.stdout if ok else sys.stderr)
     return 0 if ok else 1
 

@@ -16,10 +16,10 @@ MAX_DSN_FILE_BYTES: Final = 64 * 1024
 
 
 def valid_host(host: str) -> bool:
-    """False for whitespace, a slash, or a name the resolver cannot even encode (an empty or
-    64+ character label): binding or connecting to it would raise UnicodeError, a traceback
-    instead of exit 2 (tests/test_config_properties.py)."""
-    if any(ch.isspace() for ch in host) or "/" in host:
+    """False for whitespace, a control character, a slash, or a name the resolver cannot even
+    encode (an empty or 64+ character label): binding or connecting to it would fail later, or
+    raise UnicodeError, a traceback instead of exit 2 (tests/test_config_properties.py)."""
+    if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in host) or "/" in host:
         return False
     try:
         host.encode("idna")

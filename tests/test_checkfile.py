@@ -478,6 +478,11 @@ REFUSALS: list[tuple[str, Doc, str]] = [
         " (cache): host: must be a host name or address, got text 'a b'",
     ),
     (
+        "host with a control character",
+        {**TCP, "host": "a\x01b"},
+        " (cache): host: must be a host name or address, got text 'a\\x01b'",
+    ),
+    (
         "host with an empty label",
         {**TCP, "host": "a..b"},
         " (cache): host: must be a host name or address, got text 'a..b'",

@@ -137,6 +137,9 @@ def test_exec_probe_fails_when_nothing_listens() -> None:
         (["probe", "ready", "--port", "0"], {}, "--port"),
         (["probe", "ready", "--timeout", "-1"], {}, "--timeout"),
         (["probe", "alive"], {}, "alive"),
+        (["probe", "ready", "--host", "a b"], {}, "--host"),
+        (["probe", "ready", "--host", "a\x01b"], {}, "--host"),
+        (["probe", "ready"], {"SIDECAR_HOST": "a\tb"}, "SIDECAR_HOST"),
     ],
 )
 def test_exec_probe_bad_arguments_exit_2(args: list[str], env: dict[str, str], named: str) -> None:

@@ -102,6 +102,7 @@ def test_every_setting_is_read() -> None:
         ("SIDECAR_LOG_LEVEL", "loud"),
         ("SIDECAR_LOG_FORMAT", "xml"),
         ("SIDECAR_HOST", "a b"),
+        ("SIDECAR_HOST", "a\x01b"),
         ("PGPORT", "five"),
         ("SIDECAR_DATABASE_URL", "mysql://u:p@h/db"),
         ("SIDECAR_DATABASE_URL", "just-a-string"),
