@@ -38,6 +38,7 @@ from sidecar.inputs import (
     read_dsn_file,
     read_head,
     read_text_file,
+    unprintable,
     valid_host,
 )
 from sidecar.options import PER_CHECK, PORT, PORT_RULE, Setting
@@ -489,14 +490,14 @@ def _is_path(value: object) -> bool:
     return (
         isinstance(value, str)
         and bool(value.strip())
-        and not any(ord(ch) < 32 or ord(ch) == 127 for ch in value)
+        and not unprintable(value, spaces=False)
         and _utf8(value)
     )
 
 
 def _url_problem(value: str) -> str | None:
     """Why `value` is not a usable http(s) URL, without quoting any of it."""
-    if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in value):
+    if unprintable(value):
         return f"{URL_RULE} without whitespace or control characters"
     try:
         parts = urlsplit(value)

@@ -15,11 +15,17 @@ DSN_SCHEMES: Final = ("postgresql", "postgres")
 MAX_DSN_FILE_BYTES: Final = 64 * 1024
 
 
+def unprintable(text: str, *, spaces: bool = True) -> bool:
+    """True for a control character (C0 or DEL) in `text`, or whitespace unless `spaces` is
+    False: never part of a host, a URL or a DSN (a path may hold spaces)."""
+    return any(ord(ch) < 32 or ord(ch) == 127 or (spaces and ch.isspace()) for ch in text)
+
+
 def valid_host(host: str) -> bool:
     """False for whitespace, a control character, a slash, or a name the resolver cannot even
     encode (an empty or 64+ character label): binding or connecting to it would fail later, or
     raise UnicodeError, a traceback instead of exit 2 (tests/test_config_properties.py)."""
-    if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in host) or "/" in host:
+    if unprintable(host) or "/" in host:
         return False
     try:
         host.encode("idna")
@@ -36,7 +42,7 @@ def dsn_problem(dsn: str) -> str | None:
     if scheme.lower() not in DSN_SCHEMES:
         shown = scheme if scheme.isascii() and scheme.isalnum() and len(scheme) <= 20 else "?"
         return f"scheme {shown!r} is not supported; use postgresql:// or postgres://"
-    if any(ch.isspace() or ord(ch) < 32 for ch in dsn):
+    if unprintable(dsn):
         return "contains whitespace or control characters"
     try:
         parts = urlsplit(dsn)

@@ -135,6 +135,13 @@ def test_refused_dsn_is_never_quoted() -> None:
     assert "hunter2secret" not in problem
 
 
+@pytest.mark.parametrize("char", [" ", "\n", "\x01", "\x7f"])
+def test_dsn_with_whitespace_or_a_control_character_is_refused(char: str) -> None:
+    """Whitespace, a C0 control or DEL in a DSN is refused at start, the DSN never quoted."""
+    (problem,) = problems_for({"SIDECAR_DATABASE_URL": f"postgresql://u:pw@db{char}x/app"})
+    assert problem == "SIDECAR_DATABASE_URL: contains whitespace or control characters"
+
+
 def test_url_and_url_file_together_are_refused(tmp_path: Path) -> None:
     """Setting both DSN sources is ambiguous and refused."""
     dsn_file = tmp_path / "dsn"
