@@ -69,7 +69,9 @@ def create_app(
     names = [spec.name for spec, _ in checks]
     if len(set(names)) != len(names):
         raise ValueError(f"check names must be unique, got {names}")
-    registry = registry if registry is not None else CollectorRegistry()
+    # auto_describe: prometheus-client's ?name[]= filter then finds the scrape-time families
+    # (and the process ones) too, not only the metrics that describe themselves.
+    registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
     clock = clock or SystemClock()
     board = board if board is not None else Board()
     counts = Counts()

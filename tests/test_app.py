@@ -257,6 +257,20 @@ async def test_metrics_negotiate_openmetrics(aiohttp_client: Any) -> None:
     assert (await response.text()).rstrip().endswith("# EOF")
 
 
+async def test_metrics_name_filter_finds_every_kind_of_family(aiohttp_client: Any) -> None:
+    """/metrics?name[]=... (prometheus-client's filter) returns exactly the families asked for:
+    a scrape-time gauge and a process metric as well as a counter."""
+    app = create_app(FAST, checks=[(FAST.check_specs[0], ScriptedCheck([None]))])
+    client = await aiohttp_client(app)
+    await wait_for_status(client, "/ready", 200)
+    names = ["health_sidecar_ready", "process_resident_memory_bytes", "health_sidecar_check_total"]
+    response = await client.get("/metrics", params=[("name[]", name) for name in names])
+    lines = (await response.text()).splitlines()
+    assert {line.split("{")[0].split(" ")[0] for line in lines if not line.startswith("#")} == set(
+        names
+    )
+
+
 async def test_shutdown_closes_the_check(aiohttp_client: Any) -> None:
     """Closing the app cancels the prober and closes the check."""
     client, check, _ = await start(aiohttp_client, [None])
