@@ -38,8 +38,14 @@ pytestmark = [
 def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Run `python -m bench.run --quick` once into a temporary directory."""
     out = tmp_path_factory.mktemp("bench")
+    run_bench("bench.run", "--quick", "--out", str(out))
+    return out
+
+
+def run_bench(module: str, *args: str) -> None:
+    """`python -m <module> <args>` from the repository; it must exit 0."""
     done = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--quick", "--out", str(out)],
+        [sys.executable, "-m", module, *args],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -47,7 +53,6 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         check=False,
     )
     assert done.returncode == 0, f"bench failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
-    return out
 
 
 def _results(out: Path) -> dict[str, Any]:
@@ -123,15 +128,7 @@ def test_markdown_and_plot_are_written(quick_run: Path) -> None:
 def test_versions_reports_every_figure_for_both_trees(tmp_path: Path) -> None:
     """bench.versions, one round: every figure of both trees is measured (the live-heap wrapper
     really reports), and the live Python heap is a part of the RSS."""
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.versions", "--rounds", "1", "--out", str(tmp_path)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert done.returncode == 0, f"bench failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    run_bench("bench.versions", "--rounds", "1", "--out", str(tmp_path))
     summary = json.loads((tmp_path / "versions.json").read_text())["summary"]
     for tree in ("base", "this"):
         figures = {what: summary[f"{tree}_{what}"] for what in ("start_s", "rss_mib", "import_ms")}
