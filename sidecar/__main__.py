@@ -174,7 +174,8 @@ def _probe(args: list[str], env: dict[str, str]) -> int:
 
     given = _probe_parser().parse_args(args)
     problems = []
-    # Host and port as the server reads them: the flag, else the variable; loopback by default.
+    # Each judged by its declaration, as the server judges them: the flag, else the variable
+    # (host and port), else the default (loopback for the host).
     found: dict[str, Any] = {}
     for setting, flag_value, default in (
         (options.BY_FIELD["host"], given.host, PROBE_HOST),
