@@ -203,8 +203,19 @@ def outage(
     stay 200, heal, see /ready pass again. Times are from inject/heal to /ready's answer."""
     expect(sidecar, health=200, ready=200, startup=200)
     fds_before = sidecar.open_fds()
-    failures_before = len(sidecar.events("check.state_changed", to="failing"))
-    passes_before = len(sidecar.events("check.state_changed", to="passing"))
+
+    def transitions(to: str) -> int:
+        return len(sidecar.events("check.state_changed", to=to))
+
+    # Ready, so the latest transition was to passing; the log writer thread may not have
+    # written its line yet when /ready answers. Count once it has, or `after` is off by one.
+    timed_until(
+        lambda: transitions("passing") == transitions("failing") + 1,
+        timeout=SLACK,
+        message="the latest state change (to passing) logged",
+    )
+    failures_before = transitions("failing")
+    passes_before = transitions("passing")
     with Sampler(sidecar, "/health") as health:
         injected = time.monotonic()
         inject()
