@@ -8,6 +8,7 @@ check loop publishes again (no allocation-heavy work per request). Only `?verbos
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
@@ -308,8 +309,8 @@ class Views:
         if not ready and board.prober_stopped:
             verdict = Verdict(False, "probe loop stopped")
         if query.text:
-            line = check_line(state, verdict, alone=True) if ready else _loop_line(state, verdict)
-            return _text_answer(endpoint, verdict, query, lambda: [line])
+            line = functools.partial(check_line, alone=True) if ready else _loop_line
+            return _text_answer(endpoint, verdict, query, lambda: [line(state, verdict)])
         if not query.verbose:
             return self._memo(
                 f"{endpoint}/{name}", verdict, lambda: document(board, verdict, states=[state])
