@@ -130,10 +130,7 @@ def _add_routes(  # noqa: PLR0917 -- one private call site
     not_found, not_allowed = make_fallback_handlers(counts)
     view_for = {"health": views.health, "ready": views.ready, "startup": views.startup}
     for name, paths in ENDPOINT_ROUTES:
-        # /startup is a one-way latch over the critical checks: nothing to exclude there.
-        handler = make_probe_handler(
-            name, view_for[name], counts, clock.monotonic, allow_exclude=name != "startup"
-        )
+        handler = make_probe_handler(name, view_for[name], counts, clock.monotonic)
         check_handler = None
         if name != "startup":  # one check's view, as kube-apiserver's /readyz/<check>
             check_handler = make_check_handler(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Final
 
 from aiohttp import web
@@ -29,6 +29,18 @@ def _headers(content_type: str) -> CIMultiDictProxy[str]:
 _HEADERS: Final = {
     CONTENT_TYPE: _headers(CONTENT_TYPE),
     TEXT_CONTENT_TYPE: _headers(TEXT_CONTENT_TYPE),
+}
+# The query parameters each endpoint accepts (aliases alike); any other gets 400, never a
+# silent ignore. Said once here; the README's Endpoints table is compared with it by a test.
+QUERY_PARAMETERS: Final[Mapping[str, tuple[str, ...]]] = {
+    "/health": ("verbose", "exclude"),
+    "/ready": ("verbose", "exclude"),
+    # A one-way latch over the critical checks: nothing to exclude there.
+    "/startup": ("verbose",),
+    "/ready/<name>": ("verbose",),
+    "/health/<name>": ("verbose",),
+    # prometheus-client's own filter, by family name.
+    "/metrics": ("name[]",),
 }
 _FALSE_WORDS: Final = frozenset({"0", "false", "no", "off"})
 # More than any sane check list; bounds the work a hostile query can ask for.
@@ -77,14 +89,21 @@ def prefers_text(accept: str) -> bool:
     return best_text > best_json
 
 
-def parse_query(request: web.Request, *, allow_exclude: bool) -> Query | web.Response:
-    """`verbose` (a flag) and, on aggregated endpoints, `exclude` (repeatable); else a 400."""
-    query = request.query
-    allowed = ("verbose", "exclude") if allow_exclude else ("verbose",)
-    for key in query:
+def unknown_parameter(request: web.Request, allowed: tuple[str, ...]) -> web.Response | None:
+    """A 400 naming the first query parameter not in `allowed`, or None."""
+    for key in request.query:
         if key not in allowed:
             names = " and ".join(repr(a) for a in allowed)
             return _error(400, f"unknown query parameter {_shown(key)!r}; only {names} accepted")
+    return None
+
+
+def parse_query(request: web.Request, allowed: tuple[str, ...]) -> Query | web.Response:
+    """`verbose` (a flag) and, where allowed, `exclude` (repeatable); else a 400."""
+    refused = unknown_parameter(request, allowed)
+    if refused is not None:
+        return refused
+    query = request.query
     excludes = tuple(query.getall("exclude", ()))
     if len(excludes) > MAX_EXCLUDES:
         return _error(400, f"too many 'exclude' parameters (at most {MAX_EXCLUDES})")
@@ -105,12 +124,12 @@ def make_probe_handler(
     view: View,
     counts: Counts,
     monotonic: Callable[[], float],
-    *,
-    allow_exclude: bool = True,
 ) -> Handler:
+    allowed = QUERY_PARAMETERS[f"/{name}"]
+
     async def handler(request: web.Request) -> web.Response:
         if request.query_string or _wants_text(request):
-            query = parse_query(request, allow_exclude=allow_exclude)
+            query = parse_query(request, allowed)
             if isinstance(query, web.Response):
                 counts.hit(name, query.status)
                 return query
@@ -133,9 +152,10 @@ def make_check_handler(
     known: tuple[str, ...],
 ) -> Handler:
     """/ready/<check> and /health/<check>: one check's view; 404 naming the known checks."""
+    allowed = QUERY_PARAMETERS[f"/{name}/<name>"]
 
     async def handler(request: web.Request) -> web.Response:
-        query = parse_query(request, allow_exclude=False)
+        query = parse_query(request, allowed)
         if isinstance(query, web.Response):
             counts.hit(name, query.status)
             return query
@@ -158,7 +178,13 @@ def make_metrics_handler(registry: CollectorRegistry, counts: Counts) -> Handler
     # prometheus-client's own handler does the content negotiation (OpenMetrics on Accept).
     inner = make_aiohttp_handler(registry)
 
+    allowed = QUERY_PARAMETERS["/metrics"]
+
     async def metrics_handler(request: web.Request) -> web.StreamResponse:
+        refused = unknown_parameter(request, allowed) if request.query_string else None
+        if refused is not None:
+            counts.hit("metrics", refused.status)
+            return refused
         response = await inner(request)
         response.headers["Cache-Control"] = "no-store"
         counts.hit("metrics", response.status)

@@ -17,6 +17,7 @@ from support import wait_until_async
 
 from sidecar.app import BOARD, create_app
 from sidecar.config import Settings
+from sidecar.handlers import QUERY_PARAMETERS
 from sidecar.health import STALL_GRACE_SECONDS
 from sidecar.render import Views
 from sidecar.state import Board, CheckResult, CheckState, Reason
@@ -112,6 +113,38 @@ async def test_unknown_query_parameter_is_a_400(aiohttp_client: Any) -> None:
     response = await client.get("/ready?verbos=1")
     assert response.status == 400
     assert "verbos" in (await response.json(content_type=None))["output"]
+
+
+ENDPOINT_PATHS = {
+    "/health": ("/health", "/livez"),
+    "/ready": ("/ready", "/readyz"),
+    "/startup": ("/startup", "/startupz"),
+    "/ready/<name>": ("/ready/postgres", "/readyz/postgres"),
+    "/health/<name>": ("/health/postgres", "/livez/postgres"),
+    "/metrics": ("/metrics",),
+}
+
+
+async def test_each_endpoint_takes_its_query_parameters_and_refuses_others(
+    aiohttp_client: Any,
+) -> None:
+    """Every path answers its declared query parameters and 400 to any other, /metrics too."""
+    client, _, _ = await start(aiohttp_client, [None])
+    await wait_for_status(client, "/ready", 200)
+    assert set(ENDPOINT_PATHS) == set(QUERY_PARAMETERS)
+    for endpoint, paths in ENDPOINT_PATHS.items():
+        allowed = QUERY_PARAMETERS[endpoint]
+        for path in paths:
+            for name in allowed:
+                value = "health_sidecar_ready" if name == "name[]" else "postgres"
+                response = await client.get(path, params={name: value})
+                assert response.status == 200, (path, name)
+            for name in ("foo", "verbose", "exclude", "name[]"):
+                if name in allowed:
+                    continue
+                response = await client.get(path, params={name: "1"})
+                assert response.status == 400, (path, name)
+                assert name in (await response.json(content_type=None))["output"]
 
 
 async def test_head_is_answered_without_a_body(aiohttp_client: Any) -> None:

@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import sidecar
 from sidecar.app import create_app
 from sidecar.config import Settings
+from sidecar.handlers import QUERY_PARAMETERS
 from sidecar.state import ALL_REASONS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -173,3 +174,18 @@ async def test_readme_metrics_table_matches_a_live_scrape(
         f"missing from README: {sorted(live.keys() - documented.keys())}; "
         f"not in the code: {sorted(documented.keys() - live.keys())}; differing: {differing}"
     )
+
+
+def test_readme_query_parameter_table_is_the_code_s() -> None:
+    """The README's table of query parameters per endpoint is exactly handlers.QUERY_PARAMETERS."""
+    documented: dict[str, tuple[str, ...]] = {}
+    table = re.search(
+        r"^\| endpoint \| query parameters \|\n\|---\|---\|\n((?:\|.*\n)+)",
+        section(README, "Endpoints"),
+        re.M,
+    )
+    assert table, "README lost its table of query parameters"
+    for row in table.group(1).splitlines():
+        endpoint, parameters = (cell.strip() for cell in row.strip("|").split("|"))
+        documented[endpoint.strip("`")] = tuple(re.findall(r"`([^`]+)`", parameters))
+    assert documented == dict(QUERY_PARAMETERS)
