@@ -12,8 +12,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
 from sidecar.checks import Check, CredentialsStatus
-from sidecar.checks.factory import build_check
-from sidecar.checkspec import AnySpec
+from sidecar.checkspec import CheckSpec
 from sidecar.config import Settings
 from sidecar.credentials import SecretsSink, ignore_secrets
 from sidecar.handlers import (
@@ -23,6 +22,7 @@ from sidecar.handlers import (
     make_metrics_handler,
     make_probe_handler,
 )
+from sidecar.kinds import Needs, build
 from sidecar.loop import CheckLoop, Clock, SystemClock
 from sidecar.metrics import Counts, Metrics
 from sidecar.render import Views
@@ -44,7 +44,7 @@ log = structlog.get_logger("sidecar.app")
 def create_app(
     settings: Settings,
     *,
-    checks: Sequence[tuple[AnySpec, Check]] | None = None,
+    checks: Sequence[tuple[CheckSpec, Check]] | None = None,
     registry: CollectorRegistry | None = None,
     clock: Clock | None = None,
     board: Board | None = None,
@@ -60,12 +60,10 @@ def create_app(
     """
     credentials: dict[str, CredentialsStatus] = {}
     if checks is None:
-        built = [
-            build_check(spec, on_secrets=on_secrets, max_connection_age=settings.max_connection_age)
-            for spec in settings.check_specs
-        ]
-        checks = [(b.spec, b.check) for b in built]
-        credentials = {b.spec.name: b.credentials for b in built if b.credentials is not None}
+        needs = Needs(max_connection_age=settings.max_connection_age, on_secrets=on_secrets)
+        built = [(spec, build(spec, needs)) for spec in settings.check_specs]
+        checks = [(spec, b.check) for spec, b in built]
+        credentials = {s.name: b.credentials for s, b in built if b.credentials is not None}
     names = [spec.name for spec, _ in checks]
     if len(set(names)) != len(names):
         raise ValueError(f"check names must be unique, got {names}")

@@ -14,34 +14,14 @@ import difflib
 import functools
 import re
 import tomllib
-from collections.abc import Callable, Mapping
-from dataclasses import replace
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import urlsplit
 
-from sidecar.checkspec import (
-    CRITICALITIES,
-    DEFAULT_STATUS,
-    KINDS,
-    NAME_PATTERN,
-    AnySpec,
-    CheckPolicy,
-    DatabaseTarget,
-    HttpSpec,
-    PostgresSpec,
-    TcpSpec,
-)
-from sidecar.inputs import (
-    dsn_passwords,
-    dsn_problem,
-    read_dsn_file,
-    read_head,
-    read_text_file,
-    unprintable,
-    valid_host,
-)
-from sidecar.options import PER_CHECK, PORT, PORT_RULE, Setting
+from sidecar.checkspec import CRITICALITIES, NAME_PATTERN, CheckPolicy, CheckSpec, DatabaseTarget
+from sidecar.fields import ABSENT, TIMING, Fields, clip, one_line, shown, shown_key
+from sidecar.inputs import read_text_file
+from sidecar.kinds import NAMES, Kind, every_kind, kind
 
 if TYPE_CHECKING:
     import yaml
@@ -49,59 +29,18 @@ if TYPE_CHECKING:
 ORIGIN: Final = "SIDECAR_CONFIG_FILE"
 # A check list is a few kilobytes; anything near this is a wrong mount, not a config.
 MAX_CHECK_FILE_BYTES: Final = 1024 * 1024
-# The timing keys of `defaults:` and of each check: the SIDECAR_* settings' own ranges.
-TIMING: Final[dict[str, Setting]] = {str(s.file_key): s for s in PER_CHECK}
 COMMON_KEYS: Final = ("name", "kind", "criticality", *TIMING)
-KIND_KEYS: Final[dict[str, tuple[str, ...]]] = {
-    "postgres": (
-        "dsn",
-        "dsn_file",
-        "require_primary",
-        "allow_replica",
-        "max_replica_lag_seconds",
-        "alembic_revision",
-        "query",
-        "expect",
-        "ca_file",
-        "cert_file",
-        "key_file",
-    ),
-    "http": ("url", "expect_status"),
-    "tcp": ("host", "port"),
-}
-# Up to a day: a replica further behind than that is broken, not lagging.
-MAX_REPLICA_LAG: Final = Setting(
-    env="",
-    field="max_replica_lag_seconds",
-    type="seconds",
-    above_minimum=True,
-    maximum=86400,
-    help="the largest replay lag a replica check accepts",
-)
 NAME_RULE: Final = (
     "must be 1 to 63 lowercase letters, digits, '-' or '_', "
     "starting and ending with a letter or digit"
 )
-STATUS_RANGE: Final = (100, 599)
-STATUS_RULE: Final = (
-    f"must be a status code ({STATUS_RANGE[0]}-{STATUS_RANGE[1]}) or a range "
-    f'"A-B" such as "{DEFAULT_STATUS[0]}-{DEFAULT_STATUS[1]}"'
-)
-REVISION_RULE: Final = (
-    "must be a revision id as text, or a list of them (quote one that looks like a number)"
-)
-URL_RULE: Final = "must be an http:// or https:// URL"
-_STATUS_TEXT: Final = re.compile(r"\s*([0-9]{3})\s*(?:-\s*([0-9]{3})\s*)?")
 _BOOL_TAG: Final = "tag:yaml.org,2002:bool"
 _CORE_BOOL: Final = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
-_SHOWN_CHARS: Final = 40
-# A key the mapping does not set (None is a value: YAML's null).
-ABSENT: Final = object()
 
 
 def load_check_file(
     path: str, *, defaults: CheckPolicy, database: DatabaseTarget, problems: list[str]
-) -> tuple[AnySpec, ...]:
+) -> tuple[CheckSpec, ...]:
     """The checks of the file at `path`; problems appended, never raised."""
     before = len(problems)
     document = _read_document(path, problems)
@@ -117,7 +56,7 @@ def parse_checks(
     database: DatabaseTarget,
     problems: list[str],
     origin: str = ORIGIN,
-) -> tuple[AnySpec, ...]:
+) -> tuple[CheckSpec, ...]:
     """Check specs from a parsed document (mappings, lists, scalars); problems appended.
 
     `defaults` is the schedule from the SIDECAR_* variables; the document's `defaults` override
@@ -151,7 +90,7 @@ def parse_checks(
         problems.append(f"{origin}: checks: {problem}")
         return ()
 
-    specs: list[AnySpec] = []
+    specs: list[CheckSpec] = []
     first_index: dict[str, int] = {}
     for index, raw in enumerate(raw_checks):
         spec = _parse_check(raw, f"{origin}: checks[{index}]", policy, database, problems)
@@ -179,7 +118,7 @@ def _refuse_unknown(
 
 def _parse_check(
     raw: object, where: str, policy: CheckPolicy, database: DatabaseTarget, problems: list[str]
-) -> AnySpec | None:
+) -> CheckSpec | None:
     """One check's spec, or None when it has a problem (appended)."""
     if not isinstance(raw, Mapping):
         problems.append(f"{where}: must be a mapping, got {shown(raw)}")
@@ -193,13 +132,13 @@ def _parse_check(
         problems.append(f"{where}: name: missing; every check needs one")
     elif name is None:
         problems.append(f"{where}: name: {NAME_RULE}, got {shown(raw['name'])}")
-    kind = raw.get("kind", ABSENT)
-    if kind is ABSENT:
-        problems.append(f"{where}: kind: missing; must be one of {', '.join(KINDS)}")
-    elif kind not in KINDS:
-        problems.append(f"{where}: kind: must be one of {', '.join(KINDS)}, got {shown(kind)}")
-    known_kind = kind if isinstance(kind, str) and kind in KINDS else None
-    fields.refuse_unknown_keys(known_kind)
+    kind_name = raw.get("kind", ABSENT)
+    if kind_name is ABSENT:
+        problems.append(f"{where}: kind: missing; must be one of {', '.join(NAMES)}")
+    elif kind_name not in NAMES:
+        problems.append(f"{where}: kind: must be one of {', '.join(NAMES)}, got {shown(kind_name)}")
+    known = kind(kind_name) if isinstance(kind_name, str) and kind_name in NAMES else None
+    _refuse_unknown_keys(fields, known)
     common = {"name": name or "", "policy": fields.policy(policy)}
     criticality = fields.read(
         "criticality",
@@ -208,126 +147,9 @@ def _parse_check(
         default="critical",
     )
     common["critical"] = criticality == "critical"
-    build = {"postgres": _postgres, "http": _http, "tcp": _tcp}.get(str(known_kind))
-    spec = build(fields, common, database) if build else None
+    spec = known.parse(fields, common, database) if known else None
     # A spec is only built from a check without a single problem.
     return spec if name is not None and len(problems) == before else None
-
-
-def _postgres(
-    fields: Fields, common: dict[str, Any], database: DatabaseTarget
-) -> PostgresSpec | None:
-    raw = fields.raw
-    target = _postgres_target(fields, database)
-    require_primary = fields.boolean("require_primary")
-    allow_replica = fields.boolean("allow_replica")
-    lag = fields.number("max_replica_lag_seconds", MAX_REPLICA_LAG)
-    if require_primary and allow_replica:
-        fields.problem("allow_replica", "contradicts require_primary: true; set only one of them")
-    lag_alone = "max_replica_lag_seconds" in raw and not allow_replica
-    if lag_alone and not {"allow_replica", "max_replica_lag_seconds"} & fields.refused:
-        fields.problem("max_replica_lag_seconds", "only valid with allow_replica: true")
-    query = fields.read(
-        "query",
-        lambda v: isinstance(v, str) and bool(v.strip()),
-        "must be an SQL query as text",
-        # Not quoted: a query is long, and the type is what went wrong.
-        got=lambda v: "empty text" if isinstance(v, str) else kind_of(v),
-    )
-    # YAML reads `expect: true` as a boolean and `expect: 1` as a number; the check compares
-    # text, so the quotes are required rather than guessed.
-    expect = fields.read("expect", _is_text, 'must be text (quote it: expect: "...")')
-    if "expect" in raw and "query" not in raw:
-        fields.problem("expect", "only valid with query")
-    ca_file, cert_file, key_file = map(fields.readable_file, ("ca_file", "cert_file", "key_file"))
-    for key, other, what in (
-        ("cert_file", "key_file", "the client certificate's private key"),
-        ("key_file", "cert_file", "the client certificate"),
-    ):
-        if key in raw and other not in raw:
-            fields.problem(key, f"needs {other} too ({what})")
-    revisions = fields.revisions("alembic_revision")
-    if target is None:
-        return None
-    return PostgresSpec(
-        **common,
-        target=target,
-        query=query,
-        expect=expect,
-        require_primary=require_primary,
-        allow_replica=allow_replica,
-        max_replica_lag_seconds=lag,
-        alembic_revisions=revisions,
-        ca_file=ca_file,
-        cert_file=cert_file,
-        key_file=key_file,
-    )
-
-
-def _postgres_target(fields: Fields, database: DatabaseTarget) -> DatabaseTarget | None:
-    """The check's own DSN (a file, or inline without a password), else the environment's."""
-    raw = fields.raw
-    if "dsn" in raw and "dsn_file" in raw:
-        fields.problem("dsn_file", "set together with dsn; set only one")
-        return None
-    if "dsn_file" in raw:
-        return _dsn_file_target(fields)
-    if "dsn" not in raw:
-        return database
-    dsn = raw["dsn"]
-    # Never quoted, whatever it holds: a DSN may carry a password.
-    if not isinstance(dsn, str) or not dsn.strip():
-        fields.problem("dsn", f"must be a postgresql:// URL as text, got {kind_of(dsn)}")
-        return None
-    dsn = dsn.strip()
-    problem = dsn_problem(dsn)
-    if problem is None and dsn_passwords(dsn):
-        problem = (
-            "holds a password, and a ConfigMap is not a Secret: put the DSN in a "
-            "mounted Secret and name that file with dsn_file"
-        )
-    if problem is not None:
-        fields.problem("dsn", problem)
-        return None
-    return DatabaseTarget(dsn=dsn, source="dsn")
-
-
-def _dsn_file_target(fields: Fields) -> DatabaseTarget | None:
-    path = fields.path("dsn_file")
-    if path is None:
-        return None
-    if "://" in path or "@" in path:
-        # A DSN written where its file's path belongs: never quote it back.
-        fields.problem("dsn_file", "must be the path of a file holding the DSN, not a DSN")
-        return None
-    try:
-        return DatabaseTarget(dsn=read_dsn_file(path), source="dsn_file", file_path=path)
-    except ValueError as exc:  # names the path and the problem, never the content
-        fields.problem("dsn_file", str(exc))
-        return None
-
-
-def _http(fields: Fields, common: dict[str, Any], _database: object) -> HttpSpec | None:
-    # The URL itself is never quoted: it may carry a token or a password.
-    url = fields.read(
-        "url", _is_text, URL_RULE, missing="missing; an http check needs one", got=kind_of
-    )
-    if url is not None and (problem := _url_problem(url)) is not None:
-        fields.problem("url", problem)
-        url = None
-    status = fields.status_range("expect_status")
-    if url is None or status is None:
-        return None
-    return HttpSpec(**common, url=url, status_min=status[0], status_max=status[1])
-
-
-def _tcp(fields: Fields, common: dict[str, Any], _database: object) -> TcpSpec | None:
-    missing = "missing; a tcp check needs one"
-    host = fields.read("host", _is_host, "must be a host name or address", missing=missing)
-    port = fields.read("port", _is_port, PORT_RULE, missing=missing)
-    if host is None or port is None:
-        return None
-    return TcpSpec(**common, host=host, port=port)
 
 
 def _valid_name(raw: object) -> str | None:
@@ -335,186 +157,28 @@ def _valid_name(raw: object) -> str | None:
     return name if isinstance(name, str) and NAME_PATTERN.fullmatch(name) else None
 
 
-class Fields:
-    """Typed reads of one mapping's keys. A bad value appends one problem line and reads as
-    None (or the default), so that every key is judged even after the first problem."""
-
-    def __init__(self, where: str, raw: Mapping[Any, Any], problems: list[str]) -> None:
-        self.where = where
-        self.raw = raw
-        self.problems = problems
-        # Keys refused so far: a rule that depends on one of them stays quiet.
-        self.refused: set[str] = set()
-
-    def problem(self, key: str, message: str) -> None:
-        self.refused.add(key)
-        self.problems.append(f"{self.where}: {key}: {message}")
-
-    def read(
-        self,
-        key: str,
-        valid: Callable[[Any], bool],
-        rule: str,
-        *,
-        default: Any = None,
-        missing: str | None = None,
-        got: Callable[[Any], str] | None = None,
-    ) -> Any:
-        """The key's value if `valid`; else the problem "`rule`, got ..." and `default`.
-        An absent key reads as `default`, or is the problem `missing` when that is given."""
-        value = self.raw.get(key, ABSENT)
-        if value is ABSENT:
-            if missing:
-                self.problem(key, missing)
-            return default
-        if valid(value):
-            return value
-        self.problem(key, f"{rule}, got {(got or shown)(value)}")
-        return default
-
-    def refuse_unknown_keys(self, kind: str | None) -> None:
-        """Unknown keys, and keys of another kind (`url` on a postgres check)."""
-        own = (*COMMON_KEYS, *KIND_KEYS[kind]) if kind else None
-        every = (*COMMON_KEYS, *(key for keys in KIND_KEYS.values() for key in keys))
-        for key in self.raw:
-            if key in COMMON_KEYS or (own is not None and key in own):
-                continue
-            owner = next((k for k, keys in KIND_KEYS.items() if key in keys), None)
-            if owner is not None:
-                if kind is not None:  # unknown kind: which keys belong is unknown too
-                    self.problems.append(
-                        f"{self.where}: {key}: not {_a(kind)} setting (it belongs to {_a(owner)} "
-                        "check)"
-                    )
-                continue
-            guess = (
-                difflib.get_close_matches(key, own or every, n=1) if isinstance(key, str) else []
-            )
-            hint = f"; did you mean {guess[0]!r}?" if guess else ""
-            if not guess and own is not None:
-                hint = f"; {_a(str(kind))} check takes: {', '.join(sorted(own))}"
-            self.problems.append(f"{self.where}: unknown key {shown_key(key)}{hint}")
-
-    def policy(self, base: CheckPolicy) -> CheckPolicy:
-        """`base`, with the timing keys this mapping sets."""
-        found: dict[str, Any] = {s.field: self.number(key, s) for key, s in TIMING.items()}
-        return replace(base, **{name: value for name, value in found.items() if value is not None})
-
-    def number(self, key: str, rule: Setting) -> float | int | None:
-        """The key's number within `rule`'s range (a float unless whole); None if absent."""
-        whole = rule.type == "whole"
-        # bool is an int in Python; `true` is not a number in a config file.
-        value = self.read(
-            key,
-            lambda v: not isinstance(v, bool) and isinstance(v, int if whole else int | float),
-            "must be a whole number" if whole else "must be a number",
-        )
-        if value is None:
-            return None
-        if not rule.in_range(value):
-            self.problem(key, f"{rule.rule}, got {shown(value)}")
-            return None
-        return value if whole else float(value)
-
-    def boolean(self, key: str) -> bool:
-        return bool(
-            self.read(key, lambda v: isinstance(v, bool), "must be true or false", default=False)
-        )
-
-    def path(self, key: str) -> str | None:
-        value: str | None = self.read(key, _is_path, "must be a file path")
-        return value
-
-    def readable_file(self, key: str) -> str | None:
-        """A path that exists and can be opened now (a missing mount is a start-up error)."""
-        path = self.path(key)
-        if path is None:
-            return None
-        try:
-            read_head(path, 0)
-        except ValueError as exc:
-            self.problem(key, f"file {path!r} {exc}")
-            return None
-        return path
-
-    def revisions(self, key: str) -> tuple[str, ...]:
-        value = self.raw.get(key, ABSENT)
-        if value is ABSENT:
-            return ()
-        if not isinstance(value, str) and not (isinstance(value, list) and value):
-            what = "an empty list" if isinstance(value, list) else shown(value)
-            self.problem(key, f"{REVISION_RULE}, got {what}")
-            return ()
-        items: list[object] = [value] if isinstance(value, str) else list(value)
-        found: list[str] = []
-        for index, item in enumerate(items):
-            if not isinstance(item, str) or not item or any(ch.isspace() for ch in item):
-                label = key if isinstance(value, str) else f"{key}[{index}]"
-                self.problem(label, f"{REVISION_RULE}, got {shown(item)}")
-            else:
-                found.append(item)
-        return tuple(dict.fromkeys(found)) if len(found) == len(items) else ()
-
-    def status_range(self, key: str) -> tuple[int, int] | None:
-        value = self.raw.get(key, ABSENT)
-        if value is ABSENT:
-            return DEFAULT_STATUS
-        low = high = 0  # refused below unless the value is a code or a range
-        if isinstance(value, int) and not isinstance(value, bool):
-            low = high = value
-        elif isinstance(value, str) and (match := _STATUS_TEXT.fullmatch(value)):
-            low, high = int(match.group(1)), int(match.group(2) or match.group(1))
-        lowest, highest = STATUS_RANGE
-        if not (lowest <= low <= highest and lowest <= high <= highest):
-            self.problem(key, f"{STATUS_RULE}, got {shown(value)}")
-            return None
-        if low > high:
-            self.problem(key, f"the range starts at {low}, above its end {high}")
-            return None
-        return (low, high)
-
-
-def _is_text(value: object) -> bool:
-    return isinstance(value, str)
-
-
-def _is_host(value: object) -> bool:
-    return isinstance(value, str) and bool(value) and valid_host(value)
-
-
-def _is_port(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and PORT.in_range(value)
-
-
-def _is_path(value: object) -> bool:
-    return (
-        isinstance(value, str)
-        and bool(value.strip())
-        and not unprintable(value, spaces=False)
-        and _utf8(value)
-    )
-
-
-def _url_problem(value: str) -> str | None:
-    """Why `value` is not a usable http(s) URL, without quoting any of it."""
-    if unprintable(value):
-        return f"{URL_RULE} without whitespace or control characters"
-    try:
-        parts = urlsplit(value)
-        _ = parts.port  # raises ValueError on a port that is not a number
-        hostname = parts.hostname
-    except ValueError:
-        return f"{URL_RULE}; this one is malformed (bad port or brackets)"
-    if parts.scheme.lower() not in ("http", "https"):
-        return f"{URL_RULE}; this one has another scheme or none"
-    if "@" in parts.netloc:
-        return (
-            "must not hold user:password@: the check file is not a Secret "
-            "(serve the probe path without authentication)"
-        )
-    if not hostname or not valid_host(hostname):
-        return f"{URL_RULE} with a host name or address"
-    return None
+def _refuse_unknown_keys(fields: Fields, own_kind: Kind[Any] | None) -> None:
+    """Unknown keys, and keys of another kind (`url` on a postgres check)."""
+    own = (*COMMON_KEYS, *own_kind.key_names) if own_kind else None
+    for key in fields.raw:
+        if key in COMMON_KEYS or (own is not None and key in own):
+            continue
+        # Only a key this check's kind does not take loads the other kinds' modules.
+        kinds = every_kind()
+        owner = next((k.name for k in kinds if key in k.key_names), None)
+        if owner is not None:
+            if own_kind is not None:  # unknown kind: which keys belong is unknown too
+                fields.problems.append(
+                    f"{fields.where}: {key}: not {_a(own_kind.name)} setting (it belongs to "
+                    f"{_a(owner)} check)"
+                )
+            continue
+        every = (*COMMON_KEYS, *(name for k in kinds for name in k.key_names))
+        guess = difflib.get_close_matches(key, own or every, n=1) if isinstance(key, str) else []
+        hint = f"; did you mean {guess[0]!r}?" if guess else ""
+        if not guess and own_kind is not None and own is not None:
+            hint = f"; {_a(own_kind.name)} check takes: {', '.join(sorted(own))}"
+        fields.problems.append(f"{fields.where}: unknown key {shown_key(key)}{hint}")
 
 
 def _read_document(path: str, problems: list[str]) -> object:
@@ -617,55 +281,3 @@ def _unique_key_loader() -> type[yaml.SafeLoader]:
 
 def _a(kind: str) -> str:
     return f"an {kind}" if kind == "http" else f"a {kind}"
-
-
-def kind_of(value: object) -> str:
-    """What a value is, without showing it."""
-    for types, label in (
-        (type(None), "null"),
-        (bool, "a boolean"),  # before int: bool is an int in Python
-        ((int, float), "a number"),
-        (str, "text"),
-        (list, "a list"),
-        (Mapping, "a mapping"),
-    ):
-        if isinstance(value, types):
-            return label
-    return f"a {type(value).__name__}"
-
-
-def shown(value: object) -> str:
-    """A short, one-line rendering of a refused value (only ever called on values that are
-    not secrets: names, kinds, numbers, hosts, paths)."""
-    if isinstance(value, bool):
-        return f"a boolean ({'true' if value else 'false'})"
-    if isinstance(value, int):
-        # Python refuses to print an int beyond 4300 digits; nobody needs to read one.
-        return repr(value) if value.bit_length() <= 64 else "a very large number"
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, str):
-        return f"text {clip(value)}" if value else "empty text"
-    return kind_of(value)
-
-
-def shown_key(key: object) -> str:
-    return clip(key) if isinstance(key, str) else shown(key)
-
-
-def clip(text: str) -> str:
-    """repr() of at most 40 characters: one line, every control character escaped."""
-    return repr(text[:_SHOWN_CHARS]) + ("..." if len(text) > _SHOWN_CHARS else "")
-
-
-def one_line(text: str) -> str:
-    line = " ".join(text.split())
-    return line if len(line) <= 200 else line[:200] + "..."
-
-
-def _utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate: no file system path can hold it
-        return False
-    return True

@@ -1,21 +1,19 @@
-"""What to check: one immutable spec per configured check.
+"""What every check has: a name, a schedule, a criticality; and where a database is.
 
-Built by `sidecar.checkfile` from SIDECAR_CONFIG_FILE, or by `Settings.from_environ` from the
-environment alone (one `postgres` check named "postgres"). Pure data: no I/O here.
+Each kind's spec extends `CheckSpec` in its own module (`sidecar.kinds` lists them). Built by
+`sidecar.checkfile` from SIDECAR_CONFIG_FILE, or by `Settings` from the environment alone
+(one `postgres` check named "postgres"). Pure data: no I/O here.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import ClassVar, Final, Literal
+from typing import ClassVar, Final
 
 from sidecar.inputs import dsn_passwords
 from sidecar.options import default
 
-KINDS: Final = ("postgres", "http", "tcp")
-# An http check's passing status codes unless it says otherwise: kubelet's own httpGet rule.
-DEFAULT_STATUS: Final = (200, 399)
 CRITICALITIES: Final = ("critical", "warn")
 # A check name is a URL path segment (/ready/<name>) and a metric label value: keep it to a
 # DNS-label-like shape so neither needs escaping.
@@ -75,42 +73,10 @@ class CheckSpec:
     critical: bool = True
     kind: ClassVar[str]
 
+    def secrets(self) -> tuple[str, ...]:
+        """Every string of the spec that must never reach a log, a body or a metric."""
+        return ()
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PostgresSpec(CheckSpec):
-    kind: ClassVar[Literal["postgres"]] = "postgres"
-    target: DatabaseTarget = field(default_factory=DatabaseTarget)
-    # A custom query run after connecting; with `expect`, its first column of the first row,
-    # as text (NULL as "null"), must equal `expect`.
-    query: str | None = None
-    expect: str | None = None
-    # Fail with not_primary when pg_is_in_recovery().
-    require_primary: bool = False
-    # Accept a server in recovery; with max_replica_lag_seconds, only while it is that close.
-    allow_replica: bool = False
-    max_replica_lag_seconds: float | None = None
-    # Expected Alembic revision(s): the set of `version_num` rows must equal this set.
-    alembic_revisions: tuple[str, ...] = ()
-    # TLS files; sslmode itself comes from the DSN (or PGSSLMODE), as libpq does.
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class HttpSpec(CheckSpec):
-    kind: ClassVar[Literal["http"]] = "http"
-    url: str
-    # Inclusive range of passing status codes.
-    status_min: int = DEFAULT_STATUS[0]
-    status_max: int = DEFAULT_STATUS[1]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TcpSpec(CheckSpec):
-    kind: ClassVar[Literal["tcp"]] = "tcp"
-    host: str
-    port: int
-
-
-AnySpec = PostgresSpec | HttpSpec | TcpSpec
+    def uses(self, database: DatabaseTarget) -> bool:
+        """True when the check connects to `database` (the environment's)."""
+        return False

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Final, Literal
 
 from sidecar import options
-from sidecar.checkspec import AnySpec, CheckPolicy, DatabaseTarget, PostgresSpec
+from sidecar.checkspec import CheckPolicy, CheckSpec, DatabaseTarget
 from sidecar.inputs import dsn_problem, read_dsn_file
 
 NO_DATABASE: Final = (
@@ -43,26 +43,29 @@ class Settings:
     # The checks to run, from SIDECAR_CONFIG_FILE. Empty means the one `postgres` check of the
     # environment; otherwise `database` only serves the postgres checks of the file that name
     # no DSN of their own.
-    checks: tuple[AnySpec, ...] = ()
+    checks: tuple[CheckSpec, ...] = ()
     config_file: str | None = None
 
     @property
-    def check_specs(self) -> tuple[AnySpec, ...]:
+    def check_specs(self) -> tuple[CheckSpec, ...]:
         """The configured checks, or the environment's single `postgres` check."""
         if self.checks:
             return self.checks
+        # Imported here: reading settings (and refusing them) does not load the database client.
+        from sidecar.checks.postgres import PostgresSpec  # noqa: PLC0415
+
         return (PostgresSpec(name="postgres", policy=self.policy, target=self.database),)
 
     @property
     def uses_environment_database(self) -> bool:
         """True when a postgres check connects to `database` (it names no DSN of its own)."""
-        return any(spec.target is self.database for spec in _postgres(self.check_specs))
+        return any(spec.uses(self.database) for spec in self.check_specs)
 
     def secrets(self) -> tuple[str, ...]:
         """Every secret any check holds at start (rotated DSNs add theirs when they arrive)."""
         found = list(self.database.secrets())
-        for spec in _postgres(self.checks):
-            found.extend(spec.target.secrets())
+        for spec in self.checks:
+            found.extend(spec.secrets())
         return tuple(dict.fromkeys(found))
 
     @classmethod
@@ -72,7 +75,7 @@ class Settings:
         database = _database_target(environ, found, problems)
         policy = CheckPolicy(**{s.field: found[s.field] for s in options.PER_CHECK})
         config_file = found["config_file"]
-        checks: tuple[AnySpec, ...] = ()
+        checks: tuple[CheckSpec, ...] = ()
         if config_file is not None:
             # Imported here: only a deployment with a check file pays for its reader.
             from sidecar.checkfile import load_check_file  # noqa: PLC0415
@@ -82,7 +85,7 @@ class Settings:
             )
         # Without a database, libpq's own fallback (a local socket) never exists in a pod: the
         # sidecar would start and quietly never become ready.
-        needed = config_file is None or any(spec.target is database for spec in _postgres(checks))
+        needed = config_file is None or any(spec.uses(database) for spec in checks)
         given = (found["database_url"], found["database_url_file"], database.host)
         if needed and given == (None, None, None):
             problems.append(NO_DATABASE)
@@ -94,10 +97,6 @@ class Settings:
 
 
 _FIELD_NAMES: Final = frozenset(field.name for field in fields(Settings))
-
-
-def _postgres(checks: tuple[AnySpec, ...]) -> list[PostgresSpec]:
-    return [spec for spec in checks if isinstance(spec, PostgresSpec)]
 
 
 def _database_target(

@@ -15,7 +15,7 @@ import backoff
 import structlog
 
 from sidecar.checks import Check, CheckFailed
-from sidecar.checkspec import AnySpec
+from sidecar.checkspec import CheckSpec
 from sidecar.state import Board, CheckResult, CheckState, Reason, Transition, advance
 
 # A jittered delay can come out near zero; never retry faster than this.
@@ -65,7 +65,7 @@ class CheckLoop:
 
     def __init__(
         self,
-        spec: AnySpec,
+        spec: CheckSpec,
         check: Check,
         board: Board,
         *,

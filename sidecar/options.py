@@ -156,7 +156,7 @@ SETTINGS: Final = (
 )
 # fmt: on
 BY_FIELD: Final = {setting.field: setting for setting in SETTINGS}
-# Every port anywhere (PGPORT, a tcp check's) has SIDECAR_PORT's range.
+# Every port anywhere (PGPORT, a check's) has SIDECAR_PORT's range.
 PORT: Final = BY_FIELD["port"]
 PORT_RULE: Final = f"must be a port between {PORT.minimum:g} and {PORT.maximum:g}"
 # The per-check timings: the check file's `defaults:` keys and each check's own.

@@ -26,11 +26,11 @@ from sidecar.health import (
     stall_deadline,
     startup,
 )
+from sidecar.kinds import component_type
 from sidecar.state import Board, CheckState, state_word
 
 CONTENT_TYPE: Final = "application/health+json"
 TEXT_CONTENT_TYPE: Final = "text/plain; charset=utf-8"
-COMPONENT_TYPES: Final = {"postgres": "datastore"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +59,7 @@ def component(state: CheckState, *, verbose: bool = False, now: float = 0.0) -> 
     """One entry of `checks`: the draft's component object for a check."""
     last = state.last
     entry: dict[str, Any] = {
-        "componentType": COMPONENT_TYPES.get(state.kind, "component"),
+        "componentType": component_type(state.kind),
         "status": state.status,
     }
     if last is None:

@@ -36,8 +36,8 @@ from support.pg import (
     make_tls_files,
 )
 
-from sidecar.checks.postgres import Credentials, PostgresCheck
-from sidecar.checkspec import CheckPolicy, DatabaseTarget, PostgresSpec
+from sidecar.checks.postgres import Credentials, PostgresCheck, PostgresSpec
+from sidecar.checkspec import CheckPolicy, DatabaseTarget
 
 
 @pytest.fixture(scope="session")

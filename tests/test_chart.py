@@ -21,7 +21,9 @@ import pytest
 import yaml
 from support.helmdeps import dependencies_updated
 
-from sidecar.checkspec import HttpSpec, PostgresSpec, TcpSpec
+from sidecar.checks.http import HttpSpec
+from sidecar.checks.postgres import PostgresSpec
+from sidecar.checks.tcp import TcpSpec
 from sidecar.config import Settings
 
 try:

@@ -22,9 +22,9 @@ from support.faultproxy import ProxyFactory
 
 from sidecar import __version__
 from sidecar.checks import CheckFailed
-from sidecar.checks.failures import HTTP, classify
-from sidecar.checks.http import HttpCheck
-from sidecar.checkspec import CheckPolicy, HttpSpec
+from sidecar.checks.failures import classify
+from sidecar.checks.http import HTTP, HttpCheck, HttpSpec
+from sidecar.checkspec import CheckPolicy
 from sidecar.loop import CheckLoop
 from sidecar.state import Board, Reason
 

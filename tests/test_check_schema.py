@@ -17,8 +17,12 @@ from test_checkfile import (
     with_local_files,
 )
 
-from sidecar.checkfile import COMMON_KEYS, KIND_KEYS, TIMING
-from sidecar.checkspec import CRITICALITIES, KINDS, NAME_PATTERN
+from sidecar.checkfile import COMMON_KEYS
+from sidecar.checkspec import CRITICALITIES, NAME_PATTERN
+from sidecar.fields import TIMING
+from sidecar.kinds import NAMES, every_kind
+
+KIND_KEYS = {kind.name: kind.key_names for kind in every_kind()}
 
 REPO = Path(__file__).resolve().parent.parent
 SCHEMA = json.loads((REPO / "docs" / "check-file.schema.json").read_text())
@@ -53,7 +57,7 @@ def test_schema_states_the_declared_keys_kinds_and_ranges() -> None:
     assert sorted(properties) == sorted(
         {*COMMON_KEYS, *(k for ks in KIND_KEYS.values() for k in ks)}
     )
-    assert properties["kind"]["enum"] == list(KINDS)
+    assert properties["kind"]["enum"] == list(NAMES)
     assert properties["criticality"]["enum"] == list(CRITICALITIES)
     assert properties["name"]["pattern"] == NAME_PATTERN.pattern
     assert sorted(defaults["properties"]) == sorted(TIMING)

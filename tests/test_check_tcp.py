@@ -17,8 +17,8 @@ from support.faultproxy import ProxyFactory
 
 from sidecar.checks import CheckFailed
 from sidecar.checks.failures import SOCKET, classify
-from sidecar.checks.tcp import TcpCheck
-from sidecar.checkspec import CheckPolicy, TcpSpec
+from sidecar.checks.tcp import TcpCheck, TcpSpec
+from sidecar.checkspec import CheckPolicy
 from sidecar.loop import CheckLoop
 from sidecar.state import Board, Reason
 

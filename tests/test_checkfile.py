@@ -15,14 +15,10 @@ import yaml
 from sidecar_proc import SidecarProcess
 
 from sidecar.checkfile import MAX_CHECK_FILE_BYTES, load_check_file, parse_checks
-from sidecar.checkspec import (
-    AnySpec,
-    CheckPolicy,
-    DatabaseTarget,
-    HttpSpec,
-    PostgresSpec,
-    TcpSpec,
-)
+from sidecar.checks.http import HttpSpec
+from sidecar.checks.postgres import PostgresSpec
+from sidecar.checks.tcp import TcpSpec
+from sidecar.checkspec import CheckPolicy, CheckSpec, DatabaseTarget
 from sidecar.config import ConfigError, Settings
 from sidecar.logs import REDACTED
 
@@ -36,13 +32,13 @@ P = "SIDECAR_CONFIG_FILE"
 Doc = dict[str, Any]
 
 
-def parse(document: object) -> tuple[tuple[AnySpec, ...], list[str]]:
+def parse(document: object) -> tuple[tuple[CheckSpec, ...], list[str]]:
     problems: list[str] = []
     specs = parse_checks(document, defaults=ENV_POLICY, database=ENV_TARGET, problems=problems)
     return specs, problems
 
 
-def load(path: Path) -> tuple[tuple[AnySpec, ...], list[str]]:
+def load(path: Path) -> tuple[tuple[CheckSpec, ...], list[str]]:
     problems: list[str] = []
     specs = load_check_file(str(path), defaults=ENV_POLICY, database=ENV_TARGET, problems=problems)
     return specs, problems
@@ -150,7 +146,7 @@ success_threshold = 2
 """
 
 
-def expected_specs(files: dict[str, str]) -> tuple[AnySpec, ...]:
+def expected_specs(files: dict[str, str]) -> tuple[CheckSpec, ...]:
     from_file = CheckPolicy(
         interval=4.0, timeout=1.5, backoff_max=40.0, failure_threshold=3, success_threshold=3
     )
@@ -1049,7 +1045,7 @@ def test_documented_example_loads_without_problems(name: str, files: dict[str, s
 
 def test_documented_examples_agree(files: dict[str, str]) -> None:
     """docs/examples/checks.yaml and checks.toml describe the same checks."""
-    specs: list[tuple[AnySpec, ...]] = []
+    specs: list[tuple[CheckSpec, ...]] = []
     for name in ("checks.yaml", "checks.toml"):
         document, _ = with_local_files(read_example(EXAMPLES / name), files)
         specs.append(parse(document)[0])

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.checkspec import PostgresSpec
+from sidecar.checks.postgres import PostgresSpec
 from sidecar.config import ConfigError, Settings
 
 

@@ -31,9 +31,12 @@ from hypothesis import strategies as st
 from sidecar_proc import SidecarProcess
 from support import free_port
 
-from sidecar.checkfile import COMMON_KEYS, KIND_KEYS, load_check_file, parse_checks
-from sidecar.checkspec import AnySpec, CheckPolicy, DatabaseTarget, HttpSpec, TcpSpec
+from sidecar.checkfile import COMMON_KEYS, load_check_file, parse_checks
+from sidecar.checks.http import HttpSpec
+from sidecar.checks.tcp import TcpSpec
+from sidecar.checkspec import CheckPolicy, CheckSpec, DatabaseTarget
 from sidecar.config import ConfigError, Settings
+from sidecar.kinds import every_kind
 
 OK: Final = "ok"
 BAD: Final = "bad"
@@ -596,9 +599,9 @@ def file_values(key: str) -> st.SearchStrategy[tuple[str, Any]]:
 # Every key a check may carry, from the loader's own tables (a new key must get strategies below).
 CHECK_KEYS: Final = (
     *(key for key in COMMON_KEYS if key not in ("name", "kind")),
-    *(key for keys in KIND_KEYS.values() for key in keys),
+    *(key for kind in every_kind() for key in kind.key_names),
 )
-KIND_OF_KEY: Final = {key: kind for kind, keys in KIND_KEYS.items() for key in keys}
+KIND_OF_KEY: Final = {key: kind.name for kind in every_kind() for key in kind.key_names}
 CHECK_NAME = st.from_regex(r"[a-z0-9]([a-z0-9_-]{0,10}[a-z0-9])?", fullmatch=True)
 
 
@@ -648,7 +651,7 @@ def check_documents(draw: st.DrawFn) -> DrawnFile:
     return DrawnFile(document, frozenset(bad))
 
 
-def parse_document(document: object) -> tuple[tuple[AnySpec, ...], list[str]]:
+def parse_document(document: object) -> tuple[tuple[CheckSpec, ...], list[str]]:
     problems: list[str] = []
     specs = parse_checks(
         document, defaults=CheckPolicy(), database=DatabaseTarget(), problems=problems

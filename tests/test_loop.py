@@ -8,7 +8,8 @@ import itertools
 import pytest
 from fakes import FakeClock, ScriptedCheck
 
-from sidecar.checkspec import CheckPolicy, PostgresSpec
+from sidecar.checks.postgres import PostgresSpec
+from sidecar.checkspec import CheckPolicy
 from sidecar.loop import (
     BACKOFF_FACTOR_SECONDS,
     MIN_RETRY_DELAY_SECONDS,

@@ -13,9 +13,9 @@ from sidecar_proc import SidecarProcess
 
 from sidecar import options
 from sidecar.__main__ import _parser
-from sidecar.checkfile import TIMING
 from sidecar.checkspec import CheckPolicy
 from sidecar.config import ConfigError, Settings
+from sidecar.fields import TIMING
 from sidecar.options import Setting
 
 README = Path(__file__).resolve().parent.parent / "README.md"

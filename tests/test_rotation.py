@@ -28,8 +28,8 @@ from support.pg import SUPPORT_DATABASE, PostgresServer
 from support.secretvolume import LogCapture, SecretVolume, captured_logs
 
 from sidecar import logs
-from sidecar.checks.postgres import APPLICATION_NAME, PostgresCheck
-from sidecar.checkspec import CheckPolicy, DatabaseTarget, PostgresSpec
+from sidecar.checks.postgres import APPLICATION_NAME, PostgresCheck, PostgresSpec
+from sidecar.checkspec import CheckPolicy, DatabaseTarget
 from sidecar.credentials import DsnFile
 from sidecar.loop import CheckLoop
 from sidecar.state import Board, CheckResult, CheckState, Transition

@@ -18,7 +18,10 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.app import create_app
-from sidecar.checkspec import CheckPolicy, HttpSpec, PostgresSpec, TcpSpec
+from sidecar.checks.http import HttpSpec
+from sidecar.checks.postgres import PostgresSpec
+from sidecar.checks.tcp import TcpSpec
+from sidecar.checkspec import CheckPolicy
 from sidecar.config import Settings
 from sidecar.handlers import prefers_text
 from sidecar.health import readiness, startup

@@ -1,9 +1,9 @@
 """One failure classifier for every kind of check: an exception in, a fixed `Reason` out.
 
-Each kind has a table of (exception types, verdict) rules, read top to bottom: the first rule
-whose types match decides. A verdict is a reason, or a function of the exception for the cases
-that must look inside it (an errno, a cause). `None` means "not ours to judge" (a bug, or an
-error the configuration should have refused): the prober counts it as internal_error.
+Each kind's module has a table of (exception types, verdict) rules, read top to bottom: the
+first rule whose types match decides. A verdict is a reason, or a function of the exception for
+the cases that must look inside it (an errno, a cause). `None` means "not ours to judge" (a bug,
+or an error the configuration should have refused): the prober counts it as internal_error.
 Cancellation and interpreter exits are never classified: they must propagate.
 
 Also the one bound on closing a connection, so that shutdown never waits on a hung peer.
@@ -18,9 +18,6 @@ import socket
 import ssl
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Final, TypeAlias
-
-import aiohttp
-import asyncpg
 
 from sidecar.checks import CheckFailed
 from sidecar.state import Reason
@@ -103,7 +100,7 @@ SOCKET: Final[Rules] = (
 )
 
 
-def _socket_cause(exc: BaseException) -> Reason | None:
+def socket_cause(exc: BaseException) -> Reason | None:
     """The reason of the first socket-level error in the cause chain, if there is one."""
     seen: set[int] = set()
     cause = exc.__cause__ or exc.__context__
@@ -113,76 +110,3 @@ def _socket_cause(exc: BaseException) -> Reason | None:
             return classify(cause, SOCKET)
         cause = cause.__cause__ or cause.__context__
     return None
-
-
-HTTP: Final[Rules] = (
-    # Before ClientConnectorError, of which it is a kind (certificate errors included).
-    (aiohttp.ClientSSLError, Reason.TLS_ERROR),
-    (
-        aiohttp.ClientConnectorError,
-        lambda exc: classify(exc.os_error, SOCKET) or Reason.NETWORK_ERROR,  # type: ignore[attr-defined]
-    ),
-    # The server closed the connection before (or while) answering.
-    (aiohttp.ServerDisconnectedError, Reason.CONNECTION_RESET),
-    # The body was cut short; the socket error, when there was one, is the cause.
-    (aiohttp.ClientPayloadError, lambda exc: _socket_cause(exc) or Reason.CONNECTION_RESET),
-    # The URL was validated at start; an invalid one here is a bug, not the target.
-    (aiohttp.InvalidURL, None),
-    # ClientOSError and ClientConnectionResetError are OSErrors with an errno.
-    ((TimeoutError, OSError), lambda exc: classify(exc, SOCKET)),
-    # Anything else the client raises (a malformed response, a bad header) means the far end
-    # does not speak HTTP as expected.
-    (aiohttp.ClientError, lambda exc: _socket_cause(exc) or Reason.NETWORK_ERROR),
-)
-
-
-def _lost_connection(exc: BaseException) -> Reason:
-    # A TLS alert from the server (it refused our client certificate, say) surfaces as a lost
-    # connection whose cause is the SSLError: that is a TLS problem.
-    return Reason.TLS_ERROR if isinstance(exc.__cause__, ssl.SSLError) else Reason.CONNECTION_RESET
-
-
-def _postgres_os_error(exc: BaseException) -> Reason:
-    # asyncpg raises a plain OSError listing every address it tried; refused is by far the
-    # commonest cause, so look inside before giving up.
-    refused = getattr(exc, "errno", None) == errno.ECONNREFUSED
-    return (
-        Reason.CONNECTION_REFUSED
-        if refused or "Connect call failed" in str(exc)
-        else (Reason.NETWORK_ERROR)
-    )
-
-
-def _cannot_connect_now(exc: BaseException) -> Reason:
-    # 57P03 says "not now" for two opposite reasons: starting up (crash recovery, a standby
-    # with hot_standby=off, "not yet accepting connections") or going away (a smart shutdown
-    # waiting for sessions to end). Only the message tells them apart.
-    return Reason.SERVER_SHUTDOWN if "shutting down" in str(exc) else Reason.SERVER_STARTING
-
-
-POSTGRES: Final[Rules] = (
-    (TimeoutError, Reason.TIMEOUT),
-    # Covers InvalidPasswordError and "no pg_hba.conf entry": both are credentials.
-    (asyncpg.InvalidAuthorizationSpecificationError, Reason.AUTH_FAILED),
-    (asyncpg.InvalidCatalogNameError, Reason.DATABASE_NOT_FOUND),
-    (asyncpg.TooManyConnectionsError, Reason.TOO_MANY_CONNECTIONS),
-    (asyncpg.CannotConnectNowError, _cannot_connect_now),
-    ((asyncpg.AdminShutdownError, asyncpg.CrashShutdownError), Reason.SERVER_SHUTDOWN),
-    (asyncpg.exceptions.TargetServerAttributeNotMatched, Reason.SESSION_ATTRS_MISMATCH),
-    (
-        (asyncpg.ConnectionDoesNotExistError, ConnectionResetError, BrokenPipeError),
-        _lost_connection,
-    ),
-    (ConnectionRefusedError, Reason.CONNECTION_REFUSED),
-    (socket.gaierror, Reason.DNS_FAILURE),
-    ((ssl.SSLError, ssl.CertificateError), Reason.TLS_ERROR),
-    # What the config check cannot see ahead: sslmode=verify-* with no CA bundle at all (nor
-    # ~/.postgresql/root.crt), a bad PGSSLMODE. Everything else it refuses.
-    (asyncpg.ClientConfigurationError, Reason.TLS_ERROR),
-    ((asyncpg.PostgresConnectionError, asyncpg.InterfaceError), Reason.NETWORK_ERROR),
-    (asyncpg.PostgresError, Reason.QUERY_FAILED),
-    (OSError, _postgres_os_error),
-    # Whatever else the client raises (a protocol error, a class added in a later release)
-    # is about the conversation with the server, not a bug of ours.
-    (asyncpg.exceptions.InternalClientError, Reason.NETWORK_ERROR),
-)

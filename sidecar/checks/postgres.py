@@ -1,4 +1,4 @@
-"""The PostgreSQL check: one dedicated, reused asyncpg connection, then the configured gates.
+"""The postgres kind: one dedicated, reused asyncpg connection, then the configured gates.
 
 With no gate configured a check is `SELECT 1` and nothing else. Gates run in this order, each
 its own statement: role (require_primary, or allow_replica with a lag bound), schema (Alembic
@@ -8,22 +8,28 @@ revisions), custom query. The first that fails decides the reason.
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import os
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal, Protocol, TypeAlias
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
 from sidecar import resolver
 from sidecar.checks import CheckFailed
-from sidecar.checks.failures import POSTGRES, classify, close_within, failures_as_reasons
-from sidecar.checkspec import PostgresSpec
-from sidecar.options import default
+from sidecar.checks.failures import Rules, classify, close_within, failures_as_reasons
+from sidecar.checkspec import CheckSpec, DatabaseTarget
+from sidecar.credentials import DsnFile
+from sidecar.fields import ABSENT, Fields, is_text, kind_of, number_schema, shown
+from sidecar.inputs import dsn_passwords, dsn_problem, read_dsn_file
+from sidecar.kinds import Built, Key, Kind, Needs
+from sidecar.options import Setting, default
 from sidecar.state import Reason
 
 if TYPE_CHECKING:
@@ -62,6 +68,33 @@ _UNUSED_PARSE_ARGUMENTS: Final = [
     "krbsrvname",
     "gsslib",
 ]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PostgresSpec(CheckSpec):
+    kind: ClassVar[Literal["postgres"]] = "postgres"
+    target: DatabaseTarget = field(default_factory=DatabaseTarget)
+    # A custom query run after connecting; with `expect`, its first column of the first row,
+    # as text (NULL as "null"), must equal `expect`.
+    query: str | None = None
+    expect: str | None = None
+    # Fail with not_primary when pg_is_in_recovery().
+    require_primary: bool = False
+    # Accept a server in recovery; with max_replica_lag_seconds, only while it is that close.
+    allow_replica: bool = False
+    max_replica_lag_seconds: float | None = None
+    # Expected Alembic revision(s): the set of `version_num` rows must equal this set.
+    alembic_revisions: tuple[str, ...] = ()
+    # TLS files; sslmode itself comes from the DSN (or PGSSLMODE), as libpq does.
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    def secrets(self) -> tuple[str, ...]:
+        return self.target.secrets()
+
+    def uses(self, database: DatabaseTarget) -> bool:
+        return self.target is database
 
 
 class Credentials(Protocol):
@@ -374,3 +407,280 @@ def _is_address(host: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+# The failure table (sidecar.checks.failures): asyncpg's exceptions, then the socket's.
+def _lost_connection(exc: BaseException) -> Reason:
+    # A TLS alert from the server (it refused our client certificate, say) surfaces as a lost
+    # connection whose cause is the SSLError: that is a TLS problem.
+    return Reason.TLS_ERROR if isinstance(exc.__cause__, ssl.SSLError) else Reason.CONNECTION_RESET
+
+
+def _postgres_os_error(exc: BaseException) -> Reason:
+    # asyncpg raises a plain OSError listing every address it tried; refused is by far the
+    # commonest cause, so look inside before giving up.
+    refused = getattr(exc, "errno", None) == errno.ECONNREFUSED
+    return (
+        Reason.CONNECTION_REFUSED
+        if refused or "Connect call failed" in str(exc)
+        else (Reason.NETWORK_ERROR)
+    )
+
+
+def _cannot_connect_now(exc: BaseException) -> Reason:
+    # 57P03 says "not now" for two opposite reasons: starting up (crash recovery, a standby
+    # with hot_standby=off, "not yet accepting connections") or going away (a smart shutdown
+    # waiting for sessions to end). Only the message tells them apart.
+    return Reason.SERVER_SHUTDOWN if "shutting down" in str(exc) else Reason.SERVER_STARTING
+
+
+POSTGRES: Final[Rules] = (
+    (TimeoutError, Reason.TIMEOUT),
+    # Covers InvalidPasswordError and "no pg_hba.conf entry": both are credentials.
+    (asyncpg.InvalidAuthorizationSpecificationError, Reason.AUTH_FAILED),
+    (asyncpg.InvalidCatalogNameError, Reason.DATABASE_NOT_FOUND),
+    (asyncpg.TooManyConnectionsError, Reason.TOO_MANY_CONNECTIONS),
+    (asyncpg.CannotConnectNowError, _cannot_connect_now),
+    ((asyncpg.AdminShutdownError, asyncpg.CrashShutdownError), Reason.SERVER_SHUTDOWN),
+    (asyncpg.exceptions.TargetServerAttributeNotMatched, Reason.SESSION_ATTRS_MISMATCH),
+    (
+        (asyncpg.ConnectionDoesNotExistError, ConnectionResetError, BrokenPipeError),
+        _lost_connection,
+    ),
+    (ConnectionRefusedError, Reason.CONNECTION_REFUSED),
+    (socket.gaierror, Reason.DNS_FAILURE),
+    ((ssl.SSLError, ssl.CertificateError), Reason.TLS_ERROR),
+    # What the config check cannot see ahead: sslmode=verify-* with no CA bundle at all (nor
+    # ~/.postgresql/root.crt), a bad PGSSLMODE. Everything else it refuses.
+    (asyncpg.ClientConfigurationError, Reason.TLS_ERROR),
+    ((asyncpg.PostgresConnectionError, asyncpg.InterfaceError), Reason.NETWORK_ERROR),
+    (asyncpg.PostgresError, Reason.QUERY_FAILED),
+    (OSError, _postgres_os_error),
+    # Whatever else the client raises (a protocol error, a class added in a later release)
+    # is about the conversation with the server, not a bug of ours.
+    (asyncpg.exceptions.InternalClientError, Reason.NETWORK_ERROR),
+)
+
+
+# Up to a day: a replica further behind than that is broken, not lagging.
+MAX_REPLICA_LAG: Final = Setting(
+    env="",
+    field="max_replica_lag_seconds",
+    type="seconds",
+    above_minimum=True,
+    maximum=86400,
+    help="largest replay lag accepted (with allow_replica)",
+)
+REVISION_RULE: Final = (
+    "must be a revision id as text, or a list of them (quote one that looks like a number)"
+)
+
+
+def _parse(fields: Fields, common: dict[str, Any], database: DatabaseTarget) -> PostgresSpec | None:
+    raw = fields.raw
+    target = _postgres_target(fields, database)
+    require_primary = fields.boolean("require_primary")
+    allow_replica = fields.boolean("allow_replica")
+    lag = fields.number("max_replica_lag_seconds", MAX_REPLICA_LAG)
+    if require_primary and allow_replica:
+        fields.problem("allow_replica", "contradicts require_primary: true; set only one of them")
+    lag_alone = "max_replica_lag_seconds" in raw and not allow_replica
+    if lag_alone and not {"allow_replica", "max_replica_lag_seconds"} & fields.refused:
+        fields.problem("max_replica_lag_seconds", "only valid with allow_replica: true")
+    query = fields.read(
+        "query",
+        lambda v: isinstance(v, str) and bool(v.strip()),
+        "must be an SQL query as text",
+        # Not quoted: a query is long, and the type is what went wrong.
+        got=lambda v: "empty text" if isinstance(v, str) else kind_of(v),
+    )
+    # YAML reads `expect: true` as a boolean and `expect: 1` as a number; the check compares
+    # text, so the quotes are required rather than guessed.
+    expect = fields.read("expect", is_text, 'must be text (quote it: expect: "...")')
+    if "expect" in raw and "query" not in raw:
+        fields.problem("expect", "only valid with query")
+    ca_file, cert_file, key_file = map(fields.readable_file, ("ca_file", "cert_file", "key_file"))
+    for key, other, what in (
+        ("cert_file", "key_file", "the client certificate's private key"),
+        ("key_file", "cert_file", "the client certificate"),
+    ):
+        if key in raw and other not in raw:
+            fields.problem(key, f"needs {other} too ({what})")
+    revisions = _revisions(fields, "alembic_revision")
+    if target is None:
+        return None
+    return PostgresSpec(
+        **common,
+        target=target,
+        query=query,
+        expect=expect,
+        require_primary=require_primary,
+        allow_replica=allow_replica,
+        max_replica_lag_seconds=lag,
+        alembic_revisions=revisions,
+        ca_file=ca_file,
+        cert_file=cert_file,
+        key_file=key_file,
+    )
+
+
+def _postgres_target(fields: Fields, database: DatabaseTarget) -> DatabaseTarget | None:
+    """The check's own DSN (a file, or inline without a password), else the environment's."""
+    raw = fields.raw
+    if "dsn" in raw and "dsn_file" in raw:
+        fields.problem("dsn_file", "set together with dsn; set only one")
+        return None
+    if "dsn_file" in raw:
+        return _dsn_file_target(fields)
+    if "dsn" not in raw:
+        return database
+    dsn = raw["dsn"]
+    # Never quoted, whatever it holds: a DSN may carry a password.
+    if not isinstance(dsn, str) or not dsn.strip():
+        fields.problem("dsn", f"must be a postgresql:// URL as text, got {kind_of(dsn)}")
+        return None
+    dsn = dsn.strip()
+    problem = dsn_problem(dsn)
+    if problem is None and dsn_passwords(dsn):
+        problem = (
+            "holds a password, and a ConfigMap is not a Secret: put the DSN in a "
+            "mounted Secret and name that file with dsn_file"
+        )
+    if problem is not None:
+        fields.problem("dsn", problem)
+        return None
+    return DatabaseTarget(dsn=dsn, source="dsn")
+
+
+def _dsn_file_target(fields: Fields) -> DatabaseTarget | None:
+    path = fields.path("dsn_file")
+    if path is None:
+        return None
+    if "://" in path or "@" in path:
+        # A DSN written where its file's path belongs: never quote it back.
+        fields.problem("dsn_file", "must be the path of a file holding the DSN, not a DSN")
+        return None
+    try:
+        return DatabaseTarget(dsn=read_dsn_file(path), source="dsn_file", file_path=path)
+    except ValueError as exc:  # names the path and the problem, never the content
+        fields.problem("dsn_file", str(exc))
+        return None
+
+
+def _revisions(fields: Fields, key: str) -> tuple[str, ...]:
+    value = fields.raw.get(key, ABSENT)
+    if value is ABSENT:
+        return ()
+    if not isinstance(value, str) and not (isinstance(value, list) and value):
+        what = "an empty list" if isinstance(value, list) else shown(value)
+        fields.problem(key, f"{REVISION_RULE}, got {what}")
+        return ()
+    items: list[object] = [value] if isinstance(value, str) else list(value)
+    found: list[str] = []
+    for index, item in enumerate(items):
+        if not isinstance(item, str) or not item or any(ch.isspace() for ch in item):
+            label = key if isinstance(value, str) else f"{key}[{index}]"
+            fields.problem(label, f"{REVISION_RULE}, got {shown(item)}")
+        else:
+            found.append(item)
+    return tuple(dict.fromkeys(found)) if len(found) == len(items) else ()
+
+
+def _build(spec: PostgresSpec, needs: Needs) -> Built:
+    """A DSN read from a file is watched for rotation."""
+    target, credentials = spec.target, None
+    if target.file_path is not None and target.dsn is not None:
+        credentials = DsnFile(
+            target.file_path, target.dsn, name=spec.name, on_secrets=needs.on_secrets
+        )
+    return Built(PostgresCheck(spec, credentials, needs.max_connection_age), credentials)
+
+
+def _path(description: str) -> dict[str, Any]:
+    return {"type": "string", "pattern": "^/", "description": description}
+
+
+def _boolean(description: str) -> dict[str, Any]:
+    return {"type": "boolean", "description": description}
+
+
+_REVISION: Final = {"type": "string", "pattern": r"^\S+$"}
+
+KIND: Final[Kind[PostgresSpec]] = Kind(
+    name="postgres",
+    keys=(
+        Key("dsn_file", _path("File holding the DSN (a mounted Secret; watched for rotation)")),
+        Key(
+            "dsn",
+            {
+                "type": "string",
+                "description": "DSN without a password (a ConfigMap is not a Secret)",
+                "pattern": "^postgres(ql)?://",
+                "allOf": [
+                    {"not": {"pattern": "^postgres(ql)?://[^/?#@]*:[^/?#@]*@"}},
+                    {"not": {"pattern": "[?&]password="}},
+                ],
+            },
+        ),
+        Key("require_primary", _boolean("Fail with not_primary when the server is in recovery")),
+        Key("allow_replica", _boolean("Accept a server in recovery")),
+        Key("max_replica_lag_seconds", number_schema(MAX_REPLICA_LAG)),
+        Key(
+            "alembic_revision",
+            {
+                "description": "Expected Alembic revision, or a list of them (several heads)",
+                "oneOf": [
+                    _REVISION,
+                    {"type": "array", "minItems": 1, "uniqueItems": True, "items": _REVISION},
+                ],
+            },
+        ),
+        Key(
+            "query",
+            {
+                "type": "string",
+                "description": "Custom query run after connecting",
+                "pattern": r"\S",
+            },
+        ),
+        Key(
+            "expect",
+            {
+                "type": "string",
+                "description": "First column of the first row, as text (with query)",
+            },
+        ),
+        Key("ca_file", _path("CA bundle")),
+        Key("cert_file", _path("Client certificate (with key_file)")),
+        Key("key_file", _path("Client key (with cert_file)")),
+    ),
+    parse=_parse,
+    build=_build,
+    component_type="datastore",
+    rules=(
+        {"not": {"required": ["dsn", "dsn_file"]}},
+        {
+            "not": {
+                "properties": {
+                    "require_primary": {"const": True},
+                    "allow_replica": {"const": True},
+                },
+                "required": ["require_primary", "allow_replica"],
+            }
+        },
+        {"if": {"required": ["expect"]}, "then": {"required": ["query"]}},
+        {"if": {"required": ["cert_file"]}, "then": {"required": ["key_file"]}},
+        {"if": {"required": ["key_file"]}, "then": {"required": ["cert_file"]}},
+        {
+            "if": {"required": ["max_replica_lag_seconds"]},
+            "then": {
+                "properties": {"allow_replica": {"const": True}},
+                "required": ["allow_replica"],
+            },
+        },
+    ),
+    loader_only=(
+        "a dsn_file, ca_file, cert_file or key_file that cannot be read at start, or a DSN file "
+        "whose content is not a postgresql:// URL",
+    ),
+)

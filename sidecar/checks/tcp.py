@@ -1,11 +1,23 @@
-"""The TCP check: a connection to host:port is opened, then closed. Nothing is sent."""
+"""The tcp kind: a connection to host:port is opened, then closed. Nothing is sent."""
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
+from typing import Any, ClassVar, Final, Literal
 
 from sidecar.checks.failures import SOCKET, close_within, failures_as_reasons
-from sidecar.checkspec import TcpSpec
+from sidecar.checkspec import CheckSpec, DatabaseTarget
+from sidecar.fields import Fields, is_host, is_port, number_schema
+from sidecar.kinds import Built, Key, Kind
+from sidecar.options import PORT, PORT_RULE
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TcpSpec(CheckSpec):
+    kind: ClassVar[Literal["tcp"]] = "tcp"
+    host: str
+    port: int
 
 
 class TcpCheck:
@@ -31,3 +43,33 @@ class TcpCheck:
 
     async def close(self) -> None:
         """Nothing is kept between runs, so there is nothing to release."""
+
+
+def _parse(fields: Fields, common: dict[str, Any], _database: DatabaseTarget) -> TcpSpec | None:
+    missing = "missing; a tcp check needs one"
+    host = fields.read("host", is_host, "must be a host name or address", missing=missing)
+    port = fields.read("port", is_port, PORT_RULE, missing=missing)
+    if host is None or port is None:
+        return None
+    return TcpSpec(**common, host=host, port=port)
+
+
+KIND: Final[Kind[TcpSpec]] = Kind(
+    name="tcp",
+    keys=(
+        Key(
+            "host",
+            {
+                "type": "string",
+                "description": "Host to connect to",
+                "minLength": 1,
+                "pattern": r"^[^\s/\x00-\x1f\x7f]+$",
+            },
+            required=True,
+        ),
+        Key("port", {**number_schema(PORT), "description": "TCP port"}, required=True),
+    ),
+    parse=_parse,
+    build=lambda spec, _needs: Built(TcpCheck(spec)),
+    loader_only=("a host name the resolver cannot encode (an empty or 64+ character label)",),
+)
