@@ -2,13 +2,13 @@
 
 Everything else derives from `SETTINGS`: reading the environment (`config.Settings`), the flags
 and `--help` (`__main__`), the refusal lines, the check file's `defaults:` and per-check timing
-keys (`fields`, the ones with a `file_key`). Tests compare the README's settings table and the
-check file's JSON Schema with this table.
+keys (`sidecar.fields`, the ones with a `file_key`) and their JSON Schema (`sidecar.schema`). A
+test compares the README's settings table with this table.
 
 To add a setting: append one `Setting` here; add a typed field named `Setting.field`, its
 default `options.default(...)`, to `config.Settings` (or, for a per-check timing with a
 `file_key`, to `checkspec.CheckPolicy`), where the parsed value lands by that name; add its row
-to the README's settings table. Nothing else needs to know.
+to the README's settings table; for a `file_key`, run .ci/check-file-schema.
 
 Imports only the leaf `inputs`.
 """

@@ -21,6 +21,7 @@ from sidecar.checkfile import COMMON_KEYS
 from sidecar.checkspec import CRITICALITIES, NAME_PATTERN
 from sidecar.fields import TIMING
 from sidecar.kinds import NAMES, every_kind
+from sidecar.schema import check_file_schema, text
 
 KIND_KEYS = {kind.name: kind.key_names for kind in every_kind()}
 
@@ -41,6 +42,19 @@ LOADER_ONLY = {
 
 def schema_accepts(document: object) -> bool:
     return VALIDATOR.is_valid(document)
+
+
+def test_committed_schema_is_the_generated_one() -> None:
+    """docs/check-file.schema.json is `python -m sidecar.schema`'s output, byte for byte
+    (after a change of a kind or a timing setting, run .ci/check-file-schema)."""
+    assert (REPO / "docs" / "check-file.schema.json").read_text() == text()
+
+
+def test_chart_copies_are_the_generated_ones() -> None:
+    """The app chart's `check` and `checkDefaults` definitions are the generated schema's."""
+    generated = check_file_schema()["$defs"]
+    assert CHART["definitions"]["check"] == generated["check"]
+    assert CHART["definitions"]["checkDefaults"] == generated["defaults"]
 
 
 def test_schema_is_valid_2020_12() -> None:
