@@ -127,11 +127,29 @@ def _serve(args: list[str], env: dict[str, str]) -> int:
         ],
         event_loop="uvloop" if _loop_factory() else "asyncio",
     )
+    _say_dropped_drivers(settings, log)
     try:
         return _run(settings, log)
     finally:
         # Whatever is still buffered gets a bounded chance; a stuck pipe cannot hold the exit.
         logs.shutdown()
+
+
+def _say_dropped_drivers(settings: Settings, log: Any) -> None:
+    """Once per DSN written as postgresql+driver://: the driver part is not used."""
+    from sidecar.checks.postgres import PostgresSpec
+    from sidecar.inputs import split_driver
+
+    seen: set[int] = set()
+    for spec in settings.check_specs:
+        if not isinstance(spec, PostgresSpec) or id(spec.target) in seen:
+            continue
+        seen.add(id(spec.target))
+        driver = split_driver(spec.target.dsn or "")[1]
+        if driver is not None:
+            log.debug(
+                "dsn.driver_dropped", check=spec.name, source=spec.target.source, driver=driver
+            )
 
 
 def _run(settings: Settings, log: Any) -> int:

@@ -11,7 +11,7 @@ from typing import Any, Final, Literal
 
 from sidecar import options
 from sidecar.checkspec import CheckPolicy, CheckSpec, DatabaseTarget
-from sidecar.inputs import dsn_problem, read_dsn_file
+from sidecar.inputs import dsn_problem, libpq_tls_problems, read_dsn_file
 
 NO_DATABASE: Final = (
     "SIDECAR_DATABASE_URL: no database given; set SIDECAR_DATABASE_URL, "
@@ -73,6 +73,7 @@ class Settings:
         """Build settings from a mapping of variables; raise ConfigError listing every problem."""
         found, problems = options.values(environ)
         database = _database_target(environ, found, problems)
+        problems.extend(libpq_tls_problems(environ))
         policy = CheckPolicy(**{s.field: found[s.field] for s in options.PER_CHECK})
         config_file = found["config_file"]
         checks: tuple[CheckSpec, ...] = ()

@@ -21,7 +21,7 @@ from typing import Final
 import structlog
 
 from sidecar.checkspec import DatabaseTarget
-from sidecar.inputs import read_dsn_file
+from sidecar.inputs import read_dsn_file, split_driver
 from sidecar.state import Reason
 
 # The outcomes of a file change: health_sidecar_dsn_reloads_total{outcome=...}.
@@ -112,6 +112,9 @@ class DsnFile:
             self._on_secrets(DatabaseTarget(dsn=dsn).secrets())
             self._pending = dsn
             self._rejection_logged = None
+            driver = split_driver(dsn)[1]
+            if driver is not None:
+                self._log.debug("dsn.driver_dropped", source="rotation", driver=driver)
         return dsn
 
     def accept(self, dsn: str) -> None:

@@ -6,11 +6,31 @@ A reason is always worded so that it never quotes a DSN (it may hold a password)
 
 from __future__ import annotations
 
+import difflib
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, unquote_plus, urlsplit
 
 DSN_SCHEMES: Final = ("postgresql", "postgres")
+# SQLAlchemy's `dialect+driver://` URLs (postgresql+asyncpg://, postgres+psycopg2://) name the
+# same database as the plain scheme: the app's own Secret serves the sidecar as it is.
+_WITH_DRIVER: Final = re.compile(r"^(postgresql|postgres)\+([a-z0-9_]{1,32})$", re.IGNORECASE)
+# What RFC 3986 allows in a scheme: a word like that is safe to quote in a refusal.
+_SCHEME: Final = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]{0,31}$")
+# libpq's sslmode values, weakest first (asyncpg takes the same ones).
+SSL_MODES: Final = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+# DSN parameters naming a file the TLS handshake reads; checked at start, as a missing one
+# would otherwise show only as a failed check.
+TLS_FILE_PARAMETERS: Final = ("sslrootcert", "sslcert", "sslkey", "sslcrl")
+# The environment's equivalents, which libpq and asyncpg read when the DSN says nothing.
+TLS_ENVIRONMENT: Final = {
+    "PGSSLROOTCERT": "sslrootcert",
+    "PGSSLCERT": "sslcert",
+    "PGSSLKEY": "sslkey",
+    "PGSSLCRL": "sslcrl",
+}
 # A DSN file is a mounted Secret holding one line; anything bigger is a wrong mount.
 MAX_DSN_FILE_BYTES: Final = 64 * 1024
 
@@ -34,14 +54,25 @@ def valid_host(host: str) -> bool:
     return True
 
 
+def split_driver(dsn: str) -> tuple[str, str | None]:
+    """The DSN with a `+driver` suffix of its scheme dropped, and that driver (None if none)."""
+    scheme, sep, rest = dsn.partition("://")
+    match = _WITH_DRIVER.match(scheme) if sep else None
+    if match is None:
+        return dsn, None
+    return f"{match.group(1)}://{rest}", match.group(2)
+
+
 def dsn_problem(dsn: str) -> str | None:
     """Why this DSN is refused, without ever quoting it (it may hold a password)."""
+    dsn, _driver = split_driver(dsn)
     scheme, sep, _rest = dsn.partition("://")
     if not sep:
         return "not a URL: expected postgresql://user:password@host:port/database"
     if scheme.lower() not in DSN_SCHEMES:
-        shown = scheme if scheme.isascii() and scheme.isalnum() and len(scheme) <= 20 else "?"
-        return f"scheme {shown!r} is not supported; use postgresql:// or postgres://"
+        # A scheme-shaped word is no secret; anything else may be a password typed first.
+        shown = f"{scheme!r} " if _SCHEME.match(scheme) else ""
+        return f"scheme {shown}is not supported; use postgresql:// or postgres://"
     if unprintable(dsn):
         return "contains whitespace or control characters"
     try:
@@ -52,8 +83,74 @@ def dsn_problem(dsn: str) -> str | None:
         for spec in hosts.split(","):
             _ = urlsplit(f"//{spec}").port  # ValueError on a port that is not a number
     except ValueError:
-        return "malformed URL (bad port or brackets)"
+        return (
+            "malformed URL (bad port or brackets; a '/', '?' or '#' in the password must be "
+            "percent-encoded)"
+        )
+    # libpq and asyncpg end the user and password at the first '@' (Python's parser at the
+    # last), and the host list at the first '/': with a raw '@' or '/' in the password each
+    # reads a different host, database and password. Refused rather than guessed.
+    if parts.netloc.count("@") > 1 or "@" in parts.path:
+        return "an '@' or '/' in the user name or password must be percent-encoded (%40, %2F)"
+    return _parameters_problem(parts.query)
+
+
+def _parameters_problem(query: str) -> str | None:
+    """Why the DSN's query parameters are refused: a malformed query, a bad sslmode, a TLS
+    file that cannot be read. The value of a parameter is quoted only when it is no secret."""
+    if not query:
+        return None
+    try:
+        # Parsed as asyncpg parses it (strictly, the last value of a key wins).
+        values = {k: v[-1] for k, v in parse_qs(query, strict_parsing=True).items()}
+    except ValueError:
+        return "malformed query string (expected key=value pairs joined by &)"
+    if "sslmode" in values:
+        problem = sslmode_problem(values["sslmode"])
+        if problem:
+            return f"sslmode: {problem}"
+    for key in TLS_FILE_PARAMETERS:
+        if key in values:
+            problem = tls_file_problem(values[key])
+            if problem:
+                return f"{key}: {problem}"
     return None
+
+
+def sslmode_problem(value: str) -> str | None:
+    """Why `value` is no sslmode (with a did-you-mean when one is close), or None."""
+    if value in SSL_MODES:
+        return None
+    shown = f"{value!r} " if re.fullmatch(r"[A-Za-z_-]{1,20}", value) else ""
+    guess = difflib.get_close_matches(value.lower(), SSL_MODES, n=1)
+    hint = f"; did you mean {guess[0]!r}?" if guess and shown else ""
+    return f"{shown}is not one of {', '.join(SSL_MODES)}{hint}"
+
+
+def tls_file_problem(path: str) -> str | None:
+    """Why the TLS file at `path` cannot be used, or None; the path is quoted (never a secret)."""
+    try:
+        read_head(path, 1)
+    except ValueError as exc:
+        return f"file {path!r} {exc}"
+    return None
+
+
+def libpq_tls_problems(environ: Mapping[str, str]) -> list[str]:
+    """PGSSLMODE and the PGSSL* file variables, which every postgres check inherits."""
+    problems = []
+    mode = environ.get("PGSSLMODE")
+    if mode:
+        problem = sslmode_problem(mode)
+        if problem:
+            problems.append(f"PGSSLMODE: {problem}")
+    for variable in TLS_ENVIRONMENT:
+        path = environ.get(variable)
+        if path:
+            problem = tls_file_problem(path)
+            if problem:
+                problems.append(f"{variable}: {problem}")
+    return problems
 
 
 def read_head(path: str, size: int) -> bytes:
@@ -100,17 +197,18 @@ def read_dsn_file(path: str) -> str:
 
 
 def dsn_passwords(dsn: str) -> list[str]:
-    """The password of a DSN, as written and percent-decoded (either form could be echoed)."""
+    """The password of a DSN, as written and decoded (either form could be echoed)."""
     try:
-        parts = urlsplit(dsn)
+        parts = urlsplit(split_driver(dsn)[0])
     except ValueError:
         return []
     found: list[str] = []
     if parts.password:
         found.append(parts.password)
-    # libpq also accepts the password as a query parameter.
+        found.append(unquote(parts.password))
+    # libpq also accepts the password as a query parameter (asyncpg decodes `+` as a space).
     for pair in parts.query.split("&"):
         key, _, value = pair.partition("=")
         if key == "password" and value:
-            found.append(value)
-    return found + [unquote(p) for p in found if unquote(p) != p]
+            found.extend((value, unquote(value), unquote_plus(value)))
+    return list(dict.fromkeys(p for p in found if p))

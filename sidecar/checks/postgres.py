@@ -27,7 +27,7 @@ from sidecar.checks.failures import Rules, classify, close_within, failures_as_r
 from sidecar.checkspec import CheckSpec, DatabaseTarget
 from sidecar.credentials import DsnFile
 from sidecar.fields import ABSENT, Fields, is_text, kind_of, number_schema, shown
-from sidecar.inputs import dsn_passwords, dsn_problem, read_dsn_file
+from sidecar.inputs import dsn_passwords, dsn_problem, read_dsn_file, split_driver
 from sidecar.kinds import Built, Key, Kind, Needs
 from sidecar.options import Setting, default
 from sidecar.state import Reason
@@ -193,7 +193,8 @@ class PostgresCheck:
         if unreadable is not None:
             raise CheckFailed(Reason.TLS_ERROR, {"unreadable": unreadable})
         target = self._target_kwargs(dsn)
-        dsn = _with_tls_files(dsn, self.spec)
+        # postgresql+asyncpg:// and the like: the same DSN to asyncpg once the driver is dropped.
+        dsn = _with_tls_files(dsn and split_driver(dsn)[0], self.spec)
         hosts = _hosts(dsn, target)
         budget = self.spec.policy.timeout
         if len(hosts) <= 1:
@@ -615,9 +616,10 @@ KIND: Final[Kind[PostgresSpec]] = Kind(
             {
                 "type": "string",
                 "description": "DSN without a password (a ConfigMap is not a Secret)",
-                "pattern": "^postgres(ql)?://",
+                # A driver suffix (postgresql+asyncpg://) is dropped: the app's own URL works.
+                "pattern": "^postgres(ql)?(\\+[A-Za-z0-9_]+)?://",
                 "allOf": [
-                    {"not": {"pattern": "^postgres(ql)?://[^/?#@]*:[^/?#@]*@"}},
+                    {"not": {"pattern": "^postgres(ql)?(\\+[A-Za-z0-9_]+)?://[^/?#@]*:[^/?#@]*@"}},
                     {"not": {"pattern": "[?&]password="}},
                 ],
             },
