@@ -51,13 +51,13 @@ class ResultObserver(Protocol):
 def backoff_delays(
     backoff_max: float, jitter: Callable[[float], float] = backoff.full_jitter
 ) -> Iterator[float]:
-    """Retry delays while failing: ceilings of 1 s, 2 s, 4 s, ... capped at `backoff_max`,
-    each drawn with `jitter` (backoff's full jitter: uniform in [0, ceiling]), never under
-    MIN_RETRY_DELAY_SECONDS."""
-    ceiling = min(BACKOFF_FACTOR_SECONDS, backoff_max)
-    while True:
+    """Retry delays while failing: backoff's exponential ceilings (1 s, 2 s, 4 s, ... capped at
+    `backoff_max`), each drawn with `jitter` (backoff's full jitter: uniform in [0, ceiling]),
+    never under MIN_RETRY_DELAY_SECONDS."""
+    ceilings = backoff.expo(factor=BACKOFF_FACTOR_SECONDS, max_value=backoff_max)
+    next(ceilings)  # backoff's generators start with one empty step, as its decorators expect
+    for ceiling in ceilings:
         yield min(backoff_max, max(MIN_RETRY_DELAY_SECONDS, jitter(ceiling)))
-        ceiling = min(2 * ceiling, backoff_max)
 
 
 class CheckLoop:

@@ -22,8 +22,8 @@ from sidecar.health import (
     check_liveness,
     check_readiness,
     liveness,
+    loop_liveness,
     readiness,
-    stall_deadline,
     startup,
 )
 from sidecar.kinds import component_type
@@ -170,8 +170,10 @@ def _status(verdict: Verdict) -> int:
 class Views:
     """Status, body and content type per endpoint; plain answers memoised per snapshot.
 
-    The cache key includes the board's `checks` mapping by identity: the prober replaces
-    that mapping on every publish, which invalidates everything at once.
+    A snapshot is the board's `checks` mapping (by identity: the check loops replace it on
+    every publish) with its two flags; a new one drops every memo at once. Within a snapshot
+    a plain answer is reused while its verdict holds (`Verdict.until`, from sidecar.health),
+    so a plain body must be a function of the snapshot and the verdict alone.
     """
 
     def __init__(self, board: Board, *, names: Collection[str] = ()) -> None:
@@ -179,23 +181,32 @@ class Views:
         # The configured check names: the only valid /ready/<name> and ?exclude= values.
         self.names = tuple(names)
         self._seen: object = None
-        self._cache: dict[tuple[str, Verdict, bool], Rendered] = {}
-        # The hot path: a passing answer stays valid for this snapshot until a deadline
-        # (freshness for /ready, the stall bound for /health), so most requests are one
-        # identity check and one comparison.
-        self._fast: dict[str, tuple[object, bool, float, Rendered]] = {}
+        self._draining = self._stopped = False
+        self._memos: dict[str, tuple[float, Rendered]] = {}
 
-    def _memo(self, key: str, verdict: Verdict, build: Callable[[], dict[str, Any]]) -> Rendered:
+    def _reuse(self, key: str, now: float) -> Rendered | None:
+        """The plain answer `key` of this snapshot, if its verdict still holds at `now`."""
         board = self._board
-        if board.checks is not self._seen:
-            self._cache = {}
-            self._seen = board.checks
-        memo_key = (key, verdict, board.draining)
-        hit = self._cache.get(memo_key)
-        if hit is None:
-            hit = (_status(verdict), encode(build()), CONTENT_TYPE)
-            self._cache[memo_key] = hit
-        return hit
+        if (
+            board.checks is not self._seen
+            or board.draining is not self._draining
+            or board.prober_stopped is not self._stopped
+        ):
+            self._memos = {}
+            self._seen, self._draining, self._stopped = (
+                board.checks,
+                board.draining,
+                board.prober_stopped,
+            )
+            return None
+        hit = self._memos.get(key)
+        return hit[1] if hit is not None and now <= hit[0] else None
+
+    def _keep(self, key: str, verdict: Verdict, doc: dict[str, Any]) -> Rendered:
+        """Render a plain answer, kept (see _reuse) until its verdict expires."""
+        rendered = (_status(verdict), encode(doc), CONTENT_TYPE)
+        self._memos[key] = (verdict.until, rendered)
+        return rendered
 
     def ready(self, now: float, query: Query = PLAIN) -> Rendered:
         return self._aggregate("ready", now, query)
@@ -207,32 +218,25 @@ class Views:
         """/ready (the critical checks' results) or /health (the loops keep their schedule)."""
         board = self._board
         ready = endpoint == "ready"
-        fast = self._fast.get(endpoint)
-        if query is PLAIN and fast is not None and not board.prober_stopped:
-            seen, draining, until, rendered = fast
-            if seen is board.checks and draining == board.draining and now <= until:
-                return rendered
-        exclude = frozenset(query.exclude)
-        verdict = (readiness if ready else liveness)(board, now=now, exclude=exclude)
-        states = [s for s in board.checks.values() if s.name not in exclude]
+        judge = readiness if ready else liveness
         if query is PLAIN:
-            rendered = self._memo(
-                endpoint,
-                verdict,
-                lambda: document(board, verdict, states=states, with_checks=ready),
-            )
-            if verdict.ok:
-                self._fast[endpoint] = (board.checks, board.draining, self._until(ready), rendered)
-            return rendered
+            if (hit := self._reuse(endpoint, now)) is not None:
+                return hit
+            verdict = judge(board, now=now)
+            doc = document(board, verdict, states=board.checks.values(), with_checks=ready)
+            return self._keep(endpoint, verdict, doc)
+        exclude = frozenset(query.exclude)
+        verdict = judge(board, now=now, exclude=exclude)
+        states = [s for s in board.checks.values() if s.name not in exclude]
         notes = unknown_excludes(self.names, query.exclude)
         if query.text:
-            judge, line = (check_readiness, check_line) if ready else (check_liveness, _loop_line)
+            one, line = (check_readiness, check_line) if ready else (check_liveness, _loop_line)
             return _text_answer(
                 endpoint,
                 verdict,
                 query,
                 lambda: [
-                    *self._listing(exclude, lambda s: line(s, judge(s, now=now))),
+                    *self._listing(exclude, lambda s: line(s, one(s, now=now))),
                     *self._lifecycle_lines(ready=ready),
                 ],
                 notes,
@@ -248,32 +252,15 @@ class Views:
         )
         return (_status(verdict), encode(doc), CONTENT_TYPE)
 
-    def _until(self, ready: bool) -> float:
-        """Until when a passing answer stays true without a new snapshot: the moment the first
-        critical result goes stale (/ready), or the first loop is overdue (/health)."""
-        checks = self._board.checks.values()
-        if ready:
-            times = [
-                s.last.finished_monotonic + s.freshness_seconds
-                for s in checks
-                if s.critical and s.last is not None
-            ]
-        else:
-            times = [stall_deadline(s) for s in checks]
-        return min(times, default=float("inf"))
-
     def startup(self, now: float, query: Query = PLAIN) -> Rendered:
         board = self._board
+        if query is PLAIN and (hit := self._reuse("startup", now)) is not None:
+            return hit
         verdict = startup(board)
         if query is PLAIN:
             # Once started, the checks' current state is /ready's business, not /startup's.
-            return self._memo(
-                "startup",
-                verdict,
-                lambda: document(
-                    board, verdict, states=board.checks.values(), with_checks=not verdict.ok
-                ),
-            )
+            doc = document(board, verdict, states=board.checks.values(), with_checks=not verdict.ok)
+            return self._keep("startup", verdict, doc)
         if query.text:
             return _text_answer(
                 "startup", verdict, query, lambda: [_startup_line(s) for s in board.checks.values()]
@@ -305,16 +292,16 @@ class Views:
         if state is None:
             return None
         ready = endpoint == "ready"
-        verdict = (check_readiness if ready else check_liveness)(state, now=now)
-        if not ready and board.prober_stopped:
-            verdict = Verdict(False, "probe loop stopped")
+        plain = not query.verbose and not query.text
+        key = f"{endpoint}/{name}"
+        if plain and (hit := self._reuse(key, now)) is not None:
+            return hit
+        verdict = check_readiness(state, now=now) if ready else loop_liveness(board, state, now=now)
+        if plain:
+            return self._keep(key, verdict, document(board, verdict, states=[state]))
         if query.text:
             line = functools.partial(check_line, alone=True) if ready else _loop_line
             return _text_answer(endpoint, verdict, query, lambda: [line(state, verdict)])
-        if not query.verbose:
-            return self._memo(
-                f"{endpoint}/{name}", verdict, lambda: document(board, verdict, states=[state])
-            )
         doc = document(board, verdict, states=[state], verbose=True, now=now)
         return (_status(verdict), encode(doc), CONTENT_TYPE)
 
