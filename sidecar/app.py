@@ -64,9 +64,8 @@ def create_app(
         built = [(spec, build(spec, needs)) for spec in settings.check_specs]
         checks = [(spec, b.check) for spec, b in built]
         credentials = {s.name: b.credentials for s, b in built if b.credentials is not None}
+    # Unique: the check file's loader refuses a name used twice.
     names = [spec.name for spec, _ in checks]
-    if len(set(names)) != len(names):
-        raise ValueError(f"check names must be unique, got {names}")
     # auto_describe: prometheus-client's ?name[]= filter then finds the scrape-time families
     # (and the process ones) too, not only the metrics that describe themselves.
     registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
