@@ -22,7 +22,7 @@ import structlog
 
 from sidecar.checkspec import DatabaseTarget
 from sidecar.inputs import read_dsn_file, split_driver
-from sidecar.state import Reason
+from sidecar.reasons import Reason
 
 # The outcomes of a file change: health_sidecar_dsn_reloads_total{outcome=...}.
 OUTCOMES: Final = ("applied", "invalid", "rejected")

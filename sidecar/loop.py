@@ -14,9 +14,10 @@ from typing import Final, Protocol
 import backoff
 import structlog
 
-from sidecar.checks import Check, CheckFailed
+from sidecar.checks import Check
 from sidecar.checkspec import CheckSpec
-from sidecar.state import Board, CheckResult, CheckState, Reason, Transition, advance
+from sidecar.reasons import CheckFailed, Reason
+from sidecar.state import Board, CheckResult, CheckState, Transition, advance
 
 # A jittered delay can come out near zero; never retry faster than this.
 MIN_RETRY_DELAY_SECONDS: Final = 0.1

@@ -18,7 +18,8 @@ from sidecar import __version__
 from sidecar.checks import CredentialsStatus
 from sidecar.credentials import OUTCOMES
 from sidecar.health import liveness, readiness, startup
-from sidecar.state import ALL_REASONS, Board, CheckResult, CheckState, Transition
+from sidecar.reasons import ALL_REASONS
+from sidecar.state import Board, CheckResult, CheckState, Transition
 
 # A database ping on loopback takes ~0.2 ms, across a zone a few ms; timeouts go to 10 s.
 DURATION_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)

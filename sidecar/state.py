@@ -7,40 +7,8 @@ The prober is the only writer; request handlers and the metrics collector only r
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from enum import StrEnum
-from typing import Final
 
-from sidecar.checkspec import CheckPolicy
-
-
-class Reason(StrEnum):
-    """Why a check failed: a small fixed set, safe as a metric label."""
-
-    TIMEOUT = "timeout"
-    CONNECTION_REFUSED = "connection_refused"
-    CONNECTION_RESET = "connection_reset"
-    AUTH_FAILED = "auth_failed"
-    DATABASE_NOT_FOUND = "database_not_found"
-    TOO_MANY_CONNECTIONS = "too_many_connections"
-    DNS_FAILURE = "dns_failure"
-    SERVER_SHUTDOWN = "server_shutdown"
-    # 57P03: starting up, in crash recovery, or a standby with hot_standby=off.
-    SERVER_STARTING = "server_starting"
-    TLS_ERROR = "tls_error"
-    QUERY_FAILED = "query_failed"
-    NETWORK_ERROR = "network_error"
-    INTERNAL_ERROR = "internal_error"
-    # Gates: the dependency answered, but not what this pod needs.
-    UNEXPECTED_RESULT = "unexpected_result"  # a custom query returned something else
-    NOT_PRIMARY = "not_primary"  # require_primary, and the server is in recovery
-    REPLICATION_LAG = "replication_lag"  # a replica further behind than allowed
-    SCHEMA_MISMATCH = "schema_mismatch"  # Alembic revision differs from the expected one
-    # target_session_attrs (primary, standby, read-write, ...) matched by no host of the DSN
-    SESSION_ATTRS_MISMATCH = "session_attrs_mismatch"
-    UNEXPECTED_STATUS = "unexpected_status"  # an http check got a status outside its range
-
-
-ALL_REASONS: Final = tuple(r.value for r in Reason)
+from sidecar.reasons import Details, Reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +21,7 @@ class CheckResult:
     finished_monotonic: float  # for ages and freshness: immune to wall-clock jumps
     reason: Reason | None = None
     # Short facts for ?verbose (schema_mismatch: expected and found revisions). Never a label.
-    details: tuple[tuple[str, str], ...] = ()
+    details: Details = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,10 +30,10 @@ class CheckState:
 
     name: str
     # Fixed for the life of the check; carried in every snapshot so verdicts need nothing else.
-    kind: str = "postgres"
-    critical: bool = True  # False: `warn` criticality, never fails readiness
-    timeout_seconds: float = CheckPolicy().timeout
-    freshness_seconds: float = CheckPolicy().freshness_seconds
+    kind: str
+    critical: bool  # False: `warn` criticality, never fails readiness
+    timeout_seconds: float
+    freshness_seconds: float
     passing: bool = False  # after thresholds: what readiness uses
     ever_passed: bool = False  # startup latch: once true, never false again
     last: CheckResult | None = None

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable
+from typing import Any
 
-from sidecar.checks import CheckFailed
-from sidecar.state import Reason
+from sidecar.checkspec import CheckPolicy
+from sidecar.reasons import CheckFailed, Reason
+from sidecar.state import CheckState
 
 
 class FakeClock:
@@ -74,3 +76,15 @@ class ScriptedCheck:
 
     async def close(self) -> None:
         self.closed = True
+
+
+def check_state(name: str, **fields: Any) -> CheckState:
+    """A critical postgres check's state on the default schedule; `fields` override any of it."""
+    policy = CheckPolicy()
+    known = {
+        "kind": "postgres",
+        "critical": True,
+        "timeout_seconds": policy.timeout,
+        "freshness_seconds": policy.freshness_seconds,
+    }
+    return CheckState(name=name, **{**known, **fields})

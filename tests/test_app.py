@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from fakes import FakeClock, ScriptedCheck
+from fakes import FakeClock, ScriptedCheck, check_state
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from support import wait_until_async
@@ -19,8 +19,9 @@ from sidecar.app import BOARD, create_app
 from sidecar.config import Settings
 from sidecar.handlers import QUERY_PARAMETERS
 from sidecar.health import STALL_GRACE_SECONDS
+from sidecar.reasons import Reason
 from sidecar.render import Views
-from sidecar.state import Board, CheckResult, CheckState, Reason
+from sidecar.state import Board, CheckResult
 
 Client = TestClient[web.Request, web.Application]
 MakeClient = Callable[[web.Application], Awaitable[Client]]
@@ -316,12 +317,12 @@ def test_bodies_are_serialised_once_per_state() -> None:
     """Two requests against the same snapshot get the very same bytes object."""
     board = Board()
     result = CheckResult(True, 0.001, 1e9, 10.0)
-    board.publish(CheckState(name="postgres", passing=True, ever_passed=True, last=result))
+    board.publish(check_state("postgres", passing=True, ever_passed=True, last=result))
     views = Views(board)
     first, second = views.ready(11.0), views.ready(12.0)
     assert first[0] == 200
     assert first[1] is second[1]
-    board.publish(CheckState(name="postgres", passing=True, ever_passed=True, last=result))
+    board.publish(check_state("postgres", passing=True, ever_passed=True, last=result))
     assert views.ready(12.0)[1] is not first[1]
     assert json.loads(first[1])["status"] == "pass"
 
@@ -331,8 +332,8 @@ def test_cached_pass_expires_exactly_at_the_freshness_bound() -> None:
     board = Board()
     result = CheckResult(True, 0.001, 1e9, 10.0)
     board.publish(
-        CheckState(
-            name="postgres",
+        check_state(
+            "postgres",
             timeout_seconds=1,
             freshness_seconds=10,
             passing=True,

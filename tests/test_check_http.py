@@ -21,12 +21,12 @@ from support import LOOPBACK, free_port, wait_until_async
 from support.faultproxy import ProxyFactory
 
 from sidecar import __version__
-from sidecar.checks import CheckFailed
 from sidecar.checks.failures import classify
 from sidecar.checks.http import HTTP, HttpCheck, HttpSpec
 from sidecar.checkspec import CheckPolicy
 from sidecar.loop import CheckLoop
-from sidecar.state import Board, Reason
+from sidecar.reasons import CheckFailed, Reason
+from sidecar.state import Board
 
 SLACK = 3.0  # seconds on top of every bound: CI machines are slow and busy
 

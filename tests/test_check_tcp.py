@@ -15,12 +15,12 @@ import pytest
 from support import LOOPBACK, free_port, wait_until_async
 from support.faultproxy import ProxyFactory
 
-from sidecar.checks import CheckFailed
 from sidecar.checks.failures import SOCKET, classify
 from sidecar.checks.tcp import TcpCheck, TcpSpec
 from sidecar.checkspec import CheckPolicy
 from sidecar.loop import CheckLoop
-from sidecar.state import Board, Reason
+from sidecar.reasons import CheckFailed, Reason
+from sidecar.state import Board
 
 SLACK = 3.0  # seconds on top of every bound: CI machines are slow and busy
 

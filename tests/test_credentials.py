@@ -25,7 +25,7 @@ from support.secretvolume import LogCapture, SecretVolume, captured_logs
 from sidecar import logs
 from sidecar.credentials import RACY_WINDOW_NS, DsnFile
 from sidecar.inputs import MAX_DSN_FILE_BYTES, read_dsn_file
-from sidecar.state import Reason
+from sidecar.reasons import Reason
 
 OLD_PASSWORD: Final = "0ld-Passw0rd-Kx7"
 NEW_PASSWORD: Final = "n3w#Passw0rd-Qz9"  # '#' is percent-encoded in the DSN: both forms count

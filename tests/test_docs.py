@@ -24,7 +24,7 @@ import sidecar
 from sidecar.app import create_app
 from sidecar.config import Settings
 from sidecar.handlers import QUERY_PARAMETERS
-from sidecar.state import ALL_REASONS
+from sidecar.reasons import ALL_REASONS
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()

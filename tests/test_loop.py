@@ -16,7 +16,8 @@ from sidecar.loop import (
     CheckLoop,
     backoff_delays,
 )
-from sidecar.state import Board, CheckResult, CheckState, Reason, Transition
+from sidecar.reasons import Reason
+from sidecar.state import Board, CheckResult, CheckState, Transition
 
 DOWN = Reason.CONNECTION_REFUSED
 

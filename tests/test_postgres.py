@@ -15,10 +15,9 @@ from support.faultproxy import ProxyFactory
 from support.pg import PostgresCheckFactory, PostgresServer
 
 from sidecar.app import create_app
-from sidecar.checks import CheckFailed
 from sidecar.checks.postgres import PostgresCheck
 from sidecar.config import Settings
-from sidecar.state import Reason
+from sidecar.reasons import CheckFailed, Reason
 
 Client = TestClient[web.Request, web.Application]
 

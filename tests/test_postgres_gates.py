@@ -14,9 +14,8 @@ import pytest
 from support import wait_until_async
 from support.pg import PostgresCheckFactory, PostgresServer, ReplicaFactory
 
-from sidecar.checks import CheckFailed
 from sidecar.checks.postgres import PostgresCheck
-from sidecar.state import Reason
+from sidecar.reasons import CheckFailed, Reason
 
 Outcome = tuple[Reason | None, dict[str, str]]
 # The prober's bound on one run, as a check's timeout would be; generous for CI.

@@ -17,10 +17,9 @@ from support.pg import (
     make_ca,
 )
 
-from sidecar.checks import CheckFailed
 from sidecar.checks.postgres import PostgresCheck
 from sidecar.checkspec import DatabaseTarget
-from sidecar.state import Reason
+from sidecar.reasons import CheckFailed, Reason
 
 RUN_BOUND = 5.0
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from sidecar.state import CheckResult, CheckState, Reason, advance
+from fakes import check_state
+
+from sidecar.reasons import Reason
+from sidecar.state import CheckResult, CheckState, advance
 
 OK = None
 DOWN = Reason.CONNECTION_REFUSED
 
 
 def run(outcomes: list[Reason | None], *, fail_at: int = 1, pass_at: int = 1) -> list[CheckState]:
-    state = CheckState(name="postgres", state_since_monotonic=0.0)
+    state = check_state("postgres", state_since_monotonic=0.0)
     states = []
     for i, outcome in enumerate(outcomes, start=1):
         result = CheckResult(
@@ -46,7 +49,7 @@ def test_startup_latch_never_goes_back() -> None:
 
 def test_first_result_is_a_transition_out_of_unknown() -> None:
     """The first result, pass or fail, is reported as a transition from 'unknown'."""
-    state = CheckState(name="postgres", state_since_monotonic=0.0)
+    state = check_state("postgres", state_since_monotonic=0.0)
     failed = CheckResult(False, 0.1, 1e9, 2.5, DOWN)
     _, transition = advance(state, failed, failure_threshold=1, success_threshold=1)
     assert transition is not None
@@ -60,7 +63,7 @@ def test_first_result_is_a_transition_out_of_unknown() -> None:
 
 def test_transition_carries_how_long_the_previous_state_lasted() -> None:
     """Passing for 3 checks (1 s apart) then failing reports 3 s of passing."""
-    state = CheckState(name="postgres", state_since_monotonic=0.0)
+    state = check_state("postgres", state_since_monotonic=0.0)
     transitions = []
     for t, outcome in enumerate([OK, OK, OK, DOWN], start=1):
         result = CheckResult(outcome is None, 0.001, 1e9 + t, float(t), outcome)

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from fakes import ScriptedCheck
+from fakes import ScriptedCheck, check_state
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -25,7 +25,8 @@ from sidecar.checkspec import CheckPolicy
 from sidecar.config import Settings
 from sidecar.handlers import prefers_text
 from sidecar.health import readiness, startup
-from sidecar.state import Board, CheckResult, CheckState, Reason
+from sidecar.reasons import Reason
+from sidecar.state import Board, CheckResult, CheckState
 
 Client = TestClient[web.Request, web.Application]
 MakeClient = Callable[[web.Application], Awaitable[Client]]
@@ -154,7 +155,7 @@ async def test_text_plain_verbose_lists_every_check(aiohttp_client: Any) -> None
 
 
 def _raise_schema() -> None:
-    from sidecar.checks import CheckFailed  # noqa: PLC0415
+    from sidecar.reasons import CheckFailed  # noqa: PLC0415
 
     raise CheckFailed(Reason.SCHEMA_MISMATCH, SCHEMA)
 
@@ -278,7 +279,7 @@ async def test_ready_request_for_a_check_does_not_make_a_label(aiohttp_client: A
 
 def _state(name: str, *, critical: bool, ok: bool, ever: bool = True) -> CheckState:
     result = CheckResult(ok, 0.001, 1e9, 10.0, None if ok else Reason.TIMEOUT)
-    return CheckState(name=name, critical=critical, passing=ok, ever_passed=ever, last=result)
+    return check_state(name, critical=critical, passing=ok, ever_passed=ever, last=result)
 
 
 def test_startup_waits_for_critical_checks_only() -> None:

@@ -19,8 +19,7 @@ import ssl
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Final, TypeAlias
 
-from sidecar.checks import CheckFailed
-from sidecar.state import Reason
+from sidecar.reasons import CheckFailed, Reason
 
 # Closing politely (FIN, Terminate) waits for the peer; never longer than this, then abort.
 CLOSE_TIMEOUT_SECONDS: Final = 1.0

@@ -14,7 +14,6 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from sidecar import __version__
-from sidecar.checks import CheckFailed
 from sidecar.checks.failures import (
     SOCKET,
     Rules,
@@ -27,7 +26,7 @@ from sidecar.checkspec import CheckSpec, DatabaseTarget
 from sidecar.fields import ABSENT, Fields, is_text, kind_of, shown
 from sidecar.inputs import unprintable, valid_host
 from sidecar.kinds import Built, Key, Kind
-from sidecar.state import Reason
+from sidecar.reasons import CheckFailed, Reason
 
 USER_AGENT: Final = f"health-sidecar/{__version__}"
 # The body is read (and discarded) only so the connection can be reused; a body longer than

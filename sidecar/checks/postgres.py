@@ -22,7 +22,6 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 import asyncpg
 
 from sidecar import resolver
-from sidecar.checks import CheckFailed
 from sidecar.checks.failures import Rules, classify, close_within, failures_as_reasons
 from sidecar.checkspec import CheckSpec, DatabaseTarget
 from sidecar.credentials import DsnFile
@@ -30,7 +29,7 @@ from sidecar.fields import ABSENT, Fields, is_text, kind_of, number_schema, show
 from sidecar.inputs import dsn_passwords, dsn_problem, read_dsn_file, split_driver
 from sidecar.kinds import Built, Key, Kind, Needs
 from sidecar.options import Setting, default
-from sidecar.state import Reason
+from sidecar.reasons import CheckFailed, Reason
 
 if TYPE_CHECKING:
     # Generic only in asyncpg-stubs; at run time the class is not subscriptable.
