@@ -13,6 +13,9 @@
   the arguments (timeout 5 s unless `timeout=`), closed when the test ends.
 - `make_fault_proxy(host, port)`: a FaultProxy, stopped when the test ends; `fault_proxy` is one
   in front of `pg` (connect with `pg.dsn(port=fault_proxy.port)`).
+- `patroni`: a real two-node Patroni cluster with its etcd (tests/support/patroni.py), started once
+  per test run and shared; before and after each test that uses it, it is brought back to one
+  primary and one streaming replica (members restarted, or the cluster rebuilt).
 
 The classes live in `support` (tests/support), importable from any test module.
 """
@@ -25,6 +28,7 @@ from typing import Any
 import pytest
 from support import LOOPBACK
 from support.faultproxy import FaultProxy, ProxyFactory
+from support.patroni import PatroniCluster
 from support.pg import (
     SUPERUSER_PASSWORD,
     PgFactory,
@@ -169,3 +173,23 @@ def make_fault_proxy() -> Iterator[ProxyFactory]:
 def fault_proxy(pg: PostgresServer, make_fault_proxy: ProxyFactory) -> FaultProxy:
     """A FaultProxy in front of the shared `pg`, forwarding to begin with."""
     return make_fault_proxy(pg.host, pg.port)
+
+
+@pytest.fixture(scope="session")
+def patroni_session() -> Iterator[PatroniCluster]:
+    """The run's one Patroni cluster, started on first use and stopped (by PID) at the end."""
+    cluster = PatroniCluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def patroni(patroni_session: PatroniCluster) -> Iterator[PatroniCluster]:
+    """The shared Patroni cluster, settled (a primary and a streaming replica) before the test
+    and brought back to that state after it, whatever the test did to it."""
+    patroni_session.ensure_healthy()
+    yield patroni_session
+    patroni_session.ensure_healthy()
