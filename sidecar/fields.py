@@ -13,7 +13,7 @@ from typing import Any, Final
 
 from sidecar.checkspec import CheckPolicy
 from sidecar.inputs import read_head, unprintable, valid_host
-from sidecar.options import PER_CHECK, PORT, Setting
+from sidecar.options import PER_CHECK, PORT, Setting, Value
 
 # The timing keys of `defaults:` and of each check: the SIDECAR_* settings' own ranges.
 TIMING: Final[dict[str, Setting]] = {str(s.file_key): s for s in PER_CHECK}
@@ -64,7 +64,7 @@ class Fields:
         found: dict[str, Any] = {s.field: self.number(key, s) for key, s in TIMING.items()}
         return replace(base, **{name: value for name, value in found.items() if value is not None})
 
-    def number(self, key: str, rule: Setting) -> float | int | None:
+    def number(self, key: str, rule: Value) -> float | int | None:
         """The key's number within `rule`'s range (a float unless whole); None if absent."""
         whole = rule.type == "whole"
         # bool is an int in Python; `true` is not a number in a config file.
@@ -175,7 +175,7 @@ def _utf8(text: str) -> bool:
     return True
 
 
-def number_schema(setting: Setting) -> dict[str, Any]:
+def number_schema(setting: Value) -> dict[str, Any]:
     """The JSON Schema of a number key, from the declaration the loader reads its range from."""
     schema: dict[str, Any] = {
         "type": "integer" if setting.type == "whole" else "number",

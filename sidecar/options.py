@@ -32,28 +32,17 @@ _SERVICE_LINK_VALUE: Final = re.compile(r"^(tcp|udp|sctp)://", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Setting:
-    """One setting. `field` is its attribute on Settings (or on CheckPolicy, with `file_key`).
+class Value:
+    """What a value may be: its type and range, and a few words on what it means. Every setting
+    is one; so is a number only the check file takes (the replica lag bound), so that its
+    range, refusal wording and schema come from the same code."""
 
-    A number only the check file takes (the replica lag bound) is declared the same way, with
-    no `env`, so that its range and refusal wording come from here too."""
-
-    env: str
-    field: str
     type: Type
     help: str
-    default: float | str | None = None
     minimum: float = 0
     maximum: float = math.inf
     # True: the value must be greater than `minimum`; False: at least `minimum`.
     above_minimum: bool = False
-    choices: tuple[str, ...] = ()
-    # The key of the check file's `defaults:` and of each check, for a per-check timing.
-    file_key: str | None = None
-
-    @property
-    def flag(self) -> str:
-        return "--" + self.env.removeprefix("SIDECAR_").lower().replace("_", "-")
 
     @property
     def rule(self) -> str:
@@ -65,6 +54,28 @@ class Setting:
             return f"must be between {low} and {high}"
         return f"must be at least {low} and at most {high}"
 
+    def in_range(self, value: float) -> bool:
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        above = value > self.minimum if self.above_minimum else value >= self.minimum
+        return above and value <= self.maximum
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Setting(Value):
+    """One setting. `field` is its attribute on Settings (or on CheckPolicy, with `file_key`)."""
+
+    env: str
+    field: str
+    default: float | str | None = None
+    choices: tuple[str, ...] = ()
+    # The key of the check file's `defaults:` and of each check, for a per-check timing.
+    file_key: str | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.env.removeprefix("SIDECAR_").lower().replace("_", "-")
+
     @property
     def help_line(self) -> str:
         if self.choices:
@@ -73,12 +84,6 @@ class Setting:
             return self.help
         shown = f"{self.default:g}" if isinstance(self.default, float | int) else self.default
         return f"{self.help} (default {shown})"
-
-    def in_range(self, value: float) -> bool:
-        if isinstance(value, float) and not math.isfinite(value):
-            return False
-        above = value > self.minimum if self.above_minimum else value >= self.minimum
-        return above and value <= self.maximum
 
     def parse(self, raw: str) -> tuple[float | int | str | None, str | None]:
         """(value, None), or (None, the problem without the variable's name)."""

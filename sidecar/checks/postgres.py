@@ -28,7 +28,7 @@ from sidecar.credentials import DsnFile
 from sidecar.fields import ABSENT, Fields, is_text, kind_of, number_schema, shown
 from sidecar.inputs import dsn_passwords, dsn_problem, read_dsn_file, split_driver
 from sidecar.kinds import Built, Key, Kind, Needs
-from sidecar.options import Setting, default
+from sidecar.options import Value, default
 from sidecar.reasons import CheckFailed, Reason
 
 if TYPE_CHECKING:
@@ -463,9 +463,7 @@ POSTGRES: Final[Rules] = (
 
 
 # Up to a day: a replica further behind than that is broken, not lagging.
-MAX_REPLICA_LAG: Final = Setting(
-    env="",
-    field="max_replica_lag_seconds",
+MAX_REPLICA_LAG: Final = Value(
     type="seconds",
     above_minimum=True,
     maximum=86400,
