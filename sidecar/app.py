@@ -47,7 +47,6 @@ def create_app(
     checks: Sequence[tuple[CheckSpec, Check]] | None = None,
     registry: CollectorRegistry | None = None,
     clock: Clock | None = None,
-    board: Board | None = None,
     on_secrets: SecretsSink = ignore_secrets,
     dropped_log_lines: Callable[[], int] = lambda: 0,
 ) -> web.Application:
@@ -70,7 +69,7 @@ def create_app(
     # (and the process ones) too, not only the metrics that describe themselves.
     registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
     clock = clock or SystemClock()
-    board = board if board is not None else Board()
+    board = Board()
     counts = Counts()
     metrics = Metrics(
         registry,

@@ -1,4 +1,4 @@
-"""The package's import graph: no cycles, and the leaves import nothing of ours."""
+"""The package's import graph: which module may import which (a table), no cycles, leaves."""
 
 from __future__ import annotations
 
@@ -6,7 +6,112 @@ import ast
 from pathlib import Path
 
 SIDECAR = Path(__file__).resolve().parent.parent / "sidecar"
-LEAVES = ("sidecar.inputs",)
+LEAVES = ("sidecar.inputs", "sidecar.reasons", "sidecar.checks", "sidecar.resolver")
+
+# Every module of sidecar/ and the sidecar modules it may import (at the top, lazily, or for
+# types only). An import not listed here fails test_every_import_is_allowed: a new edge is a
+# decision about layers, made here in a review, not in passing.
+_CHECK_KIND = ("sidecar.checks.failures", "sidecar.checkspec", "sidecar.fields", "sidecar.kinds")
+ALLOWED: dict[str, set[str]] = {
+    # Leaves: the version, input reading, reasons, the Check protocol, the resolver pool, the
+    # exec probe (standard library only), the log pipeline.
+    "sidecar": set(),
+    "sidecar.inputs": set(),
+    "sidecar.reasons": set(),
+    "sidecar.checks": set(),
+    "sidecar.resolver": set(),
+    "sidecar.probe": set(),
+    "sidecar.logs": set(),
+    # Declarations: settings, what every check has, typed reads of the check file.
+    "sidecar.options": {"sidecar.inputs"},
+    "sidecar.checkspec": {"sidecar.inputs", "sidecar.options"},
+    "sidecar.fields": {"sidecar.checkspec", "sidecar.inputs", "sidecar.options"},
+    "sidecar.credentials": {"sidecar.checkspec", "sidecar.inputs", "sidecar.reasons"},
+    # The registry names its kinds' modules as text only: it imports none of them.
+    "sidecar.kinds": {
+        "sidecar.checks",
+        "sidecar.checkspec",
+        "sidecar.credentials",
+        "sidecar.fields",
+    },
+    # The kinds: each imports the shared classifier, declarations and the registry's types.
+    "sidecar.checks.failures": {"sidecar.reasons"},
+    "sidecar.checks.tcp": {*_CHECK_KIND, "sidecar.options"},
+    "sidecar.checks.http": {*_CHECK_KIND, "sidecar", "sidecar.inputs", "sidecar.reasons"},
+    "sidecar.checks.postgres": {
+        *_CHECK_KIND,
+        "sidecar",
+        "sidecar.credentials",
+        "sidecar.inputs",
+        "sidecar.options",
+        "sidecar.reasons",
+        "sidecar.resolver",
+    },
+    # Reading the configuration: the check file through the registry, never a kind by name
+    # (bar the environment's own postgres check).
+    "sidecar.checkfile": {"sidecar.checkspec", "sidecar.fields", "sidecar.inputs", "sidecar.kinds"},
+    "sidecar.schema": {"sidecar.checkspec", "sidecar.fields", "sidecar.kinds"},
+    "sidecar.config": {
+        "sidecar",
+        "sidecar.checkfile",
+        "sidecar.checks.postgres",
+        "sidecar.checkspec",
+        "sidecar.inputs",
+        "sidecar.options",
+    },
+    # Running: state, verdicts, the loop; then what answers requests.
+    "sidecar.state": {"sidecar.reasons"},
+    "sidecar.health": {"sidecar.state"},
+    "sidecar.loop": {"sidecar.checks", "sidecar.checkspec", "sidecar.reasons", "sidecar.state"},
+    "sidecar.metrics": {
+        "sidecar",
+        "sidecar.checks",
+        "sidecar.credentials",
+        "sidecar.health",
+        "sidecar.reasons",
+        "sidecar.state",
+    },
+    "sidecar.render": {
+        "sidecar",
+        "sidecar.checkspec",
+        "sidecar.health",
+        "sidecar.kinds",
+        "sidecar.state",
+    },
+    "sidecar.handlers": {"sidecar.checkspec", "sidecar.metrics", "sidecar.render"},
+    # Wiring: the app factory, the server, the command.
+    "sidecar.app": {
+        "sidecar.checks",
+        "sidecar.checkspec",
+        "sidecar.config",
+        "sidecar.credentials",
+        "sidecar.handlers",
+        "sidecar.kinds",
+        "sidecar.loop",
+        "sidecar.metrics",
+        "sidecar.render",
+        "sidecar.resolver",
+        "sidecar.state",
+    },
+    "sidecar.server": {
+        "sidecar",
+        "sidecar.app",
+        "sidecar.config",
+        "sidecar.metrics",
+        "sidecar.resolver",
+    },
+    "sidecar.__main__": {
+        "sidecar",
+        "sidecar.app",
+        "sidecar.checks.postgres",
+        "sidecar.config",
+        "sidecar.inputs",
+        "sidecar.logs",
+        "sidecar.options",
+        "sidecar.probe",
+        "sidecar.server",
+    },
+}
 
 
 def module_name(path: Path) -> str:
@@ -69,6 +174,41 @@ def test_cycle_finder_finds_a_cycle() -> None:
     """The finder itself reports a two-module cycle (so the test above can fail)."""
     assert cycle_in({"a": {"b"}, "b": {"a"}, "c": {"a"}}) == ["a", "b", "a"]
     assert cycle_in({"a": {"b"}, "b": set()}) is None
+
+
+def disallowed(edges: dict[str, set[str]], allowed: dict[str, set[str]]) -> list[str]:
+    """Every import of `edges` that `allowed` does not list, as `module -> target`."""
+    found = []
+    for module, targets in sorted(edges.items()):
+        if module not in allowed:
+            found.append(f"{module} has no row in ALLOWED: add one (what it may import)")
+            continue
+        found.extend(f"{module} -> {target}" for target in sorted(targets - allowed[module]))
+    return found
+
+
+def test_every_import_is_allowed() -> None:
+    """Each module of sidecar/ imports only what its row of the ALLOWED table lists."""
+    assert disallowed(graph(), ALLOWED) == []
+
+
+def test_the_table_check_reports_an_unlisted_edge() -> None:
+    """An import that the table does not list is reported (so the test above can fail)."""
+    edges = {"sidecar.state": {"sidecar.reasons", "sidecar.checkspec"}, "sidecar.new": set()}
+    assert disallowed(edges, ALLOWED) == [
+        "sidecar.new has no row in ALLOWED: add one (what it may import)",
+        "sidecar.state -> sidecar.checkspec",
+    ]
+
+
+def test_the_kinds_are_reached_only_through_the_registry() -> None:
+    """No module but the command and the settings (the environment's postgres check) imports a
+    kind's module: the loader, the app, the schema and the renderer ask sidecar.kinds."""
+    kinds = {
+        m for m in ALLOWED if m.startswith("sidecar.checks.") and m != "sidecar.checks.failures"
+    }
+    importers = {m for m, targets in ALLOWED.items() if targets & kinds and m not in kinds}
+    assert importers <= {"sidecar.config", "sidecar.__main__"}
 
 
 def test_leaves_import_nothing_of_ours() -> None:
