@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
+import json
 import secrets
 import shutil
 import subprocess
@@ -32,9 +32,7 @@ __all__ = [
     "NetnsPostgres",
     "PodNetwork",
     "PodmanRuntime",
-    "project_volume",
     "project_volumes",
-    "write_volume",
 ]
 
 Obj = dict[str, Any]
@@ -155,24 +153,13 @@ class NetnsPostgres(PostgresServer):
         )  # fmt: skip
 
 
-def project_volume(
-    root: Path, payload: Mapping[str, str], *, mode: int, gid: int | None
-) -> SecretVolume:
-    """A Secret/ConfigMap volume the way kubelet writes it: AtomicWriter's `..data` layout, the
-    spec's defaultMode, the pod's fsGroup as the files' group."""
-    root.mkdir(parents=True, exist_ok=True)
-    root.chmod(0o755)
-    volume = SecretVolume(root, mode=mode)
-    write_volume(volume, payload, gid=gid)
-    return volume
-
-
-def project_volumes(spec: Obj, objects: list[Obj], root: Path) -> dict[str, Path]:
+def project_volumes(spec: Obj, objects: list[Obj], root: Path) -> dict[str, SecretVolume]:
     """Every Secret and ConfigMap volume of `spec`, from the rendered `objects`, projected under
-    `root` as kubelet would: `items` (key -> path) or every key, `defaultMode`, fsGroup."""
+    `root` as kubelet would (SecretVolume: AtomicWriter, `items` (key -> path) or every key,
+    `defaultMode`, the pod's fsGroup). Refuses a volume kind it does not project."""
     fs_group = spec.get("securityContext", {}).get("fsGroup")
     by_name = {(o["kind"], o["metadata"]["name"]): o for o in objects}
-    projected: dict[str, Path] = {}
+    projected: dict[str, SecretVolume] = {}
     for volume in spec.get("volumes", []):
         if "secret" in volume:
             source = volume["secret"]
@@ -182,23 +169,18 @@ def project_volumes(spec: Obj, objects: list[Obj], root: Path) -> dict[str, Path
         elif "configMap" in volume:
             source = volume["configMap"]
             data = dict(by_name[("ConfigMap", source["name"])].get("data", {}))
+        elif "emptyDir" in volume:
+            continue  # made by the runtime
         else:
-            continue
+            raise NotImplementedError(f"volume {volume['name']}: {sorted(volume)} not projected")
         items = source.get("items") or [{"key": k, "path": k} for k in data]
         payload = {item["path"]: data[item["key"]] for item in items}
-        target = root / volume["name"]
-        project_volume(target, payload, mode=source.get("defaultMode", 0o644), gid=fs_group)
+        target = SecretVolume(
+            root / volume["name"], mode=source.get("defaultMode", 0o644), fs_group=fs_group
+        )
+        target.write(payload)
         projected[volume["name"]] = target
     return projected
-
-
-def write_volume(volume: SecretVolume, payload: Mapping[str, str], *, gid: int | None) -> None:
-    volume.write(dict(payload))
-    if gid is not None:
-        data = volume.root / "..data"
-        os.chown(data.resolve(), 0, gid)
-        for entry in data.resolve().iterdir():
-            os.chown(entry, 0, gid)
 
 
 class PodmanRuntime:
@@ -211,7 +193,7 @@ class PodmanRuntime:
         net: PodNetwork,
         *,
         images: Mapping[str, str],
-        volumes: Mapping[str, Path],
+        volumes: Mapping[str, SecretVolume],
         app_args: Mapping[str, list[str]] | None = None,
     ) -> None:
         self.store = store
@@ -232,46 +214,72 @@ class PodmanRuntime:
     def run_args(self, name: str) -> list[str]:
         """podman run flags for the container as the pod spec describes it."""
         c = self.containers[name]
-        pod_sc = self.spec.get("securityContext", {})
-        sc = {**pod_sc, **c.get("securityContext", {})}
         args = ["run", "--detach", "--name", self.container_name(name)]
         args += ["--network", f"ns:/run/netns/{self.net.pod_ns}", "--read-only-tmpfs=false"]
         # Kubernetes ignores HEALTHCHECK (podman would want systemd timers for it).
         args.append("--no-healthcheck")
+        args += self.security_args(name)
+        limits = c.get("resources", {}).get("limits", {})
+        if "memory" in limits:
+            args += ["--memory", str(limits["memory"]).replace("Mi", "m").replace("Gi", "g")]
+        if "cpu" in limits:
+            cpu = str(limits["cpu"])
+            args += ["--cpus", str(int(cpu[:-1]) / 1000 if cpu.endswith("m") else float(cpu))]
+        if "workingDir" in c:
+            args += ["--workdir", c["workingDir"]]
+        for variable in c.get("env", []):
+            assert "value" in variable, f"{variable['name']}: only literal values are run"
+            args += ["--env", f"{variable['name']}={variable['value']}"]
+        args += self.volume_args(name)
+        args += self.command_args(name)
+        return args
+
+    def security_args(self, name: str) -> list[str]:
+        """The pod's and the container's securityContext (the container's wins)."""
+        pod_sc = self.spec.get("securityContext", {})
+        sc = {**pod_sc, **self.containers[name].get("securityContext", {})}
+        args = []
         if "runAsUser" in sc:
             # Without runAsGroup the runtime picks the group (the image's, else 0), as here.
             group = f":{sc['runAsGroup']}" if "runAsGroup" in sc else ""
             args += ["--user", f"{sc['runAsUser']}{group}"]
-        if "fsGroup" in pod_sc:
-            args += ["--group-add", str(pod_sc["fsGroup"])]
+        for extra in [*pod_sc.get("supplementalGroups", []), pod_sc.get("fsGroup")]:
+            if extra is not None:
+                args += ["--group-add", str(extra)]
         if sc.get("readOnlyRootFilesystem"):
             args.append("--read-only")
         if "ALL" in sc.get("capabilities", {}).get("drop", []):
             args.append("--cap-drop=ALL")
+        args += [f"--cap-add={cap}" for cap in sc.get("capabilities", {}).get("add", [])]
         if sc.get("allowPrivilegeEscalation") is False:
             args += ["--security-opt", "no-new-privileges"]
-        limit = c.get("resources", {}).get("limits", {}).get("memory")
-        if limit:
-            args += ["--memory", limit.replace("Mi", "m").replace("Gi", "g")]
-        for variable in c.get("env", []):
-            assert "value" in variable, f"{variable['name']}: only literal values are run"
-            args += ["--env", f"{variable['name']}={variable['value']}"]
+        return args
+
+    def volume_args(self, name: str) -> list[str]:
+        args = []
         volumes = {v["name"]: v for v in self.spec.get("volumes", [])}
-        for mount in c.get("volumeMounts", []):
+        for mount in self.containers[name].get("volumeMounts", []):
             volume = volumes[mount["name"]]
             if "emptyDir" in volume:
                 path = self.scratch / mount["name"]
                 path.mkdir(exist_ok=True)
                 path.chmod(0o1777)
-                args += ["--volume", f"{path}:{mount['mountPath']}"]
-            else:
                 ro = ":ro" if mount.get("readOnly") else ""
-                args += ["--volume", f"{self.volumes[mount['name']]}:{mount['mountPath']}{ro}"]
-        if "command" in c:
-            args += ["--entrypoint", c["command"][0]]
-        args.append(self.images[name])
-        args += self.app_args.get(name, c.get("args", []))
+                args += ["--volume", f"{path}:{mount['mountPath']}{ro}"]
+            else:
+                # Secret and ConfigMap volumes are mounted read-only whatever the mount says
+                # (kubelet_pods.go makeMounts: the plugin's ReadOnly attribute).
+                args += ["--volume", f"{self.volumes[mount['name']].root}:{mount['mountPath']}:ro"]
         return args
+
+    def command_args(self, name: str) -> list[str]:
+        """The image and what it runs: `command` replaces the ENTRYPOINT (and the image's CMD
+        with it), `args` replace the CMD; the test's `app_args` stand in for a stand-in image."""
+        c = self.containers[name]
+        entrypoint = []
+        if "command" in c:
+            entrypoint = ["--entrypoint", json.dumps(c["command"])]
+        return [*entrypoint, self.images[name], *self.app_args.get(name, c.get("args", []))]
 
     async def _podman(self, *args: str, check: bool = True) -> str:
         return await asyncio.to_thread(self.store.podman, *args, check=check)
@@ -282,6 +290,12 @@ class PodmanRuntime:
 
     async def signal(self, name: str, signal: str) -> None:
         await self._podman("kill", "--signal", signal, self.container_name(name), check=False)
+
+    async def exec(self, name: str, command: list[str]) -> int:
+        result = await asyncio.to_thread(
+            self.store.run, "podman", "exec", self.container_name(name), *command, check=False
+        )
+        return result.returncode
 
     async def running(self, name: str) -> bool:
         out = await self._podman(

@@ -11,17 +11,21 @@ import json
 import logging
 import os
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import structlog
 
 from sidecar import logs
 
-__all__ = ["LogCapture", "SecretVolume", "captured_logs"]
+__all__ = ["READ_ONLY_MASK", "LogCapture", "SecretVolume", "captured_logs"]
+
+# volume_linux.go roMask: Secret, ConfigMap, projected and downward API volumes are read-only.
+READ_ONLY_MASK: Final = 0o440
 
 
 # ---- a Secret volume, as kubelet writes it ---------------------------------------------------
@@ -31,23 +35,48 @@ class SecretVolume:
     """A directory kept the way kubelet's AtomicWriter keeps a Secret volume
     (kubernetes pkg/volume/util/atomic_writer.go, `Write`):
 
-        <root>/..2024_05_01_10_00_00.123456/dsn   the data, mode 0644 (defaultMode 420)
+        <root>/..2024_05_01_10_00_00.123456/dsn   the data, mode defaultMode (0644 if unset)
         <root>/..data -> ..2024_05_01_10_00_00.123456
         <root>/dsn -> ..data/dsn                   what the pod reads
 
-    Each `write` of a changed payload makes a new timestamped directory, creates missing visible
-    symlinks, points a `..data_tmp` symlink at the new directory and renames it over `..data`
-    (the one atomic step), removes visible links of keys no longer in the payload, and deletes
-    the old directory. An unchanged payload is not written at all, as kubelet skips it.
+    Each `write` of a changed payload makes a new timestamped directory (0755), writes the files
+    with `mode`, applies the pod's fsGroup to the whole volume (`set_permissions`, before anything
+    points at the new directory), creates missing visible symlinks, points a `..data_tmp` symlink
+    at the new directory and renames it over `..data` (the one atomic step), removes visible links
+    of keys no longer in the payload, and deletes the old directory. An unchanged payload is not
+    written at all, as kubelet skips it.
+
+    The root is the tmpfs kubelet mounts for the volume: mode 1777, owned by root. With `fs_group`
+    (the pod's fsGroup), pkg/volume/volume_linux.go's SetVolumeOwnership runs over the volume:
+    every entry's group becomes fsGroup, a file's mode is ORed with 0440 (the volume is
+    read-only: 0400 becomes 0440), a directory's with 0440 and setgid; symlinks are not chmodded.
+    Without it, files stay root:root with `mode` exactly as given.
     """
 
-    def __init__(self, root: Path, *, mode: int = 0o644) -> None:
+    def __init__(self, root: Path, *, mode: int = 0o644, fs_group: int | None = None) -> None:
         self.root = root
         self.mode = mode
-        root.mkdir(parents=True, exist_ok=True)
+        self.fs_group = fs_group
+        if not root.exists():
+            root.mkdir(parents=True)
+            root.chmod(0o1777)
 
     def path(self, key: str = "dsn") -> Path:
         return self.root / key
+
+    def set_permissions(self, new_dir: str) -> None:
+        """AtomicWriter's setPerms hook: SetVolumeOwnership over the whole volume, called with the
+        new timestamped directory's name before `..data` points at it."""
+        if self.fs_group is None:
+            return
+        for path in [self.root, *sorted(self.root.rglob("*"))]:
+            os.lchown(path, -1, self.fs_group)
+            if path.is_symlink():
+                continue  # chmod would follow the link and change the file's defaultMode
+            mode = stat.S_IMODE(path.lstat().st_mode) | READ_ONLY_MASK
+            if path.is_dir():
+                mode |= stat.S_ISGID
+            path.chmod(mode)
 
     def write(self, payload: Mapping[str, str | bytes]) -> bool:
         """Project `payload` (key -> content); False when nothing changed (no write)."""
@@ -72,6 +101,7 @@ class SecretVolume:
         for key, content in data.items():
             (new_dir / key).write_bytes(content)
             (new_dir / key).chmod(self.mode)
+        self.set_permissions(new_dir.name)
         for key in data:
             visible = self.path(key)
             if not visible.is_symlink():
