@@ -11,6 +11,7 @@ deleted last.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import shutil
 import tempfile
@@ -30,8 +31,8 @@ from sidecar_proc import Measurements
 from support.helmdeps import dependencies_updated
 from support.image import APP_IMAGE, IMAGE, ImageToolMissing, Store, shared_store
 from support.kubelet import Kubelet, ProbeState
-from support.pod import NetnsPostgres, PodmanRuntime, PodNetwork, project_volumes, write_volume
-from support.secretvolume import SecretVolume
+from support.pod import NetnsPostgres, PodmanRuntime, PodNetwork, project_volumes
+from support.secretvolume import READ_ONLY_MASK
 
 try:
     import helm_python as helm
@@ -43,8 +44,16 @@ except ImportError:
 REPO = Path(__file__).resolve().parent.parent
 CHART = REPO / "charts" / "health-sidecar"
 ROLE = "glucolens_probe"
+SECOND_ROLE = "glucolens_probe_b"  # the rotation with two roles used in turn
 OLD_PASSWORD = "0ld-Pod#Rotation-Pw1"
 NEW_PASSWORD = "n3w-Pod#Rotation-Pw2"
+THIRD_PASSWORD = "th1rd-Pod#Rotation-Pw3"
+SECOND_ROLE_PASSWORD = "b-Pod#Rotation-Pw4"
+# A changed Secret reaches the volume at kubelet's next pod sync, 60-90 s later in a cluster;
+# shortened here like every other time, but never instant. The dropped-session case needs a
+# delay long enough for the pod to go NotReady within it.
+SECRET_SYNC_SECONDS = 4.0
+DROPPED_SESSION_SYNC_SECONDS = 8.0
 # Times shortened through values only; thresholds and timeouts stay the chart's.
 VALUES: dict[str, Any] = {
     "sidecar": {
@@ -161,7 +170,14 @@ class RunningPod:
     kubelet: Kubelet
     loop: asyncio.AbstractEventLoop
     secret_payload: dict[str, str]
-    secret_dir: Path
+    secret_volume: str  # the DSN Secret's volume name
+
+    def rotate(self, dsn: str) -> concurrent.futures.Future[float]:
+        """The DSN Secret changed: kubelet writes it to the volume at its next sync (a future
+        that ends when written)."""
+        key = next(iter(self.secret_payload))
+        coro = self.kubelet.update_volume(self.secret_volume, {key: dsn})
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float = 120) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
@@ -242,7 +258,6 @@ def pod(store: Store, request: pytest.FixtureRequest) -> Iterator[RunningPod]:
         spec: Obj = deployment["spec"]["template"]["spec"]
         volumes = project_volumes(spec, objects, volumes_root)
         dsn_volume = next(v for v in spec["volumes"] if "secret" in v)
-        secret_dir = volumes[dsn_volume["name"]]
         payload = {item["path"]: "" for item in dsn_volume["secret"]["items"]}
         app = next(c for c in spec["containers"] if c["name"] == case.app)
         runtime = PodmanRuntime(
@@ -253,8 +268,12 @@ def pod(store: Store, request: pytest.FixtureRequest) -> Iterator[RunningPod]:
             volumes=volumes,
             app_args={case.app: [str(app["ports"][0]["containerPort"])]},
         )
-        kubelet = Kubelet(spec, runtime, net.pod_ip)
-        running = RunningPod(case, spec, net, pg, runtime, kubelet, loop, payload, secret_dir)
+        kubelet = Kubelet(
+            spec, runtime, net.pod_ip, volumes=volumes, volume_delay=lambda: SECRET_SYNC_SECONDS
+        )
+        running = RunningPod(
+            case, spec, net, pg, runtime, kubelet, loop, payload, dsn_volume["name"]
+        )
         running.call(kubelet.start())
         yield running
         if not kubelet._terminating:
@@ -295,22 +314,25 @@ def test_cold_start_reaches_ready_in_kubelet_order(pod: RunningPod) -> None:
 
 
 def test_volumes_have_the_charts_mode_and_group_and_are_read(pod: RunningPod) -> None:
-    """The DSN Secret and the check ConfigMap are projected with their defaultMode and the pod's
-    fsGroup behind ..data, and the sidecar runs the checks the ConfigMap lists."""
+    """The DSN Secret and the check ConfigMap are projected behind ..data as kubelet projects
+    them (defaultMode, ORed with 0440 and the group set to fsGroup when the pod has one), and the
+    sidecar runs the checks the ConfigMap lists."""
     kinds = [v for v in pod.spec["volumes"] if "secret" in v or "configMap" in v]
     expected = {"secret", "configMap"} if pod.case.checks else {"secret"}
     assert expected <= {k for v in kinds for k in v}
+    fs_group = pod.spec.get("securityContext", {}).get("fsGroup")
     for volume in kinds:
         source = volume.get("secret") or volume["configMap"]
-        root = pod.runtime.volumes[volume["name"]]
+        root = pod.runtime.volumes[volume["name"]].root
+        mode = source["defaultMode"] | (READ_ONLY_MASK if fs_group is not None else 0)
         for entry in root.iterdir():
             if entry.name.startswith(".."):
                 continue
             assert entry.is_symlink()
             target = entry.resolve()
             assert target.parent.name.startswith("..")
-            assert target.stat().st_mode & 0o777 == source["defaultMode"]
-            assert target.stat().st_gid == pod.spec["securityContext"]["fsGroup"]
+            assert target.stat().st_mode & 0o777 == mode
+            assert target.stat().st_gid == (fs_group if fs_group is not None else 0)
     port = pod.readiness.probe.port
     names = pod.case.checks or ("postgres",)  # without a check file: the one check, postgres
     urls = [f"http://{pod.net.pod_ip}:{port}/ready/{name}" for name in names]
@@ -395,27 +417,33 @@ def test_database_blackholed_unreadies_pod_without_restarts(pod: RunningPod) -> 
     )
 
 
+def sessions_since(pod: RunningPod, began: float, role: str | None = None) -> int:
+    """The pod's sessions that logged in after `began` (as `role`, when given)."""
+    value = pod.pg.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE client_addr = $1::inet"
+        " AND backend_start > now() - make_interval(secs => $2)"
+        " AND ($3::text IS NULL OR usename = $3)",
+        pod.net.pod_db_side_ip,
+        float(time.monotonic() - began),
+        role,
+    )
+    return int(value)
+
+
+def failure_counts(pod: RunningPod) -> dict[frozenset[tuple[str, str]], float]:
+    return metrics(pod).get("health_sidecar_check_failures_total", {})
+
+
 def test_rotated_secret_with_changed_password_fails_no_check(pod: RunningPod) -> None:
-    """ALTER ROLE, then the Secret volume swapped as kubelet swaps it: no probe fails."""
+    """ALTER ROLE, then the Secret volume swapped as kubelet swaps it, seconds later: the kept
+    session goes on passing meanwhile, then a new one logs in; no probe fails."""
     pod.wait(lambda: pod.kubelet.ready, 30 + SLACK_SECONDS, "pod Ready before the rotation")
-    before = metrics(pod)
+    before = failure_counts(pod)
     began = time.monotonic()
     pod.pg.alter_password(ROLE, NEW_PASSWORD)
-    key = next(iter(pod.secret_payload))
-    new_dsn = pod.pg.dsn(ROLE, NEW_PASSWORD, host=pod.net.db_ip)
-    volume = SecretVolume(pod.secret_dir, mode=0o440)
-    write_volume(volume, {key: new_dsn}, gid=pod.spec["securityContext"]["fsGroup"])
-    # Wait until a session logged in after the swap, then a few more periods.
+    pod.rotate(pod.pg.dsn(ROLE, NEW_PASSWORD, host=pod.net.db_ip)).result(120)
     pod.wait(
-        lambda: (
-            pod.pg.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE client_addr = $1::inet"
-                " AND backend_start > now() - make_interval(secs => $2)",
-                pod.net.pod_db_side_ip,
-                float(time.monotonic() - began),
-            )
-            > 0
-        ),
+        lambda: sessions_since(pod, began) > 0,
         30 + SLACK_SECONDS,
         "a session with the new password",
     )
@@ -425,13 +453,88 @@ def test_rotated_secret_with_changed_password_fails_no_check(pod: RunningPod) ->
     assert failed == []
     assert pod.kubelet.ready
     after = metrics(pod)
-    assert after.get("health_sidecar_check_failures_total", {}) == before.get(
-        "health_sidecar_check_failures_total", {}
-    ), "a check failed during the rotation"
+    assert after.get("health_sidecar_check_failures_total", {}) == before, "a check failed"
     applied = after["health_sidecar_dsn_reloads_total"]
     assert sum(v for labels, v in applied.items() if ("outcome", "applied") in labels) >= 1
     FIGURES.add(
-        chart=pod.case.id, scenario="secret rotated", probes=len(probed), failed=len(failed)
+        chart=pod.case.id,
+        scenario="secret rotated",
+        sync_delay_s=SECRET_SYNC_SECONDS,
+        probes=len(probed),
+        failed=len(failed),
+    )
+
+
+def test_session_dropped_between_alter_role_and_the_swap_unreadies_the_pod(
+    pod: RunningPod,
+) -> None:
+    """The kept session drops after ALTER ROLE and before kubelet writes the new Secret: the
+    sidecar can only log in with the old password, so the pod is NotReady until the swap
+    (never restarted), then Ready again. One role cannot be rotated in place without this risk."""
+    pod.wait(lambda: pod.kubelet.ready, 30 + SLACK_SECONDS, "pod Ready before the rotation")
+    restarts = pod.kubelet.restarts()
+    pod.kubelet.volume_delay = lambda: DROPPED_SESSION_SYNC_SECONDS
+    try:
+        began = time.monotonic()
+        pod.pg.alter_password(ROLE, THIRD_PASSWORD)
+        swap = pod.rotate(pod.pg.dsn(ROLE, THIRD_PASSWORD, host=pod.net.db_ip))
+        assert pod.pg.terminate() >= 1, "the sidecar held no session to drop"
+        unready_at = pod.wait(
+            lambda: not pod.kubelet.ready,
+            DROPPED_SESSION_SYNC_SECONDS + SLACK_SECONDS,
+            "pod NotReady after its session dropped",
+        )
+        swap.result(120)
+        swapped_at = time.monotonic()
+        assert unready_at < swapped_at, "the pod stayed Ready until the swap"
+        ready_at = pod.wait(lambda: pod.kubelet.ready, 30 + SLACK_SECONDS, "pod Ready again")
+    finally:
+        pod.kubelet.volume_delay = lambda: SECRET_SYNC_SECONDS
+    failed = [r for r in pod.readiness.results if r.at >= began and not r.success]
+    assert failed
+    assert {r.detail for r in failed} == {"503"}, "the sidecar must answer, 503, meanwhile"
+    assert pod.kubelet.restarts() == restarts
+    FIGURES.add(
+        chart=pod.case.id,
+        scenario="session dropped between ALTER ROLE and the swap",
+        sync_delay_s=DROPPED_SESSION_SYNC_SECONDS,
+        not_ready_s=ready_at - unready_at,
+        ready_again_after_swap_s=ready_at - swapped_at,
+        failed_probes=len(failed),
+    )
+
+
+def test_two_roles_used_in_turn_survive_a_dropped_session(pod: RunningPod) -> None:
+    """The rotation docs/reliability.md recommends: the Secret moves to a second role whose
+    password is already valid, and the first role's password changes only after the swap. A
+    session dropped before the swap and another after it fail no probe and no check."""
+    pod.wait(lambda: pod.kubelet.ready, 30 + SLACK_SECONDS, "pod Ready before the rotation")
+    pod.pg.create_role(SECOND_ROLE, SECOND_ROLE_PASSWORD)
+    before = failure_counts(pod)
+    began = time.monotonic()
+    swap = pod.rotate(pod.pg.dsn(SECOND_ROLE, SECOND_ROLE_PASSWORD, host=pod.net.db_ip))
+    assert pod.pg.terminate() >= 1, "the sidecar held no session to drop"
+    swap.result(120)
+    pod.wait(
+        lambda: sessions_since(pod, began, SECOND_ROLE) > 0,
+        30 + SLACK_SECONDS,
+        "a session as the second role",
+    )
+    pod.pg.alter_password(ROLE, OLD_PASSWORD)  # the idle role's turn, at leisure
+    assert pod.pg.terminate() >= 1
+    pod.wait(lambda: pod.sessions() >= 1, 30 + SLACK_SECONDS, "the session back")
+    time.sleep(3 * pod.readiness.probe.period_seconds)
+    probed = [r for r in pod.readiness.results if r.at >= began]
+    failed = [r for r in probed if not r.success]
+    assert failed == []
+    assert pod.kubelet.ready
+    assert failure_counts(pod) == before, "a check failed"
+    FIGURES.add(
+        chart=pod.case.id,
+        scenario="two roles in turn, sessions dropped",
+        sync_delay_s=SECRET_SYNC_SECONDS,
+        probes=len(probed),
+        failed=len(failed),
     )
 
 
