@@ -18,16 +18,28 @@
   primary and one streaming replica (members restarted, or the cluster rebuilt).
 
 The classes live in `support` (tests/support), importable from any test module.
+
+Running in parallel (`.ci/run` runs pytest-xdist with `-n N`): each test file runs whole on one
+worker (its module fixtures and figures stay whole); files listed in `XDIST_GROUPS` under one
+name share a worker (the image and pod tests: `support.image.IMAGE_GROUP`). Session fixtures
+such as `pg` are per worker; a resource to make once per run for all workers (the image, a
+Patroni cluster) goes through `support.once.once_per_run`. `RUN_FIRST` lists the longest
+groups, started first.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator, Mapping
-from typing import Any
+from pathlib import Path
+from typing import Any, Final
 
 import pytest
+from hypothesis import settings
 from support import LOOPBACK
 from support.faultproxy import FaultProxy, ProxyFactory
+from support.image import IMAGE_GROUP
+from support.once import RUN_DIR_ENV, begin_run, end_run
 from support.patroni import PatroniCluster
 from support.pg import (
     SUPERUSER_PASSWORD,
@@ -42,6 +54,91 @@ from support.pg import (
 
 from sidecar.checks.postgres import Credentials, PostgresCheck, PostgresSpec
 from sidecar.checkspec import CheckPolicy, DatabaseTarget
+
+# ---- the run: Hypothesis profile, parallel workers, once-per-run resources ------------------
+
+# CI (HYPOTHESIS_PROFILE=ci, set by .ci/run): fewer examples, and no per-example deadline, since
+# a shared machine running several workers makes single examples slow now and then.
+settings.register_profile("ci", max_examples=50, deadline=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+# Under xdist each test file runs whole on one worker (its module fixtures and figures stay
+# whole); the files of a group share one worker: the image and pod tests, so that the worker
+# that builds the image goes on with them, and no other worker waits for the build.
+# (pytest-xdist's own `xdist_group` marks are ignored under pytest 9: the mark reaches the
+# scheduler by rewriting the test's id, which pytest 9 no longer reads.)
+XDIST_GROUPS: Final = {"tests/test_image.py": IMAGE_GROUP, "tests/test_pod.py": IMAGE_GROUP}
+# Groups that take a minute or more, started first so that no worker is left with one of them
+# at the end; the others follow, those with more `slow` tests first.
+RUN_FIRST: Final = (IMAGE_GROUP, "tests/test_faults.py", "tests/test_surroundings.py")
+_RUN_DIR: Final = pytest.StashKey[Path]()
+
+
+def xdist_group(nodeid: str) -> str:
+    """The unit of scheduling a test belongs to: its file's group, else its file."""
+    path = nodeid.split("::", 1)[0]
+    return XDIST_GROUPS.get(path, path)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """`-n N` distributes by file (or group of files), in our order, not test by test."""
+    if getattr(config.option, "numprocesses", None) and config.option.dist in ("no", "loadfile"):
+        config.option.dist = "loadfile"
+        config.option.loadscopereorder = False  # RUN_FIRST and the slow tests decide the order
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`--dist loadfile` with the files of a group (XDIST_GROUPS) as one unit."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    # xdist ships no type information (no py.typed).
+    from xdist.scheduler import (  # type: ignore[import-untyped]  # noqa: PLC0415 -- xdist only
+        LoadFileScheduling,
+    )
+
+    class GroupedFileScheduling(LoadFileScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_group(nodeid)
+
+    return GroupedFileScheduling(config, log)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is None:  # the session's own process: xdist's controller, or a plain run
+        config.stash[_RUN_DIR] = begin_run()
+    else:
+        os.environ[RUN_DIR_ENV] = workerinput[RUN_DIR_ENV]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """xdist: every worker joins the controller's run directory."""
+    node.workerinput[RUN_DIR_ENV] = os.environ[RUN_DIR_ENV]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    run = config.stash.get(_RUN_DIR, None)
+    if run is not None:  # every worker is done: tear down what once_per_run made
+        end_run(run)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under xdist, order the groups longest first (each worker collects the same order)."""
+    if not hasattr(config, "workerinput"):
+        return
+    groups: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        groups.setdefault(xdist_group(item.nodeid), []).append(item)
+
+    def weight(group: str) -> tuple[int, int]:
+        first = RUN_FIRST.index(group) if group in RUN_FIRST else len(RUN_FIRST)
+        slow = sum(1 for item in groups[group] if item.get_closest_marker("slow"))
+        return first, -slow
+
+    items[:] = [item for group in sorted(groups, key=weight) for item in groups[group]]
 
 
 @pytest.fixture(scope="session")

@@ -28,6 +28,7 @@ Nothing else about the process differs: same entry point, same settings, same se
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import http.client
 import json
 import os
@@ -71,6 +72,9 @@ STOP_TIMEOUT_SECONDS: Final = 15.0
 REQUEST_TIMEOUT_SECONDS: Final = 5.0
 STALL_LIMIT_SECONDS: Final = 120.0
 LOG_TAIL_CHARS: Final = 4000
+# An unread stdout pipe this small (one page, the least Linux gives) fills after a few lines,
+# not after 64 KiB: a stalled log pipeline shows at once.
+UNREAD_PIPE_BYTES: Final = 4096
 
 T = TypeVar("T")
 
@@ -154,6 +158,7 @@ class SidecarProcess:
             **env,
         }
         self.process: subprocess.Popen[bytes] | None = None
+        self._pipe_read: int | None = None  # our end of the unread stdout pipe
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -173,28 +178,36 @@ class SidecarProcess:
             raise RuntimeError("already started")
         if self.fault_file is not None and not self.fault_file.exists():
             set_fault(self.fault_file, "")
-        with self.stdout_path.open("ab") as out, self.stderr_path.open("ab") as err:
-            self.process = subprocess.Popen(
-                self.command(),
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE if self.unread_stdout else out,
-                stderr=err,
-                cwd=self.log_dir,
-            )
+        pipe_write: int | None = None
+        if self.unread_stdout:
+            self._pipe_read, pipe_write = os.pipe()
+            fcntl.fcntl(pipe_write, fcntl.F_SETPIPE_SZ, UNREAD_PIPE_BYTES)
+        try:
+            with self.stdout_path.open("ab") as out, self.stderr_path.open("ab") as err:
+                self.process = subprocess.Popen(
+                    self.command(),
+                    env=self.env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out if pipe_write is None else pipe_write,
+                    stderr=err,
+                    cwd=self.log_dir,
+                )
+        finally:
+            if pipe_write is not None:
+                os.close(pipe_write)  # the child holds its own copy
         return self
 
     def read_stdout_pipe(self, seconds: float) -> str:
         """Read the unread stdout pipe for `seconds` (or until it closes): the pipe moves."""
-        process = self.process
-        if process is None or process.stdout is None:
+        fd = self._pipe_read
+        if self.process is None or fd is None:
             raise RuntimeError("not started with unread_stdout")
-        os.set_blocking(process.stdout.fileno(), False)
+        os.set_blocking(fd, False)
         chunks: list[bytes] = []
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             try:
-                chunk = os.read(process.stdout.fileno(), 1 << 16)
+                chunk = os.read(fd, 1 << 16)
             except BlockingIOError:
                 time.sleep(0.02)
                 continue
@@ -278,6 +291,9 @@ class SidecarProcess:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+        if self._pipe_read is not None:
+            os.close(self._pipe_read)
+            self._pipe_read = None
 
     def assert_alive(self, when: str = "") -> None:
         if not self.alive:

@@ -67,15 +67,30 @@ def flapping(fault_proxy: FaultProxy) -> Iterator[FaultProxy]:
     thread.join(5)
 
 
+STALLED_PIPE_CHECKS: Final = 6
+
+
 def test_a_stalled_log_pipe_never_blocks_probes_or_exit(
     flapping: FaultProxy, pg: PostgresServer, tmp_path: Path, figures: Measurements
 ) -> None:
     """stdout a pipe nobody reads, database flapping at debug: probes answer, SIGTERM exits,
     drops are counted and reported in one line once the pipe moves."""
     host, port = flapping.address
+    # Several checks of the one flapping database, each with its own loop: lines come several
+    # times as fast, so the writer's buffer fills within seconds.
+    dsn_file = tmp_path / "dsn"
+    dsn_file.write_text(pg.dsn(host=host, port=port))
+    check_file = tmp_path / "checks.yaml"
+    check_file.write_text(
+        "checks:\n"
+        + "".join(
+            f"  - {{name: flapping-{n}, kind: postgres, dsn_file: {json.dumps(str(dsn_file))}}}\n"
+            for n in range(STALLED_PIPE_CHECKS)
+        )
+    )
     sidecar = SidecarProcess(
         {
-            "SIDECAR_DATABASE_URL": pg.dsn(host=host, port=port),
+            "SIDECAR_CONFIG_FILE": str(check_file),
             "SIDECAR_CHECK_INTERVAL": "0.01",
             "SIDECAR_BACKOFF_MAX": "0.05",
         },
@@ -84,7 +99,7 @@ def test_a_stalled_log_pipe_never_blocks_probes_or_exit(
     )
     with sidecar:
         sidecar.wait_listening()
-        # Far more than a 64 KiB pipe plus the writer's buffer can hold.
+        # Far more than the small pipe (UNREAD_PIPE_BYTES) plus the writer's buffer can hold.
         wait_until(
             lambda: sidecar.metric("health_sidecar_log_lines_dropped_total") > 0,
             timeout=90,
@@ -119,6 +134,7 @@ def test_a_stalled_log_pipe_never_blocks_probes_or_exit(
     assert "Traceback" not in sidecar.stderr()
     figures.add(
         case="stdout a pipe nobody reads, database flapping, debug",
+        checks=STALLED_PIPE_CHECKS,
         health_samples=len(health.samples),
         health_slowest_seconds=health.slowest_seconds(),
         lines_dropped=dropped,
@@ -226,7 +242,8 @@ def test_hup_and_usr1_are_logged_and_ignored(
 
 # ---- name resolution -----------------------------------------------------------------------
 
-NETNS: Final = "hs15-dns"
+# A name of this process's own: parallel workers each make theirs.
+NETNS_PREFIX: Final = "hs15-dns"
 # A Kubernetes-like resolv.conf: three search domains and ndots:5 multiply every retry.
 SILENT_RESOLV_CONF: Final = (
     "nameserver 127.0.0.1\n"
@@ -251,24 +268,25 @@ def silent_resolver_netns() -> Iterator[str]:
         if os.environ.get("CI") == "true":
             pytest.fail("network namespaces need root and iproute2 in CI")
         pytest.skip("network namespaces need root and iproute2")
-    subprocess.run(["ip", "netns", "del", NETNS], capture_output=True, check=False)
-    subprocess.run(["ip", "netns", "add", NETNS], check=True, timeout=10)
-    etc = Path("/etc/netns") / NETNS
+    netns = f"{NETNS_PREFIX}-{os.getpid()}"
+    subprocess.run(["ip", "netns", "del", netns], capture_output=True, check=False)
+    subprocess.run(["ip", "netns", "add", netns], check=True, timeout=10)
+    etc = Path("/etc/netns") / netns
     listener: subprocess.Popen[bytes] | None = None
     try:
-        subprocess.run(["ip", "-n", NETNS, "link", "set", "lo", "up"], check=True, timeout=10)
+        subprocess.run(["ip", "-n", netns, "link", "set", "lo", "up"], check=True, timeout=10)
         etc.mkdir(parents=True, exist_ok=True)
         (etc / "resolv.conf").write_text(SILENT_RESOLV_CONF)
         listener = subprocess.Popen(
-            ["ip", "netns", "exec", NETNS, sys.executable, "-c", SILENT_LISTENER]
+            ["ip", "netns", "exec", netns, sys.executable, "-c", SILENT_LISTENER]
         )
-        yield NETNS
+        yield netns
     finally:
         if listener is not None:
             listener.kill()
             listener.wait(10)
         shutil.rmtree(etc, ignore_errors=True)
-        subprocess.run(["ip", "netns", "del", NETNS], capture_output=True, check=False)
+        subprocess.run(["ip", "netns", "del", netns], capture_output=True, check=False)
 
 
 class NetnsSidecar(SidecarProcess):
@@ -354,7 +372,9 @@ def test_a_smart_shutdown_is_seen_within_the_connection_age(
         assert not stopper.is_alive()
         assert not pg_private.is_running
     reasons = {e["reason"] for e in sidecar.events("check.completed", ok=False)}
-    assert reasons <= {"server_shutdown", "connection_refused"}, reasons
+    # connection_reset: a connect that reaches the postmaster as it exits (seen on a busy
+    # machine), as in test_faults' stopped database.
+    assert reasons <= {"server_shutdown", "connection_refused", "connection_reset"}, reasons
     figures.add(case="pg_ctl stop -m smart", max_age_seconds=age, ready_503_after_seconds=seen)
 
 

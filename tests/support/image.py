@@ -12,7 +12,6 @@ touches the machine's own container storage and `Store.cleanup()` removes it all
 
 from __future__ import annotations
 
-import atexit
 import json
 import os
 import shutil
@@ -23,10 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from .once import once_per_run
+
 __all__ = [
     "APP_IMAGE",
     "BASE_IMAGE",
     "IMAGE",
+    "IMAGE_GROUP",
     "ImageToolMissing",
     "Layer",
     "Store",
@@ -38,6 +40,9 @@ __all__ = [
 REPO: Final = Path(__file__).resolve().parents[2]
 DOCKERFILE: Final = REPO / "Dockerfile"
 IMAGE: Final = "localhost/health-sidecar:test"
+# The xdist group of every test that builds or runs the image: they share one worker, so the
+# builds and containers never compete with each other for the two cores.
+IMAGE_GROUP: Final = "image"
 APP_IMAGE: Final = "localhost/hs-stand-in-app:test"
 SUITE: Final = "bookworm"
 TOOLS: Final = ("buildah", "podman", "runc", "debootstrap", "conmon", "ip")
@@ -297,28 +302,48 @@ _shared: Store | None = None
 
 
 def shared_store() -> Store:
-    """One store per test session with the base, the project's image and the stand-in app
-    built once (image and pod tests share it); removed at exit.
+    """One store per test run with the base, the project's image and the stand-in app, built
+    once by the first worker that asks (`once_per_run`) and shared by all; removed when the run
+    ends.
 
     IMAGE_TEST_STORE=<dir> keeps a store between runs (for working on these tests): images
     already in it are not rebuilt, and it is not removed."""
-    global _shared  # noqa: PLW0603  # one store per session, built on first use
+    global _shared  # noqa: PLW0603  # one store per process, built on first use
     if _shared is None:
         missing = missing_image_tools()
         if missing:
             raise ImageToolMissing(f"{', '.join(missing)} not installed: run .ci/image-tools.sh")
         kept = os.environ.get("IMAGE_TEST_STORE")
-        store = Store(Path(kept) if kept else None)
-        if not kept:
-            atexit.register(store.cleanup)
-        if not (kept and store.has(BASE_IMAGE)):
-            store.import_base(BASE_IMAGE)
-        if not (kept and store.has(IMAGE)):
-            store.build(IMAGE, REPO)
-        if not (kept and store.has(APP_IMAGE)):
-            store.build_app()
-        _shared = store
+        if kept:
+            _shared = _fill_store(Store(Path(kept)), kept=True)
+        else:
+            state = once_per_run("image-store", _build_store, _remove_store)
+            _shared = Store(Path(state["root"]))
     return _shared
+
+
+def _fill_store(store: Store, *, kept: bool) -> Store:
+    if not (kept and store.has(BASE_IMAGE)):
+        store.import_base(BASE_IMAGE)
+    if not (kept and store.has(IMAGE)):
+        store.build(IMAGE, REPO)
+    if not (kept and store.has(APP_IMAGE)):
+        store.build_app()
+    return store
+
+
+def _build_store(workdir: Path) -> dict[str, str]:
+    store = Store(workdir / "store")
+    try:
+        _fill_store(store, kept=False)
+    except BaseException:
+        store.cleanup()
+        raise
+    return {"root": str(store.root)}
+
+
+def _remove_store(state: dict[str, str]) -> None:
+    Store(Path(state["root"])).cleanup()
 
 
 def debian_mirror() -> str:

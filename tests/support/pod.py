@@ -36,14 +36,24 @@ __all__ = [
 ]
 
 Obj = dict[str, Any]
-# Each network takes a random 10.N.0.0/16 (N from 200 to 249), so two at once (a test run and
-# the bench) do not clash; this machine's own network is elsewhere.
+# Each network takes a random unused 10.N.0.0/16 (N from 200 to 249), so two at once (parallel
+# tests, the bench) do not clash; this machine's own network is elsewhere.
 SUBNET_RANGE: Final = range(200, 250)
 
 
 def ip(*args: str, netns: str | None = None) -> None:
     prefix = ["ip", "netns", "exec", netns] if netns else []
     subprocess.run([*prefix, "ip", *args], check=True, capture_output=True, timeout=30)
+
+
+def _unused_subnet() -> str:
+    """A random 10.N of SUBNET_RANGE that no address here is in yet: tests on parallel workers
+    and the bench each hold one (the root namespace holds an address of each)."""
+    shown = subprocess.run(
+        ["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True, check=True, timeout=30
+    ).stdout
+    free = [n for n in SUBNET_RANGE if f" 10.{n}." not in shown]
+    return f"10.{secrets.choice(free or SUBNET_RANGE)}"
 
 
 @dataclass(frozen=True)
@@ -63,7 +73,7 @@ class PodNetwork:
     def create(cls, tag: str = "") -> PodNetwork:
         suffix = tag or secrets.token_hex(2)
         pod_ns, db_ns = f"hs12-pod-{suffix}", f"hs12-db-{suffix}"
-        subnet = f"10.{secrets.choice(SUBNET_RANGE)}"
+        subnet = _unused_subnet()
         net = cls(
             subnet=subnet,
             pod_ns=pod_ns,
