@@ -70,7 +70,7 @@ KEY_FRAMES: Final = (
     "metrics_handler",
     "generate_latest",
     "_respond",
-    "Views.ready",
+    "Answers.ready",
     "readiness",
     "hit",
     "__init__",

@@ -25,7 +25,7 @@ from sidecar.handlers import (
 from sidecar.kinds import Needs, build
 from sidecar.loop import CheckLoop, Clock, SystemClock
 from sidecar.metrics import Counts, Metrics
-from sidecar.render import Views
+from sidecar.render import Answers
 from sidecar.state import Board
 
 BOARD: Final = web.AppKey("board", Board)
@@ -44,7 +44,7 @@ log = structlog.get_logger("sidecar.app")
 def create_app(
     settings: Settings,
     *,
-    checks: Sequence[tuple[CheckSpec, Check]] | None = None,
+    specs_and_checks: Sequence[tuple[CheckSpec, Check]] | None = None,
     registry: CollectorRegistry | None = None,
     clock: Clock | None = None,
     on_secrets: SecretsSink = ignore_secrets,
@@ -52,12 +52,13 @@ def create_app(
 ) -> web.Application:
     """Build the application; nothing runs until the app starts (then the check loops do).
 
-    `checks` pairs each spec with the check that runs it; by default they are built from the
-    settings' specs (tests pass fakes). `on_secrets` learns every secret a rotated DSN file
-    brings (logs.add_secrets). `dropped_log_lines` reads the log writer's drop count
-    (logs.dropped_lines).
+    `specs_and_checks` pairs each spec with the check that runs it; by default each check is
+    built from the settings' specs by its kind (tests pass fakes). `on_secrets` learns every
+    secret a rotated DSN file brings (logs.add_secrets). `dropped_log_lines` reads the log
+    writer's drop count (logs.dropped_lines).
     """
     credentials: dict[str, CredentialsStatus] = {}
+    checks = specs_and_checks
     if checks is None:
         needs = Needs(max_connection_age=settings.max_connection_age, on_secrets=on_secrets)
         built = [(spec, build(spec, needs)) for spec in settings.check_specs]
@@ -82,12 +83,12 @@ def create_app(
     )
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
-    views = Views(board, names=names)
+    answers = Answers(board, names=names)
 
     app = web.Application()
     app[BOARD] = board
     app[COUNTS] = counts
-    _add_routes(app, views, counts, registry, clock, names)
+    _add_routes(app, answers, counts, registry, clock, names)
     loops = [CheckLoop(spec, check, board, observer=metrics, clock=clock) for spec, check in checks]
     # Shutdown waits at most this long for the loops: the slowest check's timeout, plus slack.
     stop_timeout = max(spec.policy.timeout for spec, _ in checks) + 1
@@ -117,20 +118,20 @@ def create_app(
 
 def _add_routes(  # noqa: PLR0917 -- one private call site
     app: web.Application,
-    views: Views,
+    answers: Answers,
     counts: Counts,
     registry: CollectorRegistry,
     clock: Clock,
     names: list[str],
 ) -> None:
     not_found, not_allowed = make_fallback_handlers(counts)
-    view_for = {"health": views.health, "ready": views.ready, "startup": views.startup}
+    view_for = {"health": answers.health, "ready": answers.ready, "startup": answers.startup}
     for name, paths in ENDPOINT_ROUTES:
         handler = make_probe_handler(name, view_for[name], counts, clock.monotonic)
         check_handler = None
         if name != "startup":  # one check's view, as kube-apiserver's /readyz/<check>
             check_handler = make_check_handler(
-                name, functools.partial(views.check, name), counts, clock.monotonic, tuple(names)
+                name, functools.partial(answers.check, name), counts, clock.monotonic, tuple(names)
             )
         for path in paths:
             _add(app, path, handler, not_allowed)
@@ -154,7 +155,7 @@ def _watch(board: Board, name: str) -> Callable[[asyncio.Task[None]], None]:
     def done(task: asyncio.Task[None]) -> None:
         if task.cancelled():
             return
-        board.prober_stopped = True
+        board.loop_stopped = True
         exc = task.exception()
         log.error(
             "prober.stopped",

@@ -43,14 +43,14 @@ class Settings:
     # The checks to run, from SIDECAR_CONFIG_FILE. Empty means the one `postgres` check of the
     # environment; otherwise `database` only serves the postgres checks of the file that name
     # no DSN of their own.
-    checks: tuple[CheckSpec, ...] = ()
+    file_specs: tuple[CheckSpec, ...] = ()
     config_file: str | None = None
 
     @property
     def check_specs(self) -> tuple[CheckSpec, ...]:
         """The configured checks, or the environment's single `postgres` check."""
-        if self.checks:
-            return self.checks
+        if self.file_specs:
+            return self.file_specs
         # Imported here: reading settings (and refusing them) does not load the database client.
         from sidecar.checks.postgres import PostgresSpec  # noqa: PLC0415
 
@@ -64,7 +64,7 @@ class Settings:
     def secrets(self) -> tuple[str, ...]:
         """Every secret any check holds at start (rotated DSNs add theirs when they arrive)."""
         found = list(self.database.secrets())
-        for spec in self.checks:
+        for spec in self.file_specs:
             found.extend(spec.secrets())
         return tuple(dict.fromkeys(found))
 
@@ -76,17 +76,17 @@ class Settings:
         problems.extend(libpq_tls_problems(environ))
         policy = CheckPolicy(**{s.field: found[s.field] for s in options.PER_CHECK})
         config_file = found["config_file"]
-        checks: tuple[CheckSpec, ...] = ()
+        specs: tuple[CheckSpec, ...] = ()
         if config_file is not None:
             # Imported here: only a deployment with a check file pays for its reader.
             from sidecar.checkfile import load_check_file  # noqa: PLC0415
 
-            checks = load_check_file(
+            specs = load_check_file(
                 config_file, defaults=policy, database=database, problems=problems
             )
         # Without a database, libpq's own fallback (a local socket) never exists in a pod: the
         # sidecar would start and quietly never become ready.
-        needed = config_file is None or any(spec.uses(database) for spec in checks)
+        needed = config_file is None or any(spec.uses(database) for spec in specs)
         given = (found["database_url"], found["database_url_file"], database.host)
         if needed and given == (None, None, None):
             problems.append(NO_DATABASE)
@@ -94,7 +94,7 @@ class Settings:
             raise ConfigError(problems)
         # Every declared setting with a field of its own name lands there, as parsed.
         own = {name: found[name] for name in found if name in _FIELD_NAMES}
-        return cls(database=database, policy=policy, checks=checks, **own)
+        return cls(database=database, policy=policy, file_specs=specs, **own)
 
 
 _FIELD_NAMES: Final = frozenset(field.name for field in fields(Settings))

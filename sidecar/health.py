@@ -54,15 +54,15 @@ def check_liveness(state: CheckState, *, now: float) -> Verdict:
 
 def loop_liveness(board: Board, state: CheckState, *, now: float) -> Verdict:
     """/health/<name>: that check's loop keeps its schedule, and no loop has stopped."""
-    return STOPPED if board.prober_stopped else check_liveness(state, now=now)
+    return STOPPED if board.loop_stopped else check_liveness(state, now=now)
 
 
 def liveness(board: Board, *, now: float, exclude: Collection[str] = NO_EXCLUDES) -> Verdict:
     """The sidecar itself: alive unless a check loop died or missed its own schedule."""
-    if board.prober_stopped:
+    if board.loop_stopped:
         return STOPPED
     return _first_failure(
-        check_liveness(s, now=now) for s in board.checks.values() if s.name not in exclude
+        check_liveness(s, now=now) for s in board.states.values() if s.name not in exclude
     )
 
 
@@ -85,14 +85,14 @@ def readiness(board: Board, *, now: float, exclude: Collection[str] = NO_EXCLUDE
     sidecar is not draining. `warn` checks and excluded ones never make it fail."""
     if board.draining:
         return Verdict(False, "draining")
-    if board.prober_stopped:
+    if board.loop_stopped:
         # Nothing will refresh the result: do not wait for it to go stale.
         return STOPPED
-    if not board.checks:
+    if not board.states:
         return Verdict(False, "no check has run yet")
     return _first_failure(
         check_readiness(s, now=now)
-        for s in board.checks.values()
+        for s in board.states.values()
         if s.critical and s.name not in exclude
     )
 
@@ -110,9 +110,9 @@ def _first_failure(verdicts: Iterable[Verdict]) -> Verdict:
 
 def startup(board: Board) -> Verdict:
     """Started once every critical check has passed once; a one-way latch."""
-    if not board.checks:
+    if not board.states:
         return Verdict(False, "no check has run yet")
-    for state in board.checks.values():
+    for state in board.states.values():
         if state.critical and not state.ever_passed:
             return Verdict(False, f"{state.name}: not passed yet")
     return PASS

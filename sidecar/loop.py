@@ -26,7 +26,7 @@ BACKOFF_FACTOR_SECONDS: Final = 1.0
 
 
 class Clock(Protocol):
-    """Both clocks the prober needs: monotonic for ages and deadlines, wall for display."""
+    """Both clocks the check loop needs: monotonic for ages and deadlines, wall for display."""
 
     def monotonic(self) -> float: ...
 

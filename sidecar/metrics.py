@@ -135,7 +135,7 @@ class Metrics(Collector):
     def collect(self) -> Iterator[Metric]:
         board = self._board
         now = self._monotonic()
-        states = board.checks.values()
+        states = board.states.values()
         for name, help_text, value in _CHECK_GAUGES:
             gauge = GaugeMetricFamily(name, help_text, labels=["check"])
             for state in states:

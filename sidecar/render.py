@@ -167,7 +167,7 @@ def _status(verdict: Verdict) -> int:
     return 200 if verdict.ok else 503
 
 
-class Views:
+class Answers:
     """Status, body and content type per endpoint; plain answers memoised per snapshot.
 
     A snapshot is the board's `checks` mapping (by identity: the check loops replace it on
@@ -188,15 +188,15 @@ class Views:
         """The plain answer `key` of this snapshot, if its verdict still holds at `now`."""
         board = self._board
         if (
-            board.checks is not self._seen
+            board.states is not self._seen
             or board.draining is not self._draining
-            or board.prober_stopped is not self._stopped
+            or board.loop_stopped is not self._stopped
         ):
             self._memos = {}
             self._seen, self._draining, self._stopped = (
-                board.checks,
+                board.states,
                 board.draining,
-                board.prober_stopped,
+                board.loop_stopped,
             )
             return None
         hit = self._memos.get(key)
@@ -223,11 +223,11 @@ class Views:
             if (hit := self._reuse(endpoint, now)) is not None:
                 return hit
             verdict = judge(board, now=now)
-            doc = document(board, verdict, states=board.checks.values(), with_checks=ready)
+            doc = document(board, verdict, states=board.states.values(), with_checks=ready)
             return self._keep(endpoint, verdict, doc)
         exclude = frozenset(query.exclude)
         verdict = judge(board, now=now, exclude=exclude)
-        states = [s for s in board.checks.values() if s.name not in exclude]
+        states = [s for s in board.states.values() if s.name not in exclude]
         notes = unknown_excludes(self.names, query.exclude)
         if query.text:
             one, line = (check_readiness, check_line) if ready else (check_liveness, _loop_line)
@@ -259,20 +259,20 @@ class Views:
         verdict = startup(board)
         if query is PLAIN:
             # Once started, the checks' current state is /ready's business, not /startup's.
-            doc = document(board, verdict, states=board.checks.values(), with_checks=not verdict.ok)
+            doc = document(board, verdict, states=board.states.values(), with_checks=not verdict.ok)
             return self._keep("startup", verdict, doc)
         if query.text:
             return _text_answer(
-                "startup", verdict, query, lambda: [_startup_line(s) for s in board.checks.values()]
+                "startup", verdict, query, lambda: [_startup_line(s) for s in board.states.values()]
             )
-        doc = document(board, verdict, states=board.checks.values(), verbose=query.verbose, now=now)
+        doc = document(board, verdict, states=board.states.values(), verbose=query.verbose, now=now)
         return (_status(verdict), encode(doc), CONTENT_TYPE)
 
     def _listing(self, exclude: Collection[str], line: Callable[[CheckState], str]) -> list[str]:
         """One text line per check, excluded ones marked as kube-apiserver does."""
         return [
             f"[+]{s.name} excluded: ok" if s.name in exclude else line(s)
-            for s in self._board.checks.values()
+            for s in self._board.states.values()
         ]
 
     def _lifecycle_lines(self, *, ready: bool) -> list[str]:
@@ -280,7 +280,7 @@ class Views:
         lines = []
         if ready and board.draining:
             lines.append(_line("draining", "the sidecar is shutting down"))
-        if board.prober_stopped:
+        if board.loop_stopped:
             lines.append(_line("probe-loop", "a probe loop stopped"))
         return lines
 
@@ -288,7 +288,7 @@ class Views:
         """/ready/<name> (that check alone, whatever its criticality) or /health/<name> (that
         check's loop keeps its schedule); None if no check has that name."""
         board = self._board
-        state = board.checks.get(name)
+        state = board.states.get(name)
         if state is None:
             return None
         ready = endpoint == "ready"

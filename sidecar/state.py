@@ -1,7 +1,7 @@
 """Immutable check state, advanced by a pure function and published by swapping one reference.
 
-The prober is the only writer; request handlers and the metrics collector only read
-`Board.snapshot`, so a reader always sees one consistent state without locks.
+The check loops are the only writers; request handlers and the metrics collector only read
+`Board.states`, so a reader always sees one consistent state without locks.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class CheckState:
     last_success_at: float | None = None  # wall clock
     consecutive_failures: int = 0
     consecutive_successes: int = 0
-    state_since_monotonic: float = 0.0  # when `passing` last changed (or the prober started)
+    state_since_monotonic: float = 0.0  # when `passing` last changed (or the loop started)
     # The moment the next check is due; liveness turns 503 when no check has finished
     # within timeout + grace after it.
     next_due_monotonic: float = 0.0
@@ -131,17 +131,18 @@ def state_word(state: CheckState) -> str:
 class Board:
     """The one mutable holder: the latest snapshot per check, plus lifecycle flags.
 
-    Written only from the event loop thread, by the prober (snapshots) and the lifecycle
+    Written only from the event loop thread, by the check loops (states) and the server
     (draining); each write is a single reference assignment.
     """
 
-    checks: dict[str, CheckState] = field(default_factory=dict)
+    # The latest state of each check, by name.
+    states: dict[str, CheckState] = field(default_factory=dict)
     draining: bool = False
     # Set by the app's supervisor when a check loop has ended for good.
-    prober_stopped: bool = False
+    loop_stopped: bool = False
 
     def publish(self, state: CheckState) -> None:
         # A fresh dict per publish keeps readers iterating over a consistent mapping.
-        checks = dict(self.checks)
-        checks[state.name] = state
-        self.checks = checks
+        states = dict(self.states)
+        states[state.name] = state
+        self.states = states

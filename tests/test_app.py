@@ -20,7 +20,7 @@ from sidecar.config import Settings
 from sidecar.handlers import QUERY_PARAMETERS
 from sidecar.health import STALL_GRACE_SECONDS
 from sidecar.reasons import Reason
-from sidecar.render import Views
+from sidecar.render import Answers
 from sidecar.state import Board, CheckResult
 
 Client = TestClient[web.Request, web.Application]
@@ -41,7 +41,9 @@ async def start(
 ) -> tuple[Client, ScriptedCheck, CollectorRegistry]:
     check = ScriptedCheck(script)  # type: ignore[arg-type]
     registry = CollectorRegistry()
-    app = create_app(settings, checks=[(settings.check_specs[0], check)], registry=registry)
+    app = create_app(
+        settings, specs_and_checks=[(settings.check_specs[0], check)], registry=registry
+    )
     client: Client = await aiohttp_client(app)
     return client, check, registry
 
@@ -196,7 +198,9 @@ async def test_stale_result_is_not_ready(aiohttp_client: Any) -> None:
     held = asyncio.Event()  # never set: the second check is still running when we look
     check = ScriptedCheck([None, held.wait])
     clock = FakeClock()
-    app = create_app(settings, checks=[(spec, check)], registry=CollectorRegistry(), clock=clock)
+    app = create_app(
+        settings, specs_and_checks=[(spec, check)], registry=CollectorRegistry(), clock=clock
+    )
     client: Client = await aiohttp_client(app)
     await wait_for_status(client, "/ready", 200)
     await wait_until_async(lambda: check.runs >= 2, message="the second check started")
@@ -294,7 +298,7 @@ async def test_metrics_negotiate_openmetrics(aiohttp_client: Any) -> None:
 async def test_metrics_name_filter_finds_every_kind_of_family(aiohttp_client: Any) -> None:
     """/metrics?name[]=... (prometheus-client's filter) returns exactly the families asked for:
     a scrape-time gauge and a process metric as well as a counter."""
-    app = create_app(FAST, checks=[(FAST.check_specs[0], ScriptedCheck([None]))])
+    app = create_app(FAST, specs_and_checks=[(FAST.check_specs[0], ScriptedCheck([None]))])
     client = await aiohttp_client(app)
     await wait_for_status(client, "/ready", 200)
     names = ["health_sidecar_ready", "process_resident_memory_bytes", "health_sidecar_check_total"]
@@ -318,7 +322,7 @@ def test_bodies_are_serialised_once_per_state() -> None:
     board = Board()
     result = CheckResult(True, 0.001, 1e9, 10.0)
     board.publish(check_state("postgres", passing=True, ever_passed=True, last=result))
-    views = Views(board)
+    views = Answers(board)
     first, second = views.ready(11.0), views.ready(12.0)
     assert first[0] == 200
     assert first[1] is second[1]
@@ -342,7 +346,7 @@ def test_cached_pass_expires_exactly_at_the_freshness_bound() -> None:
             next_due_monotonic=15,
         )
     )
-    views = Views(board)
+    views = Answers(board)
     assert views.ready(11.0)[0] == 200  # fills the cache
     assert views.ready(20.0)[0] == 200
     assert views.ready(20.001)[0] == 503

@@ -166,7 +166,7 @@ async def failure(check: HttpCheck, *, bound: float = 10.0) -> CheckFailed:
 
 def passing(board: Board, name: str) -> bool:
     """Whether the board shows `name` passing (False before its first result)."""
-    state = board.checks.get(name)
+    state = board.states.get(name)
     return state is not None and state.passing
 
 
@@ -381,7 +381,7 @@ async def test_prober_shows_status_failure_and_recovery_on_the_board(site: Site)
             await wait_until_async(lambda: passing(board, "app"), timeout=5, message="pass")
             site.target.status = 503
             await wait_until_async(lambda: not passing(board, "app"), timeout=5, message="fail")
-            last = board.checks["app"].last
+            last = board.states["app"].last
             assert last is not None
             assert last.reason is Reason.UNEXPECTED_STATUS
             site.target.status = 200

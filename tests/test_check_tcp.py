@@ -99,7 +99,7 @@ def unanswered_port() -> Iterator[int]:
 
 def passing(board: Board, name: str) -> bool:
     """Whether the board shows `name` passing (False before its first result)."""
-    state = board.checks.get(name)
+    state = board.states.get(name)
     return state is not None and state.passing
 
 
@@ -173,7 +173,7 @@ async def test_prober_shows_refusal_and_recovery_on_the_board(
         await wait_until_async(lambda: passing(board, "cache"), timeout=5, message="pass")
         await asyncio.to_thread(proxy.refuse)
         await wait_until_async(lambda: not passing(board, "cache"), timeout=5, message="fail")
-        last = board.checks["cache"].last
+        last = board.states["cache"].last
         assert last is not None
         assert last.reason is Reason.CONNECTION_REFUSED
         await asyncio.to_thread(proxy.forward)

@@ -885,7 +885,7 @@ def test_settings_take_the_checks_of_the_file(tmp_path: Path, files: dict[str, s
     }
     settings = Settings.from_environ(env)
     assert settings.config_file == str(path)
-    assert settings.checks == settings.check_specs == expected_specs(files)
+    assert settings.file_specs == settings.check_specs == expected_specs(files)
 
 
 def test_file_problems_and_variable_problems_come_together(tmp_path: Path) -> None:

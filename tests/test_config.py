@@ -45,7 +45,7 @@ def test_check_file_whose_checks_need_no_environment_database_is_enough(tmp_path
         "  - {name: db, kind: postgres, dsn: 'postgresql://app@db/x'}\n"
     )
     settings = Settings.from_environ({"SIDECAR_CONFIG_FILE": str(path)})
-    assert len(settings.checks) == 2
+    assert len(settings.file_specs) == 2
     assert not settings.uses_environment_database
     path.write_text("checks:\n  - {name: db, kind: postgres}\n")
     assert Settings.from_environ(
@@ -213,10 +213,10 @@ def test_secrets_stay_out_of_repr_and_are_listed_for_redaction() -> None:
 def test_without_a_check_file_there_is_one_postgres_check() -> None:
     """No SIDECAR_CONFIG_FILE: one check named `postgres` on the environment's target."""
     s = Settings.from_environ({"SIDECAR_DATABASE_URL": "postgresql://u:p@h/db", "PGPORT": ""})
-    assert (s.checks, s.config_file) == ((), None)
+    assert (s.file_specs, s.config_file) == ((), None)
     assert s.check_specs == (PostgresSpec(name="postgres", policy=s.policy, target=s.database),)
     blank = Settings.from_environ({"PGHOST": "db", "SIDECAR_CONFIG_FILE": "   "})
-    assert (blank.checks, blank.config_file) == ((), None)
+    assert (blank.file_specs, blank.config_file) == ((), None)
 
 
 def test_check_file_replaces_the_single_check(tmp_path: Path) -> None:
@@ -230,8 +230,8 @@ def test_check_file_replaces_the_single_check(tmp_path: Path) -> None:
     s = Settings.from_environ({"SIDECAR_CONFIG_FILE": str(path), "SIDECAR_CHECK_INTERVAL": "9"})
     assert s.config_file == str(path)
     assert [(c.name, c.kind) for c in s.check_specs] == [("cache", "tcp"), ("app", "http")]
-    assert s.checks == s.check_specs
-    assert {c.policy for c in s.checks} == {s.policy}
+    assert s.file_specs == s.check_specs
+    assert {c.policy for c in s.file_specs} == {s.policy}
     assert s.policy.interval == 9.0
 
 

@@ -57,7 +57,7 @@ def test_driver_suffixed_url_is_accepted_wherever_a_dsn_is(scheme: str, tmp_path
         f"  - {{name: inline, kind: postgres, dsn: '{scheme}://app@db.example/app'}}\n"
         f"  - {{name: file, kind: postgres, dsn_file: '{dsn_file}'}}\n"
     )
-    specs = Settings.from_environ({"SIDECAR_CONFIG_FILE": str(checks)}).checks
+    specs = Settings.from_environ({"SIDECAR_CONFIG_FILE": str(checks)}).file_specs
     assert [s.target.dsn for s in specs if isinstance(s, PostgresSpec)] == [
         f"{scheme}://app@db.example/app",
         dsn,

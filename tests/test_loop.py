@@ -91,7 +91,7 @@ async def test_healthy_loop_waits_the_interval() -> None:
     prober, check, clock, board, _ = make([None], interval=5.0)
     await drive(prober, clock, 4)
     assert clock.sleeps[:4] == [5.0, 5.0, 5.0, 5.0]
-    assert board.checks["postgres"].passing
+    assert board.states["postgres"].passing
     assert check.resets == 0
 
 
@@ -131,6 +131,6 @@ async def test_next_due_is_published_for_liveness() -> None:
     """After each check the snapshot says when the next one is due."""
     prober, _, clock, board, _ = make([None], interval=5.0)
     await drive(prober, clock, 1)
-    state = board.checks["postgres"]
+    state = board.states["postgres"]
     assert state.last is not None
     assert state.next_due_monotonic == pytest.approx(state.last.finished_monotonic + 5.0)

@@ -33,7 +33,7 @@ MakeClient = Callable[[web.Application], Awaitable[Client]]
 
 FAST = CheckPolicy(interval=0.05, timeout=0.5, backoff_max=0.1)
 SETTINGS = Settings(
-    checks=(
+    file_specs=(
         PostgresSpec(name="primary", policy=FAST),
         PostgresSpec(name="replica", policy=FAST, critical=False),
         HttpSpec(name="app", policy=FAST, url="http://127.0.0.1:1/livez"),
@@ -59,7 +59,7 @@ async def start(aiohttp_client: Any) -> tuple[Client, Checks, CollectorRegistry]
     checks = Checks()
     registry = CollectorRegistry()
     pairs = [(spec, checks[spec.name]) for spec in SETTINGS.check_specs]
-    app = create_app(SETTINGS, checks=pairs, registry=registry)
+    app = create_app(SETTINGS, specs_and_checks=pairs, registry=registry)
     client: Client = await aiohttp_client(app)
     return client, checks, registry
 

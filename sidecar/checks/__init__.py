@@ -13,7 +13,7 @@ class Check(Protocol):
     def name(self) -> str: ...
 
     async def run(self) -> None:
-        """Probe once; return on success. The prober bounds the call with the timeout."""
+        """Probe once; return on success. The check loop bounds the call with the timeout."""
 
     async def reset(self) -> None:
         """Drop whatever the last run held (a connection), after a failure."""

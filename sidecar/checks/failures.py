@@ -1,9 +1,9 @@
 """One failure classifier for every kind of check: an exception in, a fixed `Reason` out.
 
-Each kind's module has a table of (exception types, verdict) rules, read top to bottom: the
-first rule whose types match decides. A verdict is a reason, or a function of the exception for
+Each kind's module has a table of (exception types, outcome) rules, read top to bottom: the
+first rule whose types match decides. An outcome is a reason, or a function of the exception for
 the cases that must look inside it (an errno, a cause). `None` means "not ours to judge" (a bug,
-or an error the configuration should have refused): the prober counts it as internal_error.
+or an error the configuration should have refused): the check loop counts it as internal_error.
 Cancellation and interpreter exits are never classified: they must propagate.
 
 Also the one bound on closing a connection, so that shutdown never waits on a hung peer.
@@ -24,8 +24,8 @@ from sidecar.reasons import CheckFailed, Reason
 # Closing politely (FIN, Terminate) waits for the peer; never longer than this, then abort.
 CLOSE_TIMEOUT_SECONDS: Final = 1.0
 
-Verdict: TypeAlias = Reason | Callable[[BaseException], "Reason | None"] | None
-Rules: TypeAlias = tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], Verdict], ...]
+Outcome: TypeAlias = Reason | Callable[[BaseException], "Reason | None"] | None
+Rules: TypeAlias = tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], Outcome], ...]
 
 _REFUSED: Final = frozenset({errno.ECONNREFUSED})
 _RESET: Final = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED})
@@ -36,9 +36,9 @@ def classify(exc: BaseException, rules: Rules) -> Reason | None:
     """The reason the first matching rule gives; None for cancellation and unmatched errors."""
     if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
         return None
-    for types, verdict in rules:
+    for types, outcome in rules:
         if isinstance(exc, types):
-            return verdict(exc) if callable(verdict) else verdict
+            return outcome(exc) if callable(outcome) else outcome
     return None
 
 

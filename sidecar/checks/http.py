@@ -110,7 +110,7 @@ def _new_session() -> aiohttp.ClientSession:
         connector=connector,
         # A loopback check must not be sent to HTTP_PROXY, and no .netrc applies.
         trust_env=False,
-        # The prober bounds each run; a client timeout of our own could only fire first.
+        # The check loop bounds each run; a client timeout of our own could only fire first.
         timeout=aiohttp.ClientTimeout(total=None, connect=None, sock_read=None, sock_connect=None),
         headers={"User-Agent": USER_AGENT},
         # A probe must not accumulate state: no cookies, and the body is never decoded.
