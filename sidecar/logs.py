@@ -7,10 +7,13 @@ import contextlib
 import json
 import logging
 import os
+import re
 import sys
 import threading
 import time
-from collections.abc import Iterable
+import traceback
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, TextIO
 
@@ -135,46 +138,202 @@ def _dropped_line(count: int) -> str:
     return json.dumps(event) + "\n"
 
 
-class Redactor:
-    """Replace every known secret (DSN, password) in every string value of an event.
+# Values of these keys are our own fixed vocabulary: event names, check names, kinds, reasons,
+# states, levels. They are never rewritten, whatever the password is: a password that is also a
+# word ("sidecar", "postgres", "ready") must neither corrupt a line nor show itself by the gap
+# it leaves in a word everyone knows. Keys themselves are never rewritten either.
+VOCABULARY_KEYS: Final = frozenset(
+    {
+        "event",
+        "level",
+        "logger",
+        "timestamp",
+        "check",
+        "name",
+        "kind",
+        "reason",
+        "from",
+        "to",
+        "outcome",
+        "signal",
+        "variable",
+        "did_you_mean",
+        "source",
+        "driver",
+        # Formatted stack frames (file, line, function, source line): our code, no data.
+        "stack",
+    }
+)
+# A record from a library (aiohttp, asyncio): its `event` is the library's message, free text
+# that may quote anything, so it is scrubbed like any other text.
+FOREIGN_VOCABULARY_KEYS: Final = VOCABULARY_KEYS - {"event"}
+# A URL in free text: its userinfo and its password parameters are secrets by position,
+# whatever they hold, so they go even when nobody registered them (another service's DSN).
+_URL: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]*")
+# `password=...` (in a URL's query, or a libpq keyword/value DSN): the value is a secret.
+_PASSWORD_PARAMETER: Final = re.compile(
+    r"(\b[A-Za-z_]*password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&'\"]+)", re.IGNORECASE
+)
+# A secret is replaced where it stands as a token of its own: not inside a longer name, path
+# segment or word ("postgres" in "postgresql", "sidecar" in "health-sidecar"), which would
+# only rewrite text that holds no secret, and point at the password by doing so.
+_WORD_CHARS: Final = r"\w.-"
 
-    Runs last before rendering, after exceptions are formatted, so a secret that slipped
-    into an exception message or a traceback is scrubbed too.
+
+class Redactor:
+    """Scrub known secrets (a DSN, its password, PGPASSWORD) and anything that is a secret by
+    position (a URL's password, a `password=` value) from every event, structurally.
+
+    Vocabulary values (VOCABULARY_KEYS) and keys are kept as written. Other text is scrubbed:
+    a URL's userinfo password and `password=` values are replaced; a known DSN is replaced
+    whole; a known password is replaced where it stands as a token, outside URLs (which were
+    handled by their structure). An exception is formatted here, so that only its messages are
+    scrubbed and its stack frames stay readable. Runs last before rendering.
     """
 
-    def __init__(self, secrets: Iterable[str]) -> None:
-        self._secrets: list[str] = []
-        self.add(*secrets)
+    def __init__(
+        self,
+        secrets: Iterable[str] | SecretSet = (),
+        *,
+        vocabulary: frozenset[str] = VOCABULARY_KEYS,
+    ) -> None:
+        self.secrets = secrets if isinstance(secrets, SecretSet) else SecretSet(secrets)
+        self._vocabulary = vocabulary
 
     def add(self, *secrets: str) -> None:
         """Redact these too from now on (a rotated DSN's password, before anything logs it)."""
-        merged = {*self._secrets, *(s for s in secrets if s)}
-        # Longest first, so a DSN is replaced whole before its password part. One reference
-        # swap: a record formatted meanwhile (stdlib logging may run in another thread) sees
-        # either the old list or the new one, never a half-built one.
-        self._secrets = sorted(merged, key=len, reverse=True)
+        self.secrets.add(*secrets)
+
+    def foreign(self) -> Redactor:
+        """The redactor of library records, with the same secrets: their `event` is free text."""
+        return Redactor(self.secrets, vocabulary=FOREIGN_VOCABULARY_KEYS)
 
     def scrub(self, text: str) -> str:
-        for secret in self._secrets:
-            if secret in text:
-                text = text.replace(secret, REDACTED)
-        return text
+        """Free text with every secret in it replaced."""
+        return self.secrets.known.scrub(text)
 
-    def _value(self, value: Any) -> Any:
+    def _value(self, key: str, value: Any) -> Any:
+        if key in self._vocabulary:
+            return value
         if isinstance(value, str):
             return self.scrub(value)
         if isinstance(value, dict):
-            return {k: self._value(v) for k, v in value.items()}
+            return {k: self._value(k, v) for k, v in value.items()}
         if isinstance(value, list | tuple):
-            return [self._value(v) for v in value]
+            return [self._value(key, v) for v in value]
         if isinstance(value, BaseException):
             return self.scrub(repr(value))
         return value
 
     def __call__(self, logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
-        if not self._secrets:
-            return event_dict
-        return {key: self._value(value) for key, value in event_dict.items()}
+        exc = _exception_of(event_dict.pop("exc_info", None))
+        scrubbed = {key: self._value(key, value) for key, value in event_dict.items()}
+        if exc is not None:
+            scrubbed["exception"] = _ScrubbedTraceback(self.scrub).text(exc)
+        return scrubbed
+
+
+class SecretSet:
+    """The secrets a pipeline redacts, shared by its redactors; extended while running."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self.known = _Known.of(secrets)
+
+    def add(self, *secrets: str) -> None:
+        # One reference swap: a record formatted meanwhile (stdlib logging may run in another
+        # thread) sees either the old set or the new one, never a half-built one.
+        self.known = _Known.of((*self.known.secrets, *secrets))
+
+
+@dataclass(frozen=True, slots=True)
+class _Known:
+    """The registered secrets, and the one pattern that finds them as tokens."""
+
+    secrets: tuple[str, ...]
+    tokens: re.Pattern[str] | None
+
+    @classmethod
+    def of(cls, secrets: Iterable[str]) -> _Known:
+        # Longest first, so a DSN is replaced whole before its password part.
+        unique = tuple(sorted({s for s in secrets if s}, key=len, reverse=True))
+        if not unique:
+            return cls((), None)
+        either = "|".join(re.escape(s) for s in unique)
+        pattern = re.compile(rf"(?<![{_WORD_CHARS}])(?:{either})(?![{_WORD_CHARS}])")
+        return cls(unique, pattern)
+
+    def scrub(self, text: str) -> str:
+        # Known DSNs (and any secret long enough to contain a URL) first, whole.
+        for secret in self.secrets:
+            if "://" in secret and secret in text:
+                text = text.replace(secret, REDACTED)
+        if "://" in text:
+            pieces = []
+            last = 0
+            for match in _URL.finditer(text):
+                pieces.append(self._tokens(text[last : match.start()]))
+                pieces.append(_url_without_password(match.group(0)))
+                last = match.end()
+            pieces.append(self._tokens(text[last:]))
+            text = "".join(pieces)
+        else:
+            text = self._tokens(text)
+        if "password" in text.lower():
+            text = _PASSWORD_PARAMETER.sub(rf"\g<1>{REDACTED}", text)
+        return text
+
+    def _tokens(self, text: str) -> str:
+        if self.tokens is None or not text:
+            return text
+        return self.tokens.sub(REDACTED, text)
+
+
+def _url_without_password(url: str) -> str:
+    """A URL with the password of its userinfo replaced. The userinfo ends at the last '@'
+    before the query: a raw '@' or '/' in a password must not leave a piece of it behind."""
+    scheme, _, rest = url.partition("://")
+    head, sep, tail = rest.partition("?")
+    at = head.rfind("@")
+    if at < 0:
+        return url
+    user, colon, _password = head[:at].partition(":")
+    if not colon:
+        return url
+    return f"{scheme}://{user}:{REDACTED}{head[at:]}{sep}{tail}"
+
+
+def _exception_of(exc_info: Any) -> BaseException | None:
+    """The exception an event's `exc_info` names (an exception, a sys.exc_info() tuple, True)."""
+    if isinstance(exc_info, BaseException):
+        return exc_info
+    if isinstance(exc_info, tuple):
+        return exc_info[1] if isinstance(exc_info[1], BaseException) else None
+    if exc_info:
+        return sys.exc_info()[1]
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class _ScrubbedTraceback:
+    """A plain traceback whose exception messages are scrubbed and whose frames are not:
+    file names, line numbers and source lines are our code, and stay readable."""
+
+    scrub: Any
+
+    def text(self, exc: BaseException) -> str:
+        return "".join(self._parts(traceback.TracebackException.from_exception(exc))).rstrip()
+
+    def _parts(self, te: traceback.TracebackException) -> Iterator[str]:
+        if te.__cause__ is not None:
+            yield from self._parts(te.__cause__)
+            yield "\nThe above exception was the direct cause of the following exception:\n\n"
+        elif te.__context__ is not None and not te.__suppress_context__:
+            yield from self._parts(te.__context__)
+            yield "\nDuring handling of the above exception, another exception occurred:\n\n"
+        if te.stack:
+            yield "Traceback (most recent call last):\n"
+            yield from te.stack.format()
+        yield self.scrub("".join(te.format_exception_only()))
 
 
 def _bound_error_text(logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
@@ -197,7 +356,7 @@ def _not_a_client_parse_error(record: logging.LogRecord) -> bool:
 
 
 # The redactor of the pipeline `configure()` built last; `add_secrets` extends it.
-_live_redactor = Redactor(())
+_live_redactor = Redactor()
 # The writer `configure()` put between the pipeline and stdout, if it did.
 _live_writer: PipeWriter | None = None
 
@@ -254,10 +413,12 @@ def configure(
         renderer = structlog.dev.ConsoleRenderer(
             colors=sink.isatty(), exception_formatter=structlog.dev.plain_traceback
         )
-        tail: list[Processor] = [redact, _bound_error_text, renderer]
     else:
         renderer = structlog.processors.JSONRenderer()
-        tail = [structlog.processors.format_exc_info, redact, _bound_error_text, renderer]
+    # The redactor formats exceptions itself (frames kept, messages scrubbed), for both formats:
+    # nothing is left for the renderer to format after redaction.
+    tail: list[Processor] = [redact, _bound_error_text, renderer]
+    foreign_tail: list[Processor] = [redact.foreign(), _bound_error_text, renderer]
     structlog.configure(
         processors=[*shared, structlog.processors.StackInfoRenderer(), *tail],
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
@@ -269,7 +430,7 @@ def configure(
     # through the same redaction, instead of bare tracebacks on stderr.
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *tail],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *foreign_tail],
     )
     handler = logging.StreamHandler(sink)
     handler.setFormatter(formatter)
