@@ -37,6 +37,14 @@ PROBE = (
 )
 
 
+ROOT = "health-sidecar"
+
+
+def with_static_version(pyproject: str, version: str) -> str:
+    """pyproject.toml's text with `dynamic = ["version"]` replaced by the given version."""
+    return re.sub(r'^dynamic = \["version"\]$', f'version = "{version}"', pyproject, flags=re.M)
+
+
 def normalized(name: str) -> str:
     """A distribution name as PEP 503 compares it (PyYAML == pyyaml, prometheus_client == -)."""
     return re.sub(r"[-_.]+", "-", name).lower()
@@ -157,9 +165,19 @@ def build(
         rootfs = Path(scratch) / "rootfs"
         rootfs.mkdir()
         export_paths(cli, image, image_path, rootfs, env)
-        generate(rootfs, image_path, REPO / "pyproject.toml", output)
+        # The project's version is dynamic (read from the package); give cyclonedx-py the
+        # version the image holds, or its root component would have none.
+        pyproject = Path(scratch) / "pyproject.toml"
+        pyproject.write_text(
+            with_static_version(
+                (REPO / "pyproject.toml").read_text(encoding="utf-8"),
+                installed.get(ROOT, ""),
+            ),
+            encoding="utf-8",
+        )
+        generate(rootfs, image_path, pyproject, output)
     sbom = json.loads(output.read_text(encoding="utf-8"))
-    return problems(sbom, installed, root="health-sidecar")
+    return problems(sbom, installed, root=ROOT)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

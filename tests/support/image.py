@@ -44,12 +44,8 @@ IMAGE: Final = "localhost/health-sidecar:test"
 # builds and containers never compete with each other for the two cores.
 IMAGE_GROUP: Final = "image"
 APP_IMAGE: Final = "localhost/hs-stand-in-app:test"
-SUITE: Final = "bookworm"
 TOOLS: Final = ("buildah", "podman", "runc", "debootstrap", "conmon", "ip")
 COMMAND_TIMEOUT_SECONDS: Final = 900.0
-# The machine's pip settings a build must see to reach the index the way the host does.
-PIP_FILES: Final = ("/etc/pip.conf", "/etc/xdg/pip")
-CA_BUNDLE: Final = Path("/etc/ssl/certs/ca-certificates.crt")
 
 # podman's defaults that this machine refuses (see containers.conf(5)): crun fails on the hybrid
 # cgroup layout, the default rlimits exceed the hard limits, and there is no systemd.
@@ -164,63 +160,21 @@ class Store:
     # ---- the base ---------------------------------------------------------------------------
 
     def import_base(self, name: str, *, mirror: str | None = None) -> None:
-        """debootstrap a minimal bookworm with python3-venv and pip, give it the machine's pip
-        settings and CA bundle and a `python` command (as the official image has), import it
-        as `name`."""
-        rootfs = self.root / "rootfs"
-        self.run(
-            "debootstrap",
-            "--variant=minbase",
-            # python3-pip: the official image has pip, the Dockerfile must remove it.
-            "--include=python3-venv,python3-pip,ca-certificates",
-            SUITE,
-            str(rootfs),
-            mirror or debian_mirror(),
+        """The base the Dockerfile's FROM names, made by `.ci/build-image.sh --base-only` (the
+        README's offline build): debootstrap a minimal bookworm with python3-venv and pip, the
+        machine's pip settings and CA bundle and a `python` command, imported as `name`."""
+        if name != BASE_IMAGE:
+            raise ValueError(f"the script makes the Dockerfile's base {BASE_IMAGE}, not {name}")
+        env = {**self.env, "MIRROR": mirror or debian_mirror()}
+        result = subprocess.run(
+            ["bash", str(REPO / ".ci" / "build-image.sh"), "--base-only"],
+            env=env,
+            capture_output=True,
+            timeout=COMMAND_TIMEOUT_SECONDS,
+            check=False,
         )
-        for conf in PIP_FILES:
-            target = rootfs / conf.lstrip("/")
-            if Path(conf).is_dir():
-                shutil.copytree(conf, target, dirs_exist_ok=True)
-            elif Path(conf).is_file():
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(conf, target)
-        if CA_BUNDLE.is_file():
-            shutil.copyfile(CA_BUNDLE, rootfs / str(CA_BUNDLE).lstrip("/"))
-        python = rootfs / "usr/local/bin/python"
-        python.parent.mkdir(parents=True, exist_ok=True)
-        python.unlink(missing_ok=True)
-        python.symlink_to("/usr/bin/python3")
-        # apt's cache and the package lists are not part of any real base image.
-        for junk in ("var/cache/apt/archives", "var/lib/apt/lists"):
-            shutil.rmtree(rootfs / junk, ignore_errors=True)
-        tar = subprocess.Popen(
-            ["tar", "-C", str(rootfs), "--numeric-owner", "-c", "."], stdout=subprocess.PIPE
-        )
-        assert tar.stdout is not None
-        try:
-            pip_env = [f"{k}={v}" for k, v in os.environ.items() if k.startswith("PIP_")]
-            changes = [
-                "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                "ENV LANG=C.UTF-8",
-                *(f"ENV {item}" for item in pip_env if "FIND_LINKS" not in item),
-            ]
-            args = ["podman", "import"]
-            for change in changes:
-                args += ["--change", change]
-            result = subprocess.run(
-                [*args, "-", name],
-                stdin=tar.stdout,
-                env=self.env,
-                capture_output=True,
-                timeout=COMMAND_TIMEOUT_SECONDS,
-                check=False,
-            )
-        finally:
-            tar.stdout.close()
-            tar.wait()
-        shutil.rmtree(rootfs, ignore_errors=True)
         if result.returncode != 0:
-            raise RuntimeError(f"podman import failed: {result.stderr.decode()}")
+            raise RuntimeError(f"building the base failed: {result.stderr.decode()[-2000:]}")
 
     # ---- builds -----------------------------------------------------------------------------
 
