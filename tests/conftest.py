@@ -67,7 +67,11 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 # that builds the image goes on with them, and no other worker waits for the build.
 # (pytest-xdist's own `xdist_group` marks are ignored under pytest 9: the mark reaches the
 # scheduler by rewriting the test's id, which pytest 9 no longer reads.)
-XDIST_GROUPS: Final = {"tests/test_image.py": IMAGE_GROUP, "tests/test_pod.py": IMAGE_GROUP}
+XDIST_GROUPS: Final = {
+    "tests/test_image.py": IMAGE_GROUP,
+    "tests/test_pod.py": IMAGE_GROUP,
+    "tests/test_sbom.py": IMAGE_GROUP,
+}
 # Groups that take a minute or more, started first so that no worker is left with one of them
 # at the end; the others follow, those with more `slow` tests first.
 RUN_FIRST: Final = (IMAGE_GROUP, "tests/test_faults.py", "tests/test_surroundings.py")
