@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -135,3 +136,29 @@ def test_versions_reports_every_figure_for_both_trees(tmp_path: Path) -> None:
         assert all(value > 0 for value in figures.values()), figures
         assert 1 < summary[f"{tree}_traced_mib"] < summary[f"{tree}_rss_mib"]
     assert "live Python heap" in (tmp_path / "VERSIONS.md").read_text()
+
+
+@pytest.mark.skipif(
+    not IN_CI and (shutil.which("patroni") is None or shutil.which("etcd") is None),
+    reason="patroni/etcd not installed: bash .ci/ha-tools.sh",
+)
+def test_lifecycle_reports_every_section_for_both_trees(tmp_path: Path) -> None:
+    """bench.lifecycle with tiny durations: recovery lags, connection rates and Patroni windows
+    are measured for the earlier commit and this tree, and the RESULTS.md section is written."""
+    run_bench(
+        "bench.lifecycle",
+        *("--rounds", "1", "--outages", "3", "--sidecars", "1", "--rate-seconds", "3"),
+        *("--ha-rounds", "1", "--out", str(tmp_path)),
+    )
+    report = json.loads((tmp_path / "lifecycle.json").read_text())
+    for section, key in (("recovery", "outage_s"), ("logins", "mode"), ("ha", "action")):
+        rows = report[section]
+        assert {row["tree"] for row in rows} == {"base", "this"}, section
+        assert all(key in row for row in rows), section
+    assert {row["mode"] for row in report["logins"]} == {"refused_login", "tcp_reset"}
+    assert {row["action"] for row in report["ha"]} == {"switchover", "failover"}
+    assert all(row["longest_wrong_s"] >= 0 for row in report["ha"])
+    markdown = (tmp_path / "RESULTS.md").read_text()
+    assert "<!-- lifecycle:begin -->" in markdown
+    assert "<!-- lifecycle:end -->" in markdown
+    assert "Patroni failover" in markdown

@@ -9,7 +9,8 @@ flapping, their sum); it never demands that nothing ever blips, since both signa
 and the sidecar's answer is, by design, at most one check old.
 
 `Watch` samples both in two threads (a slow truth never delays the answer's samples) for the
-length of a `with` block.
+length of a `with` block; `Poller` is one such thread, for callers that compare several answers
+with one truth (bench/lifecycle.py).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Final, Self
 
-__all__ = ["Watch", "Window", "changes", "wrong_windows"]
+__all__ = ["Poller", "Watch", "Window", "changes", "wrong_windows"]
 
 Samples = Sequence[tuple[float, bool]]
 PERIOD_SECONDS: Final = 0.1
@@ -85,10 +86,16 @@ def changes(samples: Samples, since: float) -> list[tuple[float, bool]]:
     return out
 
 
-class _Poller:
+class Poller:
     """Calls `probe` every `period` seconds in a thread; records (midpoint time, result)."""
 
-    def __init__(self, probe: Callable[[], bool], period: float, limit: float, name: str) -> None:
+    def __init__(
+        self,
+        probe: Callable[[], bool],
+        period: float = PERIOD_SECONDS,
+        limit: float = LIMIT_SECONDS,
+        name: str = "poller",
+    ) -> None:
         self.probe = probe
         self.period = period
         self.limit = limit
@@ -124,8 +131,8 @@ class Watch:
         period: float = PERIOD_SECONDS,
         limit: float = LIMIT_SECONDS,
     ) -> None:
-        self._answers = _Poller(ready, period, limit, "watch-answer")
-        self._truths = _Poller(truth, period, limit, "watch-truth")
+        self._answers = Poller(ready, period, limit, "watch-answer")
+        self._truths = Poller(truth, period, limit, "watch-truth")
         self.started = 0.0
 
     def __enter__(self) -> Self:
