@@ -128,6 +128,13 @@ def _serve(args: list[str], env: dict[str, str]) -> int:
         event_loop="uvloop" if _loop_factory() else "asyncio",
     )
     _say_dropped_drivers(settings, log)
+    from sidecar import pghome
+
+    moved = pghome.make_harmless(os.environ)
+    if moved is not None:
+        log.info(
+            "sidecar.home_moved", home=moved.home, problem=moved.problem, to=pghome.HARMLESS_HOME
+        )
     try:
         return _run(settings, log)
     finally:
