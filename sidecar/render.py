@@ -1,9 +1,10 @@
 """Response bodies: the IETF "Health Check Response Format for HTTP APIs" (health+json), or
 kube-apiserver's plain-text check list when the client asks for text/plain.
 
-Plain answers are serialised once per state change and reused for every request until the
-check loop publishes again (no allocation-heavy work per request). Only `?verbose`,
-`?exclude` and text answers, which people and scripts ask for, render per request.
+Plain answers are judged and serialised once per snapshot and reused for every request until
+a check loop publishes again or their verdict expires (no allocation-heavy work per request).
+Only `?verbose`, `?exclude` and text answers, which people and scripts ask for, render per
+request.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Checks: one small module per dependency kind, all speaking the `Check` protocol."""
+"""Checks: one module per kind (sidecar.kinds registers them), all speaking the `Check` protocol."""
 
 from __future__ import annotations
 
