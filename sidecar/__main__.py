@@ -7,10 +7,13 @@ import asyncio
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from sidecar import __version__, options
 from sidecar.config import ConfigError, Settings
+
+if TYPE_CHECKING:
+    from sidecar import logs
 
 PROG = "health-sidecar"
 # The exec probe runs in the sidecar's own container: loopback reaches it on any listen address.
@@ -103,7 +106,9 @@ def _serve(args: list[str], env: dict[str, str]) -> int:
 
     from sidecar import logs
 
-    logs.configure(level=settings.log_level, fmt=settings.log_format, secrets=settings.secrets())
+    pipeline = logs.configure(
+        level=settings.log_level, fmt=settings.log_format, secrets=settings.secrets()
+    )
     # `*_created` series double the series count and carry nothing a probe dashboard uses.
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
     log = structlog.get_logger("sidecar")
@@ -136,10 +141,10 @@ def _serve(args: list[str], env: dict[str, str]) -> int:
             "sidecar.home_moved", home=moved.home, problem=moved.problem, to=pghome.HARMLESS_HOME
         )
     try:
-        return _run(settings, log)
+        return _run(settings, log, pipeline)
     finally:
         # Whatever is still buffered gets a bounded chance; a stuck pipe cannot hold the exit.
-        logs.shutdown()
+        pipeline.shutdown()
 
 
 def _say_dropped_drivers(settings: Settings, log: Any) -> None:
@@ -159,8 +164,7 @@ def _say_dropped_drivers(settings: Settings, log: Any) -> None:
             )
 
 
-def _run(settings: Settings, log: Any) -> int:
-    from sidecar import logs
+def _run(settings: Settings, log: Any, pipeline: logs.Pipeline) -> int:
     from sidecar.app import create_app
     from sidecar.server import serve
 
@@ -168,8 +172,8 @@ def _run(settings: Settings, log: Any) -> int:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             app = create_app(
                 settings,
-                on_secrets=lambda found: logs.add_secrets(*found),
-                dropped_log_lines=logs.dropped_lines,
+                on_secrets=lambda found: pipeline.add_secrets(*found),
+                dropped_log_lines=pipeline.dropped_lines,
             )
             runner.run(serve(app, settings))
     except OSError as exc:

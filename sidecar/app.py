@@ -54,8 +54,8 @@ def create_app(
 
     `specs_and_checks` pairs each spec with the check that runs it; by default each check is
     built from the settings' specs by its kind (tests pass fakes). `on_secrets` learns every
-    secret a rotated DSN file brings (logs.add_secrets). `dropped_log_lines` reads the log
-    writer's drop count (logs.dropped_lines).
+    secret a rotated DSN file brings (logs.Pipeline.add_secrets). `dropped_log_lines` reads the
+    log writer's drop count (logs.Pipeline.dropped_lines).
     """
     credentials: dict[str, CredentialsStatus] = {}
     checks = specs_and_checks

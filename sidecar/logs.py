@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import contextlib
 import json
 import logging
 import os
@@ -45,10 +44,7 @@ class PipeWriter:
 
     def __init__(self, stream: TextIO, *, capacity: int = BUFFER_LINES) -> None:
         self._stream = stream
-        try:
-            self._fd: int | None = stream.fileno()
-        except (AttributeError, OSError, ValueError):
-            self._fd = None  # an in-memory stream: written from the thread as text
+        self._fd = stream.fileno()
         self._capacity = capacity
         self._lines: collections.deque[str] = collections.deque()
         self._ready = threading.Condition()
@@ -110,11 +106,6 @@ class PipeWriter:
             self._write(batch)
 
     def _write(self, text: str) -> None:
-        if self._fd is None:
-            with contextlib.suppress(OSError, ValueError):
-                self._stream.write(text)
-                self._stream.flush()
-            return
         data = text.encode("utf-8", "replace")
         while data:
             try:
@@ -355,29 +346,26 @@ def _not_a_client_parse_error(record: logging.LogRecord) -> bool:
     return not isinstance(exc, HttpProcessingError)
 
 
-# The redactor of the pipeline `configure()` built last; `add_secrets` extends it.
-_live_redactor = Redactor()
-# The writer `configure()` put between the pipeline and stdout, if it did.
-_live_writer: PipeWriter | None = None
+@dataclass(frozen=True, slots=True)
+class Pipeline:
+    """What `configure()` built: its redactor, and the writer it put before stdout (if any)."""
 
+    redactor: Redactor
+    writer: PipeWriter | None = None
 
-def dropped_lines() -> int:
-    """Log lines dropped so far because stdout did not keep up."""
-    return _live_writer.dropped_total if _live_writer is not None else 0
+    def add_secrets(self, *secrets: str) -> None:
+        """Register secrets that appeared after start (a rotated DSN) with the redactor.
 
+        Called by the DSN file watcher before the new DSN is used or could be logged."""
+        self.redactor.add(*secrets)
 
-def shutdown(timeout: float = EXIT_FLUSH_SECONDS) -> bool:
-    """Flush buffered lines for at most `timeout` seconds; never waits on a stuck pipe beyond."""
-    return _live_writer.close(timeout) if _live_writer is not None else True
+    def dropped_lines(self) -> int:
+        """Log lines dropped so far because stdout did not keep up."""
+        return self.writer.dropped_total if self.writer is not None else 0
 
-
-def add_secrets(*secrets: str) -> None:
-    """Register secrets that appeared after start (a rotated DSN) with the live redactor.
-
-    Called by the DSN file watcher before the new DSN is used or could be logged. Secrets added
-    before `configure()` are not carried into the pipeline it builds: pass those as `secrets=`.
-    """
-    _live_redactor.add(*secrets)
+    def shutdown(self, timeout: float = EXIT_FLUSH_SECONDS) -> bool:
+        """Flush buffered lines for at most `timeout` seconds; never waits on a stuck pipe."""
+        return self.writer.close(timeout) if self.writer is not None else True
 
 
 def configure(
@@ -386,22 +374,19 @@ def configure(
     fmt: str = "json",
     secrets: Iterable[str] = (),
     stream: TextIO | None = None,
-) -> None:
-    """Configure structlog, and route stdlib logging (aiohttp, asyncio) through it.
+) -> Pipeline:
+    """Configure structlog, and route stdlib logging (aiohttp, asyncio) through it; return
+    the pipeline's redactor and writer. Call once per process: structlog's configuration and
+    the root logger are process-wide.
 
     Without `stream`, lines go to stdout through a PipeWriter, so a stalled log pipe cannot
-    block the event loop; a given `stream` (tests) is written synchronously.
+    block the event loop; a given `stream` (a file, a buffer) is written synchronously.
     """
-    global _live_redactor, _live_writer  # noqa: PLW0603 -- one logging pipeline per process
-    if _live_writer is not None:
-        _live_writer.close(0)
-        _live_writer = None
+    writer = PipeWriter(sys.stdout) if stream is None else None
     # TextIO by duck typing: structlog and StreamHandler only call write, flush and isatty.
-    sink: Any = stream
-    if stream is None:
-        sink = _live_writer = PipeWriter(sys.stdout)
+    sink: Any = writer or stream
     numeric_level = logging.getLevelNamesMapping()[level.upper()]
-    redact = _live_redactor = Redactor(secrets)
+    redact = Redactor(secrets)
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -439,3 +424,4 @@ def configure(
     root.handlers[:] = [handler]
     # Libraries are noisy at debug (every malformed request); keep them at warning or above.
     root.setLevel(max(numeric_level, logging.WARNING))
+    return Pipeline(redact, writer)

@@ -186,9 +186,11 @@ def test_new_secrets_are_registered_before_poll_returns(
 def test_registered_secret_is_redacted_by_the_live_pipeline(
     volume: SecretVolume, captured: LogCapture
 ) -> None:
-    """Wired to logs.add_secrets, a rotated password is scrubbed from any later log line."""
+    """Wired to the pipeline's add_secrets, a rotated password is scrubbed from later lines."""
     watcher = DsnFile(
-        str(volume.path()), OLD_DSN, on_secrets=lambda secrets: logs.add_secrets(*secrets)
+        str(volume.path()),
+        OLD_DSN,
+        on_secrets=lambda secrets: captured.pipeline.add_secrets(*secrets),
     )
     volume.write_dsn(NEW_DSN)
     assert watcher.poll() == NEW_DSN

@@ -153,7 +153,7 @@ async def rig(
             str(volume.path()),
             old_dsn,
             name="primary",
-            on_secrets=lambda secrets: logs.add_secrets(*secrets),
+            on_secrets=lambda secrets: log.pipeline.add_secrets(*secrets),
         )
         spec = PostgresSpec(name="primary", policy=POLICY, target=target)
         check = PostgresCheck(spec, credentials=watcher)

@@ -125,8 +125,10 @@ class SecretVolume:
 class LogCapture:
     """JSON lines written by `sidecar.logs.configure(stream=...)` into memory."""
 
-    def __init__(self, stream: io.StringIO) -> None:
+    def __init__(self, stream: io.StringIO, pipeline: logs.Pipeline) -> None:
         self.stream = stream
+        # What configure() built: `pipeline.add_secrets` is what the sidecar wires to on_secrets.
+        self.pipeline = pipeline
 
     @property
     def text(self) -> str:
@@ -149,9 +151,9 @@ def captured_logs(secrets: Sequence[str] = ()) -> Iterator[LogCapture]:
     stream = io.StringIO()
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
-    logs.configure(level="debug", fmt="json", secrets=secrets, stream=stream)
+    pipeline = logs.configure(level="debug", fmt="json", secrets=secrets, stream=stream)
     try:
-        yield LogCapture(stream)
+        yield LogCapture(stream, pipeline)
     finally:
         structlog.reset_defaults()
         root.handlers[:] = handlers
