@@ -101,7 +101,7 @@ class Metrics(Collector):
                     made.labels(check, value)
             return made
 
-        self.checks = counter(
+        self.checks_run = counter(
             "health_sidecar_check_total",
             "Checks run, by outcome (pass or fail).",
             "outcome",
@@ -126,7 +126,7 @@ class Metrics(Collector):
     ) -> None:
         name = state.name
         self.duration.labels(name).observe(result.latency_seconds)
-        self.checks.labels(name, "pass" if result.ok else "fail").inc()
+        self.checks_run.labels(name, "pass" if result.ok else "fail").inc()
         if result.reason is not None:
             self.failures.labels(name, result.reason.value).inc()
         if transition is not None:

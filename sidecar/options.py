@@ -8,7 +8,8 @@ test compares the README's settings table with this table.
 To add a setting: append one `Setting` here; add a typed field named `Setting.field`, its
 default `options.default(...)`, to `config.Settings` (or, for a per-check timing with a
 `file_key`, to `checkspec.CheckPolicy`), where the parsed value lands by that name; add its row
-to the README's settings table; for a `file_key`, run .ci/check-file-schema.
+to the README's settings table; for a `file_key`, run .ci/check-file-schema. A setting a
+check uses reaches it as an argument: add it to `kinds.Needs`, which `app` fills from Settings.
 
 Imports only the leaf `inputs`.
 """
