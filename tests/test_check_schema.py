@@ -21,7 +21,7 @@ from sidecar.checkfile import COMMON_KEYS
 from sidecar.checkspec import CRITICALITIES, NAME_PATTERN
 from sidecar.fields import TIMING
 from sidecar.kinds import NAMES, every_kind
-from sidecar.schema import check_file_schema, text
+from sidecar.schema import chart_copy, check_file_schema, text
 
 KIND_KEYS = {kind.name: kind.key_names for kind in every_kind()}
 
@@ -53,8 +53,8 @@ def test_committed_schema_is_the_generated_one() -> None:
 def test_chart_copies_are_the_generated_ones() -> None:
     """The app chart's `check` and `checkDefaults` definitions are the generated schema's."""
     generated = check_file_schema()["$defs"]
-    assert CHART["definitions"]["check"] == generated["check"]
-    assert CHART["definitions"]["checkDefaults"] == generated["defaults"]
+    assert CHART["definitions"]["check"] == chart_copy(generated["check"])
+    assert CHART["definitions"]["checkDefaults"] == chart_copy(generated["defaults"])
 
 
 def test_schema_is_valid_2020_12() -> None:
@@ -90,9 +90,18 @@ def test_schema_states_the_declared_keys_kinds_and_ranges() -> None:
 
 
 def test_chart_uses_the_same_schema_for_checks_and_check_defaults() -> None:
-    """The chart's `check` and `checkDefaults` are the schema's, key for key; its `checks`
-    list may be empty (the one postgres check) where a check file's may not."""
-    assert CHART["definitions"]["check"] == SCHEMA["$defs"]["check"]
+    """The chart's `check` and `checkDefaults` are the schema's, key for key, but for the
+    pattern of a writeOnly key (Helm's error would quote a password); its `checks` list may be
+    empty (the one postgres check) where a check file's may not."""
+    assert CHART["definitions"]["check"] == chart_copy(SCHEMA["$defs"]["check"])
+    secret_bearing = [
+        key
+        for key, schema in SCHEMA["$defs"]["check"]["properties"].items()
+        if schema.get("writeOnly")
+    ]
+    assert sorted(secret_bearing) == ["dsn", "url"]
+    for key in secret_bearing:
+        assert "pattern" not in CHART["definitions"]["check"]["properties"][key], key
     assert CHART["definitions"]["checkDefaults"] == SCHEMA["$defs"]["defaults"]
     assert CHART["properties"]["checks"]["items"] == {"$ref": "#/definitions/check"}
     assert "minItems" not in CHART["properties"]["checks"]

@@ -6,11 +6,14 @@ definition of the container for both)."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from support import fileaccess
 from support.helmdeps import dependencies_updated
 
 try:
@@ -59,6 +62,11 @@ def sidecar_of(spec: Obj) -> Obj:
     return found
 
 
+def container(spec: Obj, name: str) -> Obj:
+    found: Obj = next(c for c in spec["containers"] if c["name"] == name)
+    return found
+
+
 def render_error(values: Obj) -> str:
     with pytest.raises(helm.HelmError) as caught:
         render(FOREIGN, values)
@@ -87,11 +95,11 @@ def test_foreign_chart_renders_valid_objects_in_both_modes(native: bool) -> None
     names = [c["name"] for c in spec["containers"]]
     if native:
         assert init_names == ["health-sidecar"]
-        assert names == ["inventory"]
+        assert names == ["log-shipper", "inventory"]
         assert sidecar_of(spec)["restartPolicy"] == "Always"
     else:
         assert init_names == []
-        assert names == ["inventory", "health-sidecar"]
+        assert names == ["log-shipper", "inventory", "health-sidecar"]
         assert "restartPolicy" not in sidecar_of(spec)
     assert [v["name"] for v in spec["volumes"]] == ["database-url"]
     assert spec["volumes"][0]["secret"]["secretName"] == "inventory-db"
@@ -100,7 +108,7 @@ def test_foreign_chart_renders_valid_objects_in_both_modes(native: bool) -> None
 def test_foreign_app_readiness_reads_the_sidecar_ready_endpoint() -> None:
     """The app container's readinessProbe GETs /ready on the sidecar's port, by number."""
     spec = pod_spec(render(FOREIGN, {"healthSidecar": {"port": 9191}}))
-    probe = spec["containers"][0]["readinessProbe"]
+    probe = container(spec, "inventory")["readinessProbe"]
     assert probe["httpGet"] == {"path": "/ready", "port": 9191}
     assert sidecar_of(spec)["ports"][0]["containerPort"] == 9191
     assert (probe["periodSeconds"], probe["failureThreshold"]) == (5, 2)
@@ -123,7 +131,7 @@ def test_checks_give_a_configmap_mount_and_a_rolling_checksum() -> None:
     spec = pod_spec(objects)
     assert {
         "name": "checks",
-        "configMap": {"name": "shop-health-sidecar-checks", "defaultMode": 0o440},
+        "configMap": {"name": "shop-health-sidecar-checks", "defaultMode": 0o444},
     } in spec["volumes"]
     env = {e["name"]: e["value"] for e in sidecar_of(spec)["env"]}
     assert env["SIDECAR_CONFIG_FILE"] == "/etc/health-sidecar/checks/checks.yaml"
@@ -167,7 +175,8 @@ def test_app_chart_and_library_render_the_same_sidecar() -> None:
     foreign = render(FOREIGN, {})
     assert sidecar_of(pod_spec(app)) == sidecar_of(pod_spec(foreign))
     app_probe = next(c for c in pod_spec(app)["containers"] if c["name"] == "app")
-    assert app_probe["readinessProbe"] == pod_spec(foreign)["containers"][0]["readinessProbe"]
+    foreign_app = container(pod_spec(foreign), "inventory")
+    assert app_probe["readinessProbe"] == foreign_app["readinessProbe"]
 
 
 def test_app_chart_holds_no_copy_of_the_sidecar_container() -> None:
@@ -186,3 +195,207 @@ def test_library_and_foreign_chart_lint_without_warnings() -> None:
         problems = [m for m in report["messages"] if m["severity"] >= 2]
         assert not problems, (chart.name, problems)
         assert not report["errors"], report["errors"]
+
+
+# ---- a pod that is not ours: no fsGroup, any user, a log shipper first ------------------------
+
+# The image's USER (Dockerfile): the sidecar's identity when nothing else sets one.
+IMAGE_USER = (65532, 65532)
+# Every kind of volume the library mounts: the DSN, the check file, an extra DSN, TLS files.
+ALL_VOLUMES: Obj = {
+    "checks": [
+        {"name": "primary", "kind": "postgres"},
+        {
+            "name": "replica",
+            "kind": "postgres",
+            "dsn_file": "/etc/health-sidecar/db/replica/dsn",
+            "ca_file": "/etc/health-sidecar/tls/db/ca.crt",
+            "cert_file": "/etc/health-sidecar/tls/db/tls.crt",
+            "key_file": "/etc/health-sidecar/tls/db/tls.key",
+        },
+    ],
+    "extraDatabaseSecrets": [{"name": "replica", "secretName": "replica-db", "key": "dsn"}],
+    "tlsSecrets": [{"name": "db", "secretName": "db-client-cert"}],
+}
+# OpenShift's restricted SCC: a uid from the namespace's range, group 0, and no uid of the
+# chart's own on any container (null drops the library's default 65532).
+OPENSHIFT_POD: Obj = {"runAsNonRoot": True, "runAsUser": 1000770000, "runAsGroup": 0}
+OPENSHIFT_SIDECAR: Obj = {"securityContext": {"runAsUser": None, "runAsGroup": None}}
+POD_SHAPES = {
+    "no-fsgroup": ({}, {}),
+    "openshift-restricted": ({"podSecurityContext": OPENSHIFT_POD}, OPENSHIFT_SIDECAR),
+    "fsgroup": ({"podSecurityContext": {"runAsUser": 10001, "fsGroup": 10001}}, {}),
+}
+
+
+@pytest.mark.parametrize("shape", sorted(POD_SHAPES))
+def test_sidecar_reads_every_mounted_file_whatever_the_pods_users(shape: str) -> None:
+    """By kubelet's projection rules the sidecar's uid can read each file of each of its volumes,
+    with or without fsGroup, as 65532 or as OpenShift's random uid; the pod stays valid."""
+    pod_values, sidecar_values = POD_SHAPES[shape]
+    objects = render(FOREIGN, {**pod_values, "healthSidecar": {**ALL_VOLUMES, **sidecar_values}})
+    (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
+    for minor in KUBERNETES:
+        kubernetes_validate.validate(deployment, minor, strict=True)
+    spec = pod_spec(objects)
+    sidecar = sidecar_of(spec)
+    who = fileaccess.identity(spec, sidecar, IMAGE_USER)
+    if shape == "openshift-restricted":
+        assert (who.uid, who.gid) == (1000770000, 0)
+    mounted = {m["name"] for m in sidecar["volumeMounts"]}
+    assert mounted == {"database-url", "checks", "db-replica", "tls-db"}
+    for volume in spec["volumes"]:
+        for file in fileaccess.projected_files(spec, volume):
+            assert fileaccess.can_read(who, file), (shape, volume["name"], oct(file.mode), who)
+
+
+def test_sidecar_volumes_are_mounted_into_the_sidecar_only() -> None:
+    """No other container of the pod mounts the DSN, check or TLS volumes (0444 is safe so)."""
+    spec = pod_spec(render(FOREIGN, {"healthSidecar": ALL_VOLUMES}))
+    for other in spec["containers"]:
+        assert not other.get("volumeMounts"), other["name"]
+
+
+def test_null_drops_a_security_context_default_for_the_pod_to_set() -> None:
+    """healthSidecar.securityContext.runAsUser: null leaves no runAsUser on the container (the
+    pod's, or OpenShift's, applies); the other defaults stay."""
+    spec = pod_spec(render(FOREIGN, {"healthSidecar": OPENSHIFT_SIDECAR}))
+    context = sidecar_of(spec)["securityContext"]
+    assert "runAsUser" not in context
+    assert "runAsGroup" not in context
+    assert context["runAsNonRoot"] is True
+    assert context["capabilities"] == {"drop": ["ALL"]}
+
+
+def test_readiness_probe_goes_to_the_app_not_the_first_container() -> None:
+    """The foreign pod's first container is a log shipper: it gets no readinessProbe, the app
+    container named in the template does."""
+    spec = pod_spec(render(FOREIGN, {}))
+    first, app = spec["containers"]
+    assert first["name"] == "log-shipper"
+    assert "readinessProbe" not in first
+    assert app["readinessProbe"]["httpGet"]["path"] == "/ready"
+
+
+# ---- every key, at every depth, against the sidecar's own rules --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("values", "named"),
+    [
+        ({"image": {"repositry": "mine/sidecar"}}, "healthSidecar.image.repositry"),
+        ({"database": {"existingSecrt": "db"}}, "healthSidecar.database.existingSecrt"),
+        ({"readinessProbe": {"periodSecond": 3}}, "healthSidecar.readinessProbe.periodSecond"),
+        ({"livenessProbe": {"initialDelaySeconds": 3}}, "healthSidecar.livenessProbe"),
+        (
+            {"securityContext": {"capabilities": {"drp": ["ALL"]}}},
+            "healthSidecar.securityContext.capabilities.drp",
+        ),
+        ({"resources": {"requests": {"memmory": "1Gi"}}}, "healthSidecar.resources.requests"),
+        ({"extraEnv": [{"name": "A", "valu": "1"}]}, "healthSidecar.extraEnv[0].valu"),
+        ({"image": {"pullPolicy": "Sometimes"}}, "healthSidecar.image.pullPolicy"),
+        ({"readinessProbe": {"timeoutSeconds": 0}}, "healthSidecar.readinessProbe.timeoutSeconds"),
+        ({"tlsSecrets": [{"name": "ca"}]}, "healthSidecar.tlsSecrets[0].secretName"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
+def test_typo_or_bad_value_at_any_depth_fails_naming_its_path(values: Obj, named: str) -> None:
+    """A key the library does not know, or a bad value, two or three levels down, stops the
+    render with a line naming its full path."""
+    assert named in render_error({"healthSidecar": values})
+
+
+CHECK_REFUSALS = [
+    ([{"name": "db", "kind": "postgress"}], "healthSidecar.checks[0].kind"),
+    ([{"name": "db", "kind": "postgres", "url": "http://x/"}], "healthSidecar.checks[0].url"),
+    ([{"name": "web", "kind": "http"}], "healthSidecar.checks[0].url"),
+    ([{"name": "kv", "kind": "tcp", "host": "kv", "port": 70000}], "healthSidecar.checks[0].port"),
+    (
+        [{"name": "db", "kind": "postgres", "timeout_seconds": 0}],
+        "healthSidecar.checks[0].timeout_seconds",
+    ),
+    (
+        [{"name": "db", "kind": "postgres", "require_primary": True, "allow_replica": True}],
+        "healthSidecar.checks[0]",
+    ),
+    (
+        [{"name": "Bad Name", "kind": "tcp", "host": "kv", "port": 1}],
+        "healthSidecar.checks[0].name",
+    ),
+    ([{"name": "db", "kind": "postgres", "expect": "t"}], "healthSidecar.checks[0].query"),
+]
+
+
+@pytest.mark.parametrize(("checks", "named"), CHECK_REFUSALS)
+def test_checks_are_judged_by_the_check_file_rules_at_render_time(
+    checks: list[Obj], named: str
+) -> None:
+    """healthSidecar.checks against the check file's schema (the loader's rules): an unknown
+    kind, a key of another kind, a missing key, a range, a pair that excludes each other."""
+    assert f"{named}" in render_error({"healthSidecar": {"checks": checks}})
+
+
+def test_check_defaults_are_judged_by_the_check_file_rules() -> None:
+    """healthSidecar.checkDefaults: an unknown key and an out-of-range number are refused."""
+    checks = [{"name": "db", "kind": "postgres"}]
+    message = render_error(
+        {"healthSidecar": {"checks": checks, "checkDefaults": {"interval_second": 5}}}
+    )
+    assert "healthSidecar.checkDefaults.interval_second" in message
+    message = render_error(
+        {"healthSidecar": {"checks": checks, "checkDefaults": {"failure_threshold": 0}}}
+    )
+    assert "healthSidecar.checkDefaults.failure_threshold" in message
+
+
+def test_valid_checks_of_every_kind_render() -> None:
+    """The refusals are not blanket: the README's examples of each kind render."""
+    checks = [
+        {"name": "primary", "kind": "postgres", "require_primary": True},
+        {
+            "name": "replica",
+            "kind": "postgres",
+            "criticality": "warn",
+            "dsn": "postgresql://health@replica.db:5432/app?sslmode=verify-full",
+            "allow_replica": True,
+            "max_replica_lag_seconds": 30,
+            "alembic_revision": ["3f2a1b9c4d5e", "9d8c7b6a5f4e"],
+        },
+        {"name": "app", "kind": "http", "url": "http://127.0.0.1:8000/livez", "expect_status": 204},
+        {"name": "cache", "kind": "tcp", "host": "redis", "port": 6379, "interval_seconds": 2.5},
+    ]
+    objects = render(FOREIGN, {"healthSidecar": {"checks": checks}})
+    (configmap,) = [o for o in objects if o["kind"] == "ConfigMap"]
+    assert yaml.safe_load(configmap["data"]["checks.yaml"]) == {"checks": checks}
+
+
+PASSWORD = "Sup3r-s3cret-pw"
+SECRET_BEARING = [
+    {"kind": "postgres", "dsn": f"postgresql://health:{PASSWORD}@db:5432/app"},
+    {"kind": "postgres", "dsn": f"postgres://db/app?user=health&password={PASSWORD}"},
+    {"kind": "postgres", "dsn": f"mysql://health:{PASSWORD}@db/app"},
+    {"kind": "http", "url": f"https://probe:{PASSWORD}@app.example/livez"},
+]
+
+
+@pytest.mark.parametrize("check", SECRET_BEARING, ids=["userinfo", "query", "scheme", "url"])
+def test_inline_secret_in_a_check_is_refused_without_echo(check: Obj) -> None:
+    """An inline dsn (or url) holding a password fails the render naming the key; the password
+    appears nowhere in the message (a ConfigMap is not a Secret, and CI logs are read)."""
+    key = "dsn" if "dsn" in check else "url"
+    message = render_error({"healthSidecar": {"checks": [{"name": "db", **check}]}})
+    assert f"healthSidecar.checks[0].{key}" in message
+    assert PASSWORD not in message
+
+
+def test_library_holds_the_generated_copy_of_the_check_file_schema() -> None:
+    """_checkfile_schema.tpl (and the other copies) are what .ci/check-file-schema writes from
+    the registry's schema (rerun it after changing a kind or a key)."""
+    result = subprocess.run(
+        [sys.executable, str(REPO / ".ci" / "check-file-schema"), "--check"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -18,6 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
+from support import fileaccess
 from support.helmdeps import dependencies_updated
 
 try:
@@ -37,6 +39,7 @@ CHART = dependencies_updated(REPO / "charts" / "health-sidecar")
 LIBRARY_USER = dependencies_updated(REPO / "tests" / "fixtures" / "foreign-chart")
 MANIFESTS = REPO / "manifests"
 COMPONENT = MANIFESTS / "components" / "health-sidecar"
+INJECT = COMPONENT / "inject"
 FOREIGN_KUSTOMIZATION = REPO / "tests" / "fixtures" / "foreign-kustomization"
 # The release name whose object names the manifests use ("health-sidecar", not
 # "<release>-health-sidecar", since the name already holds the chart's).
@@ -46,6 +49,10 @@ CHECKOV_CONFIG = REPO / ".checkov.yaml"
 OLDEST_KUBERNETES = (1, 29)
 # Labels only Helm puts on objects.
 HELM_ONLY_LABELS = {"helm.sh/chart", "app.kubernetes.io/managed-by"}
+# Labels only the kustomize base carries: the component's opt-in.
+KUSTOMIZE_ONLY_LABELS = {"health-sidecar/inject"}
+# The image's USER (Dockerfile): the sidecar's identity when nothing else sets one.
+IMAGE_USER = (65532, 65532)
 
 Obj = dict[str, Any]
 
@@ -159,7 +166,12 @@ def test_manifests_hold_the_chart_defaults_objects(
             for key, value in chart[kind]["metadata"]["labels"].items()
             if key not in HELM_ONLY_LABELS
         }
-        assert obj["metadata"]["labels"] == labels, kind
+        manifest_labels = {
+            key: value
+            for key, value in obj["metadata"]["labels"].items()
+            if key not in KUSTOMIZE_ONLY_LABELS
+        }
+        assert manifest_labels == labels, kind
 
 
 def test_deployment_pod_spec_equals_chart_defaults(
@@ -286,56 +298,163 @@ def deployment_of(objects: list[Obj]) -> Obj:
 
 
 def test_component_is_a_kustomize_component() -> None:
-    """components/health-sidecar is a `kind: Component` and the glucolens base includes it."""
-    component = yaml.safe_load((COMPONENT / "kustomization.yaml").read_text())
-    assert component["apiVersion"] == "kustomize.config.k8s.io/v1alpha1"
-    assert component["kind"] == "Component"
+    """components/health-sidecar (settings plus inject/) and inject/ are `kind: Component`s; the
+    glucolens base includes the first and opts its Deployment in."""
+    for directory in (COMPONENT, INJECT):
+        component = yaml.safe_load((directory / "kustomization.yaml").read_text())
+        assert component["apiVersion"] == "kustomize.config.k8s.io/v1alpha1"
+        assert component["kind"] == "Component"
     base = yaml.safe_load((MANIFESTS / "kustomization.yaml").read_text())
     assert base["components"] == ["components/health-sidecar"]
     assert "initContainers" not in (MANIFESTS / "deployment.yaml").read_text()
+    deployment = yaml.safe_load((MANIFESTS / "deployment.yaml").read_text())
+    assert deployment["metadata"]["labels"]["health-sidecar/inject"] == "true"
 
 
-def test_component_sidecar_equals_the_library_rendering() -> None:
-    """The component's container and volume are the library chart's, byte for byte in YAML."""
+def library_pod_spec() -> Obj:
+    """The foreign chart's pod, rendered with the component's default DSN Secret."""
     with helm.Chart.load(LIBRARY_USER) as chart:
         rendered = chart.render(
             {"healthSidecar": {"database": {"existingSecret": "health-sidecar-database"}}},
             name="any",
             namespace="default",
         )
-    library = yaml.safe_load(rendered["inventory/templates/deployment.yaml"])["spec"]["template"][
+    spec: Obj = yaml.safe_load(rendered["inventory/templates/deployment.yaml"])["spec"]["template"][
         "spec"
     ]
-    patch = yaml.safe_load((COMPONENT / "sidecar.yaml").read_text())["spec"]["template"]["spec"]
+    return spec
+
+
+def test_component_sidecar_equals_the_library_rendering() -> None:
+    """The component's container, volume and readinessProbe, and its default settings, are the
+    library chart's rendering, byte for byte in YAML."""
+    library = library_pod_spec()
+    patch = yaml.safe_load((INJECT / "sidecar.yaml").read_text())["spec"]["template"]["spec"]
     assert patch["initContainers"] == library["initContainers"]
     assert patch["volumes"] == library["volumes"]
-    (readiness,) = yaml.safe_load((COMPONENT / "readiness.yaml").read_text())
-    assert readiness["path"] == "/spec/template/spec/containers/0/readinessProbe"
-    assert readiness["value"] == library["containers"][0]["readinessProbe"]
+    holder = yaml.safe_load((INJECT / "readiness.yaml").read_text())
+    assert holder["metadata"]["annotations"]["config.kubernetes.io/local-config"] == "true"
+    (probe_holder,) = holder["template"]["spec"]["containers"]
+    library_app = next(c for c in library["containers"] if c["name"] == "inventory")
+    assert probe_holder["readinessProbe"] == library_app["readinessProbe"]
+    settings = yaml.safe_load((COMPONENT / "settings.yaml").read_text())["data"]
+    (sidecar,) = library["initContainers"]
+    assert int(settings["port"]) == sidecar["ports"][0]["containerPort"]
+    assert settings["databaseSecret"] == library["volumes"][0]["secret"]["secretName"]
 
 
-def test_component_gives_a_foreign_deployment_the_sidecar() -> None:
-    """kustomize + the component: a valid pod, the sidecar native, the first container's
-    readinessProbe on /ready, the renamed Secret and the retagged image applied."""
-    objects = kustomize(FOREIGN_KUSTOMIZATION)
-    assert [o["kind"] for o in objects] == ["Deployment"]
-    deployment = deployment_of(objects)
-    for version in ("1.29", "1.33"):
-        kubernetes_validate.validate(deployment, version, strict=True)
-    spec = deployment["spec"]["template"]["spec"]
+def objects_by_name(objects: list[Obj]) -> dict[str, Obj]:
+    found = {o["metadata"]["name"]: o for o in objects}
+    assert len(found) == len(objects), [o["metadata"]["name"] for o in objects]
+    return found
+
+
+def sidecar_port_places(workload: Obj, app: str) -> tuple[int, str, int]:
+    """The sidecar's containerPort, its SIDECAR_PORT and the port of `app`'s readinessProbe."""
+    spec = workload["spec"]["template"]["spec"]
     (sidecar,) = spec["initContainers"]
-    assert sidecar["name"] == "health-sidecar"
-    assert sidecar["restartPolicy"] == "Always"
-    assert sidecar["image"] == "glucolens/health-sidecar:0.2.1"
     env = {e["name"]: e["value"] for e in sidecar["env"]}
-    assert env["SIDECAR_PORT"] == "8081"
-    assert env["SIDECAR_HOST"] == "::"  # the pod's address, for kubelet
-    first, second = spec["containers"]
-    assert first["readinessProbe"]["httpGet"] == {"path": "/ready", "port": 8081}
-    assert "readinessProbe" not in second
-    assert {v["name"]: v["secret"]["secretName"] for v in spec["volumes"]} == {
-        "database-url": "inventory-db"
-    }
+    app_container = next(c for c in spec["containers"] if c["name"] == app)
+    return (
+        sidecar["ports"][0]["containerPort"],
+        env["SIDECAR_PORT"],
+        app_container["readinessProbe"]["httpGet"]["port"],
+    )
+
+
+def test_component_gives_opted_in_workloads_the_sidecar() -> None:
+    """kustomize + the component: a labelled Deployment and a labelled StatefulSet get a valid
+    pod with the native sidecar, the kustomization's own settings (port, DSN Secret), the
+    retagged image, and nothing of the component's holders is left in the output."""
+    objects = kustomize(FOREIGN_KUSTOMIZATION)
+    assert sorted((o["kind"], o["metadata"]["name"]) for o in objects) == [
+        ("Deployment", "inventory"),
+        ("Deployment", "redis"),
+        ("StatefulSet", "ledger"),
+    ]
+    found = objects_by_name(objects)
+    for name, app in (("inventory", "inventory"), ("ledger", "ledger")):
+        workload = found[name]
+        for version in ("1.29", "1.33"):
+            kubernetes_validate.validate(workload, version, strict=True)
+        spec = workload["spec"]["template"]["spec"]
+        (sidecar,) = spec["initContainers"]
+        assert sidecar["name"] == "health-sidecar"
+        assert sidecar["restartPolicy"] == "Always"
+        assert sidecar["image"] == "glucolens/health-sidecar:0.2.1"
+        assert sidecar_port_places(workload, app) == (9191, "9191", 9191)
+        env = {e["name"]: e["value"] for e in sidecar["env"]}
+        assert env["SIDECAR_HOST"] == "::"  # the pod's address, for kubelet
+        assert {v["name"]: v["secret"]["secretName"] for v in spec["volumes"]} == {
+            "database-url": "inventory-db"
+        }
+
+
+def test_component_probe_skips_a_log_shipper_that_comes_first() -> None:
+    """inventory (labelled health-sidecar/readiness: manual) gets the probe on the container its
+    kustomization names, the log shipper before it none; ledger's first container gets it."""
+    found = objects_by_name(kustomize(FOREIGN_KUSTOMIZATION))
+    shipper, app = found["inventory"]["spec"]["template"]["spec"]["containers"]
+    assert shipper["name"] == "log-shipper"
+    assert "readinessProbe" not in shipper
+    assert app["readinessProbe"]["httpGet"] == {"path": "/ready", "port": 9191}
+    (ledger,) = found["ledger"]["spec"]["template"]["spec"]["containers"]
+    assert ledger["readinessProbe"] == app["readinessProbe"]
+
+
+def test_component_leaves_a_deployment_that_does_not_opt_in_untouched() -> None:
+    """redis, without the label, comes out exactly as written (its own exec probe, no sidecar),
+    but for the kustomization's namespace."""
+    found = objects_by_name(kustomize(FOREIGN_KUSTOMIZATION))
+    written = yaml.safe_load((FOREIGN_KUSTOMIZATION / "redis.yaml").read_text())
+    written["metadata"]["namespace"] = "stock"
+    assert found["redis"] == written
+
+
+def test_component_port_is_set_in_one_place(tmp_path: Path) -> None:
+    """The port is one value of the settings ConfigMap: the fixture writes it nowhere else, and
+    changing only that value moves the sidecar's port, SIDECAR_PORT and the app's probe."""
+    mentions = [
+        p.name for p in sorted(FOREIGN_KUSTOMIZATION.glob("*.yaml")) if "9191" in p.read_text()
+    ]
+    assert mentions == ["settings.yaml"]
+    for name in ("deployment.yaml", "statefulset.yaml", "redis.yaml"):
+        shutil.copy(FOREIGN_KUSTOMIZATION / name, tmp_path / name)
+    settings = yaml.safe_load((FOREIGN_KUSTOMIZATION / "settings.yaml").read_text())
+    settings["data"]["port"] = "7070"
+    (tmp_path / "settings.yaml").write_text(yaml.safe_dump(settings))
+    kustomization = yaml.safe_load((FOREIGN_KUSTOMIZATION / "kustomization.yaml").read_text())
+    kustomization["components"] = [os.path.relpath(INJECT, tmp_path)]
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    found = objects_by_name(kustomize(tmp_path))
+    assert sidecar_port_places(found["inventory"], "inventory") == (7070, "7070", 7070)
+    assert sidecar_port_places(found["ledger"], "ledger") == (7070, "7070", 7070)
+
+
+def test_component_sidecar_reads_its_dsn_in_pods_without_fs_group() -> None:
+    """The foreign pods set no fsGroup (ledger runs as a random uid with group 0): by kubelet's
+    projection rules the sidecar can read the DSN file, and only the sidecar mounts it."""
+    found = objects_by_name(kustomize(FOREIGN_KUSTOMIZATION))
+    for name in ("inventory", "ledger"):
+        spec = found[name]["spec"]["template"]["spec"]
+        assert "fsGroup" not in spec["securityContext"]
+        (sidecar,) = spec["initContainers"]
+        who = fileaccess.identity(spec, sidecar, IMAGE_USER)
+        for volume in spec["volumes"]:
+            for file in fileaccess.projected_files(spec, volume):
+                assert fileaccess.can_read(who, file), (name, volume["name"], oct(file.mode))
+        for other in spec["containers"]:
+            assert not other.get("volumeMounts"), (name, other["name"])
+
+
+def test_readme_shows_the_fixtures_readiness_replacement() -> None:
+    """README's replacement that points /ready at a container other than the first is the one
+    the foreign kustomization uses (and the tests above check)."""
+    text = (REPO / "README.md").read_text()
+    found = re.search(r"<!-- kustomize-readiness-snippet -->\n```yaml\n(.*?)```", text, re.DOTALL)
+    assert found, "README lost its kustomize readiness snippet"
+    kustomization = yaml.safe_load((FOREIGN_KUSTOMIZATION / "kustomization.yaml").read_text())
+    assert yaml.safe_load(found.group(1)) == {"replacements": kustomization["replacements"]}
 
 
 def test_base_pod_ignores_service_links_and_pins_sidecar_port() -> None:

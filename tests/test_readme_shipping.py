@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -45,4 +47,48 @@ def test_readme_plain_yaml_equals_the_library_rendering() -> None:
     assert snippet["initContainers"] == library_spec["initContainers"]
     assert snippet["volumes"] == library_spec["volumes"]
     (app,) = snippet["containers"]
-    assert app["readinessProbe"] == library_spec["containers"][0]["readinessProbe"]
+    library_app = next(c for c in library_spec["containers"] if c["name"] == "inventory")
+    assert app["readinessProbe"] == library_app["readinessProbe"]
+
+
+def readme_helm_commands() -> list[list[str]]:
+    text = (REPO / "README.md").read_text()
+    found = re.search(r"<!-- helm-cli -->\n```sh\n(.*?)```", text, re.DOTALL)
+    assert found, "README lost its helm CLI steps"
+    return [shlex.split(line, comments=True) for line in found.group(1).splitlines()]
+
+
+def test_readme_helm_cli_steps_render_a_chart_of_your_own(tmp_path: Path) -> None:
+    """The README's `helm` commands, run in order on a copy of the foreign chart through the
+    same Helm library: update writes Chart.lock, build restores charts/ from it, template
+    renders the pod with the sidecar; upgrade --install names the same release and chart."""
+    chart = tmp_path / "my-chart"
+    shutil.copytree(FOREIGN, chart, ignore=shutil.ignore_patterns("charts", "Chart.lock"))
+    meta = yaml.safe_load((chart / "Chart.yaml").read_text())
+    (dependency,) = meta["dependencies"]
+    dependency["repository"] = (REPO / "charts" / "health-sidecar-lib").as_uri()
+    (chart / "Chart.yaml").write_text(yaml.safe_dump(meta))
+    steps = readme_helm_commands()
+    assert [step[:3] for step in steps] == [
+        ["helm", "dependency", "update"],
+        ["helm", "dependency", "build"],
+        ["helm", "template", "my-app"],
+        ["helm", "upgrade", "--install"],
+    ]
+    for step in steps:
+        assert "./my-chart" in step, step
+    helm.dependency_update(chart, skip_refresh=True)
+    assert (chart / "Chart.lock").is_file()
+    shutil.rmtree(chart / "charts")
+    helm.dependency_build(chart, skip_refresh=True)
+    assert [p.name for p in (chart / "charts").iterdir()] == ["health-sidecar-lib-0.2.0.tgz"]
+    template = steps[2]
+    namespace = template[template.index("--namespace") + 1]
+    with helm.Chart.load(chart) as loaded:
+        rendered = loaded.render({}, name=template[2], namespace=namespace)
+    deployment = yaml.safe_load(rendered["inventory/templates/deployment.yaml"])
+    assert deployment["metadata"]["namespace"] == namespace
+    (sidecar,) = deployment["spec"]["template"]["spec"]["initContainers"]
+    assert sidecar["name"] == "health-sidecar"
+    install = steps[3]
+    assert install[3:] == template[2:]

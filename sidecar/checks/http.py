@@ -213,6 +213,8 @@ KIND: Final[Kind[HttpSpec]] = Kind(
             {
                 "type": "string",
                 "description": "http(s) URL to GET, without user:password@",
+                # It may carry credentials by mistake: no copy of this schema quotes it.
+                "writeOnly": True,
                 "pattern": (
                     r"^https?://(\[[0-9A-Fa-f:.]+\]|[^/?#@\s:\[\]]+)(:[0-9]{1,5})?([/?#]\S*)?$"
                 ),

@@ -613,6 +613,9 @@ KIND: Final[Kind[PostgresSpec]] = Kind(
             {
                 "type": "string",
                 "description": "DSN without a password (a ConfigMap is not a Secret)",
+                # JSON Schema's mark of a value that may be a secret: no copy of this schema
+                # quotes it (sidecar.schema.chart_copy).
+                "writeOnly": True,
                 # A driver suffix (postgresql+asyncpg://) is dropped: the app's own URL works.
                 "pattern": "^postgres(ql)?(\\+[A-Za-z0-9_]+)?://",
                 "allOf": [

@@ -44,7 +44,19 @@ failureThreshold: {{ int $p.failureThreshold }}
 successThreshold: {{ int $p.successThreshold }}
 {{- end }}
 
-{{/* Volumes: the DSN Secret, the check ConfigMap (with checks), extra DSN and TLS Secrets. */}}
+{{/*
+Volumes: the DSN Secret, the check ConfigMap (with checks), extra DSN and TLS Secrets.
+
+Every file is projected with mode 0444. The including chart owns the pod's securityContext, and
+without an fsGroup kubelet projects the files owned by root:root with exactly defaultMode: with
+0440 (or 0400) only uid or gid 0 could read them, not the sidecar's uid 65532 nor whatever
+runAsUser/runAsGroup the pod sets, so the sidecar would exit 2 and, as a native sidecar, hold the
+whole pod back. With an fsGroup kubelet ORs 0440 into the mode and sets the group: 0444 stays
+0444. Readable by "other" is not readable by the pod's other containers: these volumes are
+mounted into the sidecar container only, and a container without the mount cannot reach
+kubelet's pod directory on the node. The sidecar builds its own TLS context, so a client key need
+not follow libpq's 0600/0640 rule.
+*/}}
 {{- define "health-sidecar.volumes" -}}
 {{- $hs := fromJson (include "health-sidecar-lib.config" .) -}}
 - name: database-url
@@ -53,14 +65,12 @@ successThreshold: {{ int $p.successThreshold }}
     items:
       - key: {{ $hs.database.existingSecretKey }}
         path: url
-    # Owner and group read only; the group is the pod's fsGroup.
-    defaultMode: 0440
+    defaultMode: 0444
 {{- if $hs.checks }}
 - name: checks
   configMap:
     name: {{ include "health-sidecar-lib.checksConfigMapName" (dict "hs" $hs "root" .) }}
-    # Not secret (the sidecar refuses a password in it), but only the pod's users need it.
-    defaultMode: 0440
+    defaultMode: 0444
 {{- end }}
 {{- range $hs.extraDatabaseSecrets }}
 - name: {{ printf "db-%s" .name }}
@@ -70,14 +80,13 @@ successThreshold: {{ int $p.successThreshold }}
     items:
       - key: {{ .key }}
         path: {{ .key }}
-    defaultMode: 0440
+    defaultMode: 0444
 {{- end }}
 {{- range $hs.tlsSecrets }}
 - name: {{ printf "tls-%s" .name }}
   secret:
     secretName: {{ .secretName }}
-    # A client key must not be world-readable; the group is the pod's fsGroup.
-    defaultMode: 0440
+    defaultMode: 0444
 {{- end }}
 {{- end }}
 

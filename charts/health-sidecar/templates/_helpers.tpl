@@ -83,6 +83,12 @@ database-url
 
 {{/* Fail early, with a message a person can act on, on values the schema cannot judge. */}}
 {{- define "health-sidecar.validate" -}}
+{{- with .Values.database.url }}
+{{- /* Here, not in values.schema.json: Helm's schema error would quote the URL, password and all. */}}
+{{- if not (regexMatch "^postgres(ql)?(\\+[A-Za-z0-9_]+)?://[^/]" .) }}
+{{- fail "database.url: must be a postgresql:// or postgres:// URL (the value is not shown: it holds a password)" }}
+{{- end }}
+{{- end }}
 {{- if and (not .Values.database.existingSecret) (not .Values.database.url) }}
 {{- fail "set database.existingSecret (a Secret holding the DSN under database.existingSecretKey) or database.url (the chart creates the Secret)" }}
 {{- end }}
