@@ -7,7 +7,9 @@ A reason is always worded so that it never quotes a DSN (it may hold a password)
 from __future__ import annotations
 
 import difflib
+import os
 import re
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
@@ -164,11 +166,29 @@ def read_head(path: str, size: int) -> bytes:
     except IsADirectoryError:
         raise ValueError("is a directory, not a file") from None
     except PermissionError:
-        raise ValueError("is not readable (permission denied)") from None
+        raise ValueError(f"is not readable (permission denied{_access_hint(path)})") from None
     except OSError as exc:
         raise ValueError(f"cannot be read ({exc.strerror or type(exc).__name__})") from None
     except ValueError:  # a NUL in the path: open() refuses it before asking the system
         raise ValueError("is not a valid path") from None
+
+
+def _access_hint(path: str) -> str:
+    """Why this process may not read `path`, and the fix in a pod: "" when even a stat fails.
+
+    The usual cause is a Secret or ConfigMap volume projected without an fsGroup: kubelet then
+    writes files owned by root:root with exactly the volume's defaultMode, so 0440 or 0400 shuts
+    out every uid and gid but 0 (README "Add it to your own workload").
+    """
+    try:
+        info = os.stat(path)
+    except (OSError, ValueError):
+        return ""
+    return (
+        f": mode {stat.S_IMODE(info.st_mode):04o}, owner {info.st_uid}:{info.st_gid},"
+        f" this process {os.geteuid()}:{os.getegid()}; a mounted Secret or ConfigMap needs"
+        " defaultMode 0444, or an fsGroup on the pod"
+    )
 
 
 def read_text_file(path: str, limit: int, *, encoding: str = "utf-8") -> str:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -251,3 +255,43 @@ def test_missing_check_file_is_refused_naming_the_variable(tmp_path: Path) -> No
     assert problems_for({"SIDECAR_CONFIG_FILE": str(path)}) == [
         f"SIDECAR_CONFIG_FILE: file {str(path)!r} does not exist"
     ]
+
+
+UNPRIVILEGED = 65532  # the image's USER; root reads a file whatever its mode
+
+
+@contextlib.contextmanager
+def running_as(uid: int, gid: int) -> Iterator[None]:
+    """This process's effective uid/gid (and no supplementary groups) for the block."""
+    groups = os.getgroups()
+    os.setgroups([])
+    os.setegid(gid)
+    os.seteuid(uid)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+        os.setgroups(groups)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to read a file as another uid")
+def test_unreadable_dsn_file_says_why_and_what_to_set() -> None:
+    """A root-owned 0440 DSN file (a Secret volume without fsGroup) read as uid 65532 is
+    refused in one line naming the setting, the file's mode and owner, defaultMode and fsGroup."""
+    # Not tmp_path: pytest's base directory is root's alone, so the uid could not even reach it.
+    with tempfile.TemporaryDirectory(prefix="hs-unreadable-") as directory:
+        Path(directory).chmod(0o755)
+        dsn_file = Path(directory) / "url"
+        dsn_file.write_text("postgresql://health:secretpw@db/app\n")
+        dsn_file.chmod(0o440)
+        with running_as(UNPRIVILEGED, UNPRIVILEGED), pytest.raises(ConfigError) as refused:
+            Settings.from_environ({"SIDECAR_DATABASE_URL_FILE": str(dsn_file)})
+    (line,) = refused.value.problems
+    assert line.startswith("SIDECAR_DATABASE_URL_FILE: ")
+    assert "permission denied" in line
+    assert "mode 0440, owner 0:0" in line
+    assert f"this process {UNPRIVILEGED}:{UNPRIVILEGED}" in line
+    assert "defaultMode 0444" in line
+    assert "fsGroup" in line
+    assert "secretpw" not in line
