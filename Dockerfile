@@ -76,10 +76,15 @@ RUN stdlib="$(python -c "import sysconfig; print(sysconfig.get_path('stdlib'))")
 
 COPY --from=build /opt/venv /opt/venv
 
+# HOME: the base image leaves it to the runtime, which gives a uid without a passwd entry "/"
+# (and a pod may set another user's home). Libraries look things up there (libpq's and asyncpg's
+# ~/.postgresql/postgresql.key, ~/.pgpass): a directory that does not exist answers every such
+# look-up with "not found", never "permission denied".
 ENV VIRTUAL_ENV=/opt/venv \
     PATH="/opt/venv/bin:$PATH" \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
+    HOME=/nonexistent \
     SIDECAR_HOST=:: \
     SIDECAR_PORT=8081
 

@@ -432,7 +432,6 @@ def sidecar(image: ReplayedImage) -> Iterator[RunningSidecar]:
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     env.update(
         {
-            "HOME": "/nonexistent",
             "SIDECAR_HOST": "127.0.0.1",
             "SIDECAR_PORT": str(port),
             "SIDECAR_DATABASE_URL": f"postgresql://u:p@127.0.0.1:{closed_port()}/db",
@@ -525,6 +524,22 @@ def test_runtime_stage_is_pinned_numeric_non_root_and_exec_form(stages: list[Sta
     assert runtime.last("ENTRYPOINT").exec_form() == ["health-sidecar"]
     assert healthcheck_command(runtime) == ["health-sidecar", "probe", "health"]
     assert runtime.last("EXPOSE").args.split() == ["8081"]
+
+
+def test_runtime_home_is_a_directory_the_image_never_creates(stages: list[Stage]) -> None:
+    """HOME is set, absolute, and nothing of the image creates it: every look-up under it
+    (~/.postgresql/postgresql.key) is "not found" for any uid, never "permission denied"."""
+    runtime = stages[-1]
+    env: dict[str, str] = {"PATH": STANDARD_PATH}
+    for instruction in runtime.all("ENV"):
+        env.update(parse_env(instruction.args, env))
+    home = env.get("HOME", "")
+    assert home.startswith("/"), "the runtime stage must set ENV HOME"
+    assert home not in {"/", "/root", "/tmp"}
+    for stage in stages:
+        for instruction in stage.instructions:
+            if instruction.keyword in {"COPY", "ADD", "RUN", "WORKDIR", "VOLUME"}:
+                assert home not in instruction.args, instruction
 
 
 @pytest.mark.slow
