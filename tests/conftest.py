@@ -74,7 +74,12 @@ XDIST_GROUPS: Final = {
 }
 # Groups that take a minute or more, started first so that no worker is left with one of them
 # at the end; the others follow, those with more `slow` tests first.
-RUN_FIRST: Final = (IMAGE_GROUP, "tests/test_faults.py", "tests/test_surroundings.py")
+RUN_FIRST: Final = (
+    IMAGE_GROUP,
+    "tests/test_faults.py",
+    "tests/test_surroundings.py",
+    "tests/test_ha.py",
+)
 _RUN_DIR: Final = pytest.StashKey[Path]()
 
 
