@@ -15,6 +15,7 @@ from sidecar.checks import Check, CredentialsStatus
 from sidecar.checkspec import CheckSpec
 from sidecar.config import Settings
 from sidecar.credentials import SecretsSink, ignore_secrets
+from sidecar.exposition import Exposition
 from sidecar.handlers import (
     Handler,
     make_check_handler,
@@ -29,6 +30,12 @@ from sidecar.render import Answers
 from sidecar.state import Board
 
 BOARD: Final = web.AppKey("board", Board)
+# A few checks start together, as the one check does: at once. More start this far apart (or
+# closer, to all start within their first interval), so that hundreds of checks do not open
+# hundreds of connections in the same millisecond, and stay spread out after (each loop keeps
+# its own schedule).
+START_TOGETHER_AT_MOST: Final = 16
+START_SPACING_SECONDS: Final = 0.01
 COUNTS: Final = web.AppKey("counts", Counts)
 
 # Aliases follow the Kubernetes API server's own endpoint names.
@@ -88,8 +95,19 @@ def create_app(
     app = web.Application()
     app[BOARD] = board
     app[COUNTS] = counts
-    _add_routes(app, answers, counts, registry, clock, names)
-    loops = [CheckLoop(spec, check, board, observer=metrics, clock=clock) for spec, check in checks]
+    exposition = Exposition(registry)
+    _add_routes(app, answers, counts, exposition, clock, names)
+    loops = [
+        CheckLoop(
+            spec,
+            check,
+            board,
+            observer=metrics,
+            clock=clock,
+            first_delay=first_delay(index, len(checks), spec.policy.interval),
+        )
+        for index, (spec, check) in enumerate(checks)
+    ]
     # Shutdown waits at most this long for the loops: the slowest check's timeout, plus slack.
     stop_timeout = max(spec.policy.timeout for spec, _ in checks) + 1
 
@@ -113,14 +131,27 @@ def create_app(
                 log.warning("check.close_failed", check=name, error_type=type(exc).__name__)
 
     app.cleanup_ctx.append(run_loops)
+
+    async def stop_renders(app: web.Application) -> None:
+        exposition.close()
+
+    app.on_cleanup.append(stop_renders)
     return app
+
+
+def first_delay(index: int, count: int, interval: float) -> float:
+    """Seconds before the first run of the `index`-th of `count` checks: none for a few
+    checks; else START_SPACING_SECONDS apart, squeezed to fit within one `interval`."""
+    if count <= START_TOGETHER_AT_MOST:
+        return 0.0
+    return index * min(START_SPACING_SECONDS, interval / count)
 
 
 def _add_routes(  # noqa: PLR0917 -- one private call site
     app: web.Application,
     answers: Answers,
     counts: Counts,
-    registry: CollectorRegistry,
+    exposition: Exposition,
     clock: Clock,
     names: list[str],
 ) -> None:
@@ -137,7 +168,7 @@ def _add_routes(  # noqa: PLR0917 -- one private call site
             _add(app, path, handler, not_allowed)
             if check_handler is not None:
                 _add(app, path + "/{check}", check_handler, not_allowed)
-    metrics_handler = make_metrics_handler(registry, counts)
+    metrics_handler = make_metrics_handler(exposition, counts)
     _add(app, "/metrics", metrics_handler, not_allowed)
     app.router.add_route("*", "/{tail:.*}", not_found)
 

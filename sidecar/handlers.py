@@ -5,12 +5,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Final
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from multidict import CIMultiDict, CIMultiDictProxy
-from prometheus_client import CollectorRegistry
-from prometheus_client.aiohttp import make_aiohttp_handler
 
 from sidecar.checkspec import NAME_PATTERN
+from sidecar.exposition import Body, Exposition
 from sidecar.metrics import Counts
 from sidecar.render import CONTENT_TYPE, PLAIN, TEXT_CONTENT_TYPE, Query, Rendered, encode
 
@@ -174,9 +173,9 @@ def make_check_handler(
     return handler
 
 
-def make_metrics_handler(registry: CollectorRegistry, counts: Counts) -> Handler:
-    # prometheus-client's own handler does the content negotiation (OpenMetrics on Accept).
-    inner = make_aiohttp_handler(registry)
+def make_metrics_handler(exposition: Exposition, counts: Counts) -> Handler:
+    """/metrics: prometheus-client's negotiation (OpenMetrics on Accept) and `name[]` filter,
+    rendered off the event loop (sidecar.exposition), gzipped when the scraper accepts it."""
 
     allowed = QUERY_PARAMETERS["/metrics"]
 
@@ -185,12 +184,24 @@ def make_metrics_handler(registry: CollectorRegistry, counts: Counts) -> Handler
         if refused is not None:
             counts.hit("metrics", refused.status)
             return refused
-        response = await inner(request)
-        response.headers["Cache-Control"] = "no-store"
+        headers = request.headers
+        body = await exposition.render(
+            ",".join(headers.getall(hdrs.ACCEPT, [])),
+            request.query.getall("name[]", None),
+            headers.get(hdrs.ACCEPT_ENCODING, ""),
+        )
+        response = web.Response(body=body.data, headers=_metrics_headers(body))
         counts.hit("metrics", response.status)
         return response
 
     return metrics_handler
+
+
+def _metrics_headers(body: Body) -> dict[str, str]:
+    headers = {"Content-Type": body.content_type, "Cache-Control": "no-store"}
+    if body.gzipped:
+        headers["Content-Encoding"] = "gzip"
+    return headers
 
 
 def make_fallback_handlers(counts: Counts) -> tuple[Handler, Handler]:

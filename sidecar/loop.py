@@ -74,7 +74,9 @@ class CheckLoop:
         clock: Clock | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         jitter: Callable[[float], float] = backoff.full_jitter,
+        first_delay: float = 0.0,
     ) -> None:
+        """`first_delay`: seconds before the first check (the app spreads many checks' starts)."""
         self._spec = spec
         self._check = check
         self._board = board
@@ -83,6 +85,7 @@ class CheckLoop:
         self._clock = clock or SystemClock()
         self._sleep = sleep
         self._jitter = jitter
+        self._first_delay = first_delay
         self._log = structlog.get_logger("sidecar.prober").bind(check=spec.name)
 
     async def run(self) -> None:
@@ -97,9 +100,12 @@ class CheckLoop:
             timeout_seconds=policy.timeout,
             freshness_seconds=policy.freshness_seconds,
             state_since_monotonic=now,
-            next_due_monotonic=now,
+            # Due when it will start: a delayed first check is not a stalled loop (/health).
+            next_due_monotonic=now + self._first_delay,
         )
         self._board.publish(state)
+        if self._first_delay > 0:
+            await self._sleep(self._first_delay)
         delays: Iterator[float] | None = None
         task = asyncio.current_task()
         while True:

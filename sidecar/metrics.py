@@ -1,18 +1,28 @@
 """Every metric, built against an injected registry (never the global one).
 
-Counters and the histogram are updated by the check loops once per check. Gauges that depend
-on time (ready, check loop healthy) are computed at scrape time from the same verdicts the
-handlers use, so /metrics and /ready never disagree.
+A check's counters and histogram are one plain record (CheckCounts) that its loop replaces
+after each result; every family is built at scrape time, in the render thread
+(sidecar.exposition). Gauges that depend on time (ready, check loop healthy) come from the
+same verdicts the handlers use, so /metrics and /ready never disagree.
 """
 
 from __future__ import annotations
 
+import bisect
+import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Final
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from sidecar import __version__
 from sidecar.checks import CredentialsStatus
@@ -23,6 +33,11 @@ from sidecar.state import Board, CheckResult, CheckState, Transition
 
 # A database ping on loopback takes ~0.2 ms, across a zone a few ms; timeouts go to 10 s.
 DURATION_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+# `le` as prometheus-client's own Histogram writes it ("0.001", ..., "10.0", "+Inf").
+_LE: Final = (*(floatToGoString(b) for b in DURATION_BUCKETS), "+Inf")  # type: ignore[no-untyped-call]
+_OUTCOME: Final = ("check", "outcome")
+_REASON: Final = ("check", "reason")
+_TO: Final = ("check", "to")
 # Per-check gauges read from the snapshot: (name, help, value of a state).
 _CHECK_GAUGES: Final[tuple[tuple[str, str, Callable[[CheckState], float]], ...]] = (
     (
@@ -63,8 +78,45 @@ class Counts:
         self.requests[key] = self.requests.get(key, 0) + 1
 
 
+@dataclass(frozen=True, slots=True)
+class CheckCounts:
+    """One check's counters and its duration histogram, replaced whole after each result.
+
+    Plain numbers instead of prometheus-client's labelled Counter and Histogram children (a
+    lock and a value object per series, 40 series a check): a few hundred bytes a check
+    instead of kilobytes, and a scrape (in the render thread) reads one consistent record
+    per check, never a histogram whose count and buckets disagree.
+    """
+
+    # Observations per bucket, not cumulative; the last one is +Inf.
+    buckets: tuple[int, ...] = (0,) * (len(DURATION_BUCKETS) + 1)
+    duration_sum: float = 0.0
+    passes: int = 0
+    fails: int = 0
+    failures: Mapping[str, int] = field(default_factory=dict)  # by reason; a fresh dict each
+    to_passing: int = 0
+    to_failing: int = 0
+
+    def add(self, result: CheckResult, transition: Transition | None) -> CheckCounts:
+        buckets = list(self.buckets)
+        buckets[bisect.bisect_left(DURATION_BUCKETS, result.latency_seconds)] += 1
+        failures = self.failures
+        if result.reason is not None:
+            reason = result.reason.value
+            failures = {**failures, reason: failures.get(reason, 0) + 1}
+        return CheckCounts(
+            buckets=tuple(buckets),
+            duration_sum=self.duration_sum + result.latency_seconds,
+            passes=self.passes + result.ok,
+            fails=self.fails + (not result.ok),
+            failures=failures,
+            to_passing=self.to_passing + (transition is not None and transition.passing),
+            to_failing=self.to_failing + (transition is not None and not transition.passing),
+        )
+
+
 class Metrics(Collector):
-    """The check loops' observer, and the scrape-time collector of the state gauges."""
+    """The check loops' observer, and the scrape-time collector of every sidecar metric."""
 
     def __init__(
         self,
@@ -82,57 +134,20 @@ class Metrics(Collector):
         self._counts = counts
         self._dropped_log_lines = dropped_log_lines
         self._credentials = credentials or {}
-        self.duration = Histogram(
-            "health_sidecar_check_duration_seconds",
-            "Time one check took, connect and query together, in seconds.",
-            ["check"],
-            buckets=DURATION_BUCKETS,
-            registry=registry,
-        )
-        names = tuple(check_names)
-        for name in names:
-            self.duration.labels(name)
-
-        def counter(name: str, help_text: str, label: str, values: Iterable[str]) -> Counter:
-            made = Counter(name, help_text, ["check", label], registry=registry)
-            # Every series exists from the first scrape, so rate() and absent() behave.
-            for check in names:
-                for value in values:
-                    made.labels(check, value)
-            return made
-
-        self.checks_run = counter(
-            "health_sidecar_check_total",
-            "Checks run, by outcome (pass or fail).",
-            "outcome",
-            ("pass", "fail"),
-        )
-        self.failures = counter(
-            "health_sidecar_check_failures_total",
-            "Failed checks by reason (timeout, connection_refused, auth_failed, ...).",
-            "reason",
-            ALL_REASONS,
-        )
-        self.transitions = counter(
-            "health_sidecar_check_transitions_total",
-            "Changes of a check's state, by the state entered (passing or failing).",
-            "to",
-            ("passing", "failing"),
-        )
+        # Every series exists from the first scrape (zeros), so rate() and absent() behave.
+        # Written on the event loop by one reference swap per result; read by the renderer.
+        empty = CheckCounts()
+        self._per_check: dict[str, CheckCounts] = dict.fromkeys(check_names, empty)
         registry.register(self)
 
     def observe(
         self, result: CheckResult, state: CheckState, transition: Transition | None
     ) -> None:
-        name = state.name
-        self.duration.labels(name).observe(result.latency_seconds)
-        self.checks_run.labels(name, "pass" if result.ok else "fail").inc()
-        if result.reason is not None:
-            self.failures.labels(name, result.reason.value).inc()
-        if transition is not None:
-            self.transitions.labels(name, transition.current).inc()
+        per_check = self._per_check
+        per_check[state.name] = per_check[state.name].add(result, transition)
 
     def collect(self) -> Iterator[Metric]:
+        yield from self._check_counters()
         board = self._board
         now = self._monotonic()
         states = board.states.values()
@@ -211,6 +226,46 @@ class Metrics(Collector):
             ),
         ):
             yield CounterMetricFamily(name, help_text, value=total)
+
+    def _check_counters(self) -> Iterator[Metric]:
+        # One copy of the table: each record in it is immutable, so the whole scrape sees
+        # each check at one moment (dict() copies in one step under the GIL).
+        per_check = dict(self._per_check)
+        duration = HistogramMetricFamily(
+            "health_sidecar_check_duration_seconds",
+            "Time one check took, connect and query together, in seconds.",
+            labels=["check"],
+        )
+        outcomes = CounterMetricFamily(
+            "health_sidecar_check", "Checks run, by outcome (pass or fail).", labels=_OUTCOME
+        )
+        failures = CounterMetricFamily(
+            "health_sidecar_check_failures",
+            "Failed checks by reason (timeout, connection_refused, auth_failed, ...).",
+            labels=_REASON,
+        )
+        transitions = CounterMetricFamily(
+            "health_sidecar_check_transitions",
+            "Changes of a check's state, by the state entered (passing or failing).",
+            labels=_TO,
+        )
+        for name, record in per_check.items():
+            duration.add_metric(
+                [name],
+                list(zip(_LE, itertools.accumulate(record.buckets), strict=True)),
+                record.duration_sum,
+            )
+            outcomes.add_metric([name, "pass"], record.passes)
+            outcomes.add_metric([name, "fail"], record.fails)
+            failed = record.failures
+            for reason in ALL_REASONS:
+                failures.add_metric([name, reason], failed.get(reason, 0))
+            transitions.add_metric([name, "passing"], record.to_passing)
+            transitions.add_metric([name, "failing"], record.to_failing)
+        yield duration
+        yield outcomes
+        yield failures
+        yield transitions
 
     def _credential_metrics(self) -> Iterator[Metric]:
         """Only for checks whose DSN comes from a watched file (rotation)."""
