@@ -2,10 +2,10 @@
 #
 # health-sidecar: answers kubelet probes for the glucolens backend from cached PostgreSQL state.
 #
-#   docker build -t health-sidecar:0.2.0 .
+#   docker build -t health-sidecar:0.3.0 .
 #   docker run --rm -p 8081:8081 --read-only \
 #       -v "$PWD/dsn:/etc/health-sidecar/dsn:ro" \
-#       -e SIDECAR_DATABASE_URL_FILE=/etc/health-sidecar/dsn health-sidecar:0.2.0
+#       -e SIDECAR_DATABASE_URL_FILE=/etc/health-sidecar/dsn health-sidecar:0.3.0
 #
 # The DSN comes from a file (mode 0440, readable by gid 65532), never from the command line or
 # the environment, where `ps`, `docker inspect` and shell history would show the password.
@@ -58,7 +58,7 @@ FROM python:3.11-slim-bookworm AS runtime
 
 LABEL org.opencontainers.image.title="health-sidecar" \
       org.opencontainers.image.description="Kubernetes health sidecar for the glucolens backend: cached PostgreSQL readiness" \
-      org.opencontainers.image.version="0.2.0" \
+      org.opencontainers.image.version="0.3.0" \
       org.opencontainers.image.licenses="Apache-2.0"
 
 # The official image deletes the standard library's .pyc files; compile them once here so a

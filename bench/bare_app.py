@@ -17,7 +17,7 @@ from aiohttp import web
 # The shape of the sidecar's passing /ready answer (README.md, Endpoints), used when the harness
 # has not captured the real one.
 DEFAULT_BODY: Final = (
-    b'{"status":"pass","serviceId":"health-sidecar","releaseId":"0.2.0","checks":{"postgres":'
+    b'{"status":"pass","serviceId":"health-sidecar","releaseId":"0.3.0","checks":{"postgres":'
     b'[{"componentType":"datastore","status":"pass","time":"2026-01-01T00:00:00Z",'
     b'"observedValue":0.42,"observedUnit":"ms"}]}}'
 )

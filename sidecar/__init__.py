@@ -4,6 +4,6 @@ from __future__ import annotations
 
 # The one place the version lives: pyproject.toml reads it from here (setuptools dynamic),
 # so the package does not pay for importlib.metadata (and its email.* imports) at start.
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 SERVICE_ID = "health-sidecar"

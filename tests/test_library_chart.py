@@ -80,7 +80,7 @@ def test_library_chart_is_a_library() -> None:
     assert meta["type"] == "library"
     assert meta["appVersion"] == app_meta["appVersion"]
     sidecar = sidecar_of(pod_spec(render(FOREIGN, {})))
-    assert sidecar["image"] == f"glucolens/health-sidecar:{meta['appVersion']}"
+    assert sidecar["image"] == f"ghcr.io/glucolens/health-sidecar:{meta['appVersion']}"
 
 
 @pytest.mark.parametrize("native", [True, False], ids=["native", "plain"])

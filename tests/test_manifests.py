@@ -381,7 +381,7 @@ def test_component_gives_opted_in_workloads_the_sidecar() -> None:
         (sidecar,) = spec["initContainers"]
         assert sidecar["name"] == "health-sidecar"
         assert sidecar["restartPolicy"] == "Always"
-        assert sidecar["image"] == "glucolens/health-sidecar:0.2.1"
+        assert sidecar["image"] == "ghcr.io/glucolens/health-sidecar:0.2.1"
         assert sidecar_port_places(workload, app) == (9191, "9191", 9191)
         env = {e["name"]: e["value"] for e in sidecar["env"]}
         assert env["SIDECAR_HOST"] == "::"  # the pod's address, for kubelet

@@ -9,8 +9,8 @@ readinessProbe (the app chart's app.readinessProbe).
 {{- define "health-sidecar-lib.defaults" -}}
 nativeSidecar: true
 image:
-  repository: glucolens/health-sidecar
-  tag: "0.2.0"
+  repository: ghcr.io/glucolens/health-sidecar
+  tag: "0.3.0"
   digest: ""
   pullPolicy: IfNotPresent
 port: 8081
