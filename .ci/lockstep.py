@@ -60,7 +60,7 @@ SITES = (
         rf'org\.opencontainers\.image\.version="{VERSION}"',
     ),
     Site(
-        "manifests/components/health-sidecar/sidecar.yaml",
+        "manifests/components/health-sidecar/inject/sidecar.yaml",
         "the image tag",
         rf"image: \S+/health-sidecar:{VERSION}$",
     ),

@@ -81,7 +81,9 @@ def test_readme_helm_cli_steps_render_a_chart_of_your_own(tmp_path: Path) -> Non
     assert (chart / "Chart.lock").is_file()
     shutil.rmtree(chart / "charts")
     helm.dependency_build(chart, skip_refresh=True)
-    assert [p.name for p in (chart / "charts").iterdir()] == ["health-sidecar-lib-0.2.0.tgz"]
+    library = yaml.safe_load((REPO / "charts" / "health-sidecar-lib" / "Chart.yaml").read_text())
+    built = [p.name for p in (chart / "charts").iterdir()]
+    assert built == [f"health-sidecar-lib-{library['version']}.tgz"]
     template = steps[2]
     namespace = template[template.index("--namespace") + 1]
     with helm.Chart.load(chart) as loaded:
