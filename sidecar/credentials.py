@@ -7,17 +7,20 @@ only when that stat changed: on a steady file every check costs one stat, no rea
 
 The watcher never decides whether a DSN works. PostgresCheck tries a candidate on a new
 connection and calls `accept()` or `reject()`; a rejected candidate stays pending and is offered
-again on every poll, so a file rotated before `ALTER ROLE` is taken up as soon as the server
-accepts the new password, while the check goes on with the old one.
+again after a growing delay (1 s, 2 s, 4 s, ... up to 5 minutes, jittered), so a file rotated
+before `ALTER ROLE` is taken up soon after the server accepts the new password, while the check
+goes on with the old one, and a wrong password in the file is not a failed login on every check
+(the pattern that locks accounts). New content starts afresh.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Final
 
+import backoff
 import structlog
 
 from sidecar.checkspec import DatabaseTarget
@@ -30,6 +33,10 @@ OUTCOMES: Final = ("applied", "invalid", "rejected")
 # size and inode (an in-place writer, a 1-second-granular filesystem); the stat could not tell,
 # so such a file is read again on the next poll too (git's "racily clean" index entries).
 RACY_WINDOW_NS: Final = 2_000_000_000
+# A rejected candidate's retry delays: ceilings doubling from the first to the last, each drawn
+# in its upper half (never much sooner than the ceiling, yet pods rotated together spread out).
+RETRY_FIRST_SECONDS: Final = 1.0
+RETRY_MAX_SECONDS: Final = 300.0
 
 # What a stat says about the file: (dev, inode, size, mtime, ctime), or why stat failed.
 StatKey = tuple[int, int, int, int, int] | tuple[str, int]
@@ -38,6 +45,17 @@ SecretsSink = Callable[[Sequence[str]], None]
 
 def ignore_secrets(secrets: Sequence[str]) -> None:
     """Default sink: no redactor to tell (tests, or an app built without logs.configure)."""
+
+
+def retry_delays(
+    jitter: Callable[[float], float] = backoff.full_jitter,
+) -> Iterator[float]:
+    """A rejected candidate's waits before its next try: half of each ceiling, plus up to half
+    more drawn by `jitter` (backoff's full jitter: uniform in [0, value])."""
+    ceiling = RETRY_FIRST_SECONDS
+    while True:
+        yield ceiling / 2 + jitter(ceiling / 2)
+        ceiling = min(2 * ceiling, RETRY_MAX_SECONDS)
 
 
 def _stat(path: str, now_ns: int) -> tuple[StatKey, bool]:
@@ -66,11 +84,18 @@ class DsnFile:
         name: str | None = None,
         on_secrets: SecretsSink = ignore_secrets,
         clock_ns: Callable[[], int] = time.time_ns,
+        monotonic: Callable[[], float] = time.monotonic,
+        jitter: Callable[[float], float] = backoff.full_jitter,
     ) -> None:
         self.path = path
         self._clock_ns = clock_ns
+        self._monotonic = monotonic
+        self._jitter = jitter
         self._current = initial
         self._pending: str | None = None
+        # The pending candidate's retry schedule, after a rejection: when, and the next waits.
+        self._retry_at = 0.0
+        self._delays: Iterator[float] | None = None
         self._on_secrets = on_secrets
         self.last_reload_ok = True
         self.reloads: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
@@ -88,34 +113,46 @@ class DsnFile:
     def current(self) -> str:
         return self._current
 
+    @property
+    def pending(self) -> str | None:
+        """The file's content when it is not the current DSN (and valid): due for a try or not."""
+        return self._pending
+
     def poll(self) -> str | None:
-        """A new DSN to try, or None. One stat when the file has not changed."""
+        """The pending DSN when it is due for a try, else None. One stat when the file has not
+        changed."""
+        self._read_if_changed()
+        if self._pending is None or self._monotonic() < self._retry_at:
+            return None
+        return self._pending
+
+    def _read_if_changed(self) -> None:
         key, racy = _stat(self.path, self._clock_ns())
         if key == self._key and not self._racy:
-            return self._pending
+            return
         self._key, self._racy = key, racy
         try:
             dsn = read_dsn_file(self.path)
         except ValueError as exc:
             self._invalid(key, str(exc))
-            return None
+            return
         if self._seen == (key, True, dsn):
-            return self._pending
+            return
         self._seen = (key, True, dsn)
         if dsn == self._current:
             # Rolled back, or rewritten unchanged: nothing to try, and nothing is wrong.
             self._pending = None
             self.last_reload_ok = True
-            return None
+            return
         if dsn != self._pending:
             # Before the DSN can reach any log line: a failed connection's message, a crash.
             self._on_secrets(DatabaseTarget(dsn=dsn).secrets())
             self._pending = dsn
             self._rejection_logged = None
+            self._retry_at, self._delays = 0.0, None
             driver = split_driver(dsn)[1]
             if driver is not None:
                 self._log.debug("dsn.driver_dropped", source="rotation", driver=driver)
-        return dsn
 
     def accept(self, dsn: str) -> None:
         """The server took `dsn`: it is the DSN from now on."""
@@ -129,10 +166,15 @@ class DsnFile:
         self._log.info("credentials.reloaded")
 
     def reject(self, dsn: str, reason: Reason) -> None:
-        """The server refused `dsn`: keep the current one; `dsn` is offered again later.
+        """The server refused `dsn`: keep the current one; `dsn` is offered again after its
+        next retry delay.
 
         Counted and logged once per file content, however often the candidate is retried."""
         self.last_reload_ok = False
+        if dsn == self._pending:
+            if self._delays is None:
+                self._delays = retry_delays(self._jitter)
+            self._retry_at = self._monotonic() + next(self._delays)
         if self._rejection_logged != dsn:
             self._rejection_logged = dsn
             self.reloads["rejected"] += 1

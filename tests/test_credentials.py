@@ -23,7 +23,7 @@ import structlog
 from support.secretvolume import LogCapture, SecretVolume, captured_logs
 
 from sidecar import logs
-from sidecar.credentials import RACY_WINDOW_NS, DsnFile
+from sidecar.credentials import RACY_WINDOW_NS, RETRY_MAX_SECONDS, DsnFile
 from sidecar.inputs import MAX_DSN_FILE_BYTES, read_dsn_file
 from sidecar.reasons import Reason
 
@@ -44,6 +44,20 @@ class Clock:
     def settle(self) -> None:
         """Move past RACY_WINDOW_NS: every file written so far is old enough to trust its stat."""
         self.offset_ns += RACY_WINDOW_NS + 1
+
+
+class Ticker:
+    """The watcher's monotonic clock, moved by hand: a rejected candidate's retry delays."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def after_any_delay(self) -> None:
+        """Move past the longest retry delay: a rejected candidate is due again."""
+        self.now += RETRY_MAX_SECONDS + 1
 
 
 def dsn(password: str, user: str = "app", host: str = "db.example") -> str:
@@ -168,7 +182,8 @@ def test_new_secrets_are_registered_before_poll_returns(
 ) -> None:
     """on_secrets gets the new DSN and its password (both forms) once, before poll returns it."""
     spy = SecretsSpy()
-    watcher = DsnFile(str(volume.path()), OLD_DSN, on_secrets=spy)
+    ticker = Ticker()
+    watcher = DsnFile(str(volume.path()), OLD_DSN, on_secrets=spy, monotonic=ticker)
     watcher.poll()
     assert spy.calls == []  # the startup DSN's secrets are configure()'s business
     volume.write_dsn(NEW_DSN)
@@ -178,6 +193,7 @@ def test_new_secrets_are_registered_before_poll_returns(
     assert set(secrets) >= {NEW_DSN, quote(NEW_PASSWORD, safe=""), NEW_PASSWORD}
     # Offered again while the server refuses it: registered once is enough.
     watcher.reject(NEW_DSN, Reason.AUTH_FAILED)
+    ticker.after_any_delay()
     assert watcher.poll() == NEW_DSN
     watcher.accept(NEW_DSN)
     assert len(spy.calls) == 1
@@ -326,14 +342,18 @@ def test_each_new_bad_state_is_reported(volume: SecretVolume, captured: LogCaptu
 def test_rejected_candidate_is_offered_until_accepted(
     volume: SecretVolume, captured: LogCapture
 ) -> None:
-    """A candidate the server refuses stays pending, is offered on every poll, warned once."""
-    watcher = DsnFile(str(volume.path()), OLD_DSN, name="primary")
+    """A candidate the server refuses stays pending, is offered again after each retry delay,
+    warned once."""
+    ticker = Ticker()
+    watcher = DsnFile(str(volume.path()), OLD_DSN, name="primary", monotonic=ticker)
     volume.write_dsn(NEW_DSN)
     for _ in range(3):
         assert watcher.poll() == NEW_DSN
         watcher.reject(NEW_DSN, Reason.AUTH_FAILED)
         assert watcher.current == OLD_DSN
+        assert watcher.pending == NEW_DSN
         assert not watcher.last_reload_ok
+        ticker.after_any_delay()
     # One file content refused, however often it was retried: counted once, as documented.
     assert watcher.reloads == {**NO_CHANGE, "rejected": 1}
     [warning] = captured.events("credentials.rejected")
@@ -347,6 +367,29 @@ def test_rejected_candidate_is_offered_until_accepted(
     assert watcher.last_reload_ok
     assert watcher.reloads == {"applied": 1, "invalid": 0, "rejected": 1}
     assert_no_password(captured, NEW_PASSWORD)
+
+
+def test_rejected_candidate_waits_out_a_doubling_delay(volume: SecretVolume) -> None:
+    """After each rejection the candidate is not offered again for a delay that doubles (1 s,
+    2 s, 4 s, ... up to 5 minutes), though it stays pending; new file content starts afresh."""
+    ticker = Ticker()
+    # No jitter: each delay is its ceiling.
+    watcher = DsnFile(str(volume.path()), OLD_DSN, monotonic=ticker, jitter=lambda value: value)
+    volume.write_dsn(NEW_DSN)
+    waits: list[float] = []
+    for _ in range(11):
+        assert watcher.poll() == NEW_DSN
+        watcher.reject(NEW_DSN, Reason.AUTH_FAILED)
+        rejected_at = ticker.now
+        while watcher.poll() is None:
+            assert watcher.pending == NEW_DSN
+            ticker.now += 0.25
+        waits.append(ticker.now - rejected_at)
+    assert waits == [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300]
+    third = dsn("third-Passw0rd")
+    watcher.reject(NEW_DSN, Reason.AUTH_FAILED)
+    volume.write_dsn(third)
+    assert watcher.poll() == third  # at once
 
 
 def test_file_changed_after_a_rejection_replaces_the_candidate(volume: SecretVolume) -> None:
@@ -404,7 +447,8 @@ def test_steady_file_costs_one_stat_per_poll(
     """A file that has not changed (for a while) is stat'ed once per poll and never read."""
     stats, reads = io_counters
     clock = Clock()
-    watcher = DsnFile(str(volume.path()), OLD_DSN, clock_ns=clock)
+    ticker = Ticker()
+    watcher = DsnFile(str(volume.path()), OLD_DSN, clock_ns=clock, monotonic=ticker)
     clock.settle()
     watcher.poll()
     assert (stats.calls, reads.calls) == (1, 1)  # the first poll always reads
@@ -418,6 +462,7 @@ def test_steady_file_costs_one_stat_per_poll(
     assert watcher.poll() == NEW_DSN
     watcher.reject(NEW_DSN, Reason.AUTH_FAILED)
     for _ in range(10):
+        ticker.after_any_delay()
         assert watcher.poll() == NEW_DSN
     assert (stats.calls, reads.calls) == (11, 1)
 
@@ -447,11 +492,13 @@ def test_rereading_the_same_content_changes_nothing(
 ) -> None:
     """The window's extra reads of an unchanged file register, count and log nothing twice."""
     spy = SecretsSpy()
-    watcher = DsnFile(str(volume.path()), OLD_DSN, on_secrets=spy)
+    ticker = Ticker()
+    watcher = DsnFile(str(volume.path()), OLD_DSN, on_secrets=spy, monotonic=ticker)
     volume.write_dsn(NEW_DSN)
     for _ in range(3):
         assert watcher.poll() == NEW_DSN
         watcher.reject(NEW_DSN, Reason.AUTH_FAILED)
+        ticker.after_any_delay()
     assert len(spy.calls) == 1
     assert len(captured.events("credentials.rejected")) == 1
     volume.write_dsn("")

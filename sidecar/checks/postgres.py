@@ -1,8 +1,14 @@
 """The postgres kind: one dedicated, reused asyncpg connection, then the configured gates.
 
-With no gate configured a check is `SELECT 1` and nothing else. Gates run in this order, each
-its own statement: role (require_primary, or allow_replica with a lag bound), schema (Alembic
+With no gate and no role asked, a check is `SELECT 1` and nothing else; a check that asks for a
+role (`target_session_attrs`, `require_primary`) runs `pgrole.FACTS_QUERY` instead, judged on
+every run. Gates run in this order, each its own statement: replica lag, schema (Alembic
 revisions), custom query. The first that fails decides the reason.
+
+What the connection goes through (README, "Database lifecycles"): a kept connection the server
+closed is replaced within the same run, not reported; a server whose role changed is judged at
+once, and with several hosts the run looks for the one that matches; a rotated DSN is tried with
+the whole budget, and becomes the first choice as soon as the old one fails.
 """
 
 from __future__ import annotations
@@ -22,7 +28,9 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 import asyncpg
 
 from sidecar import resolver
+from sidecar.checks import reach
 from sidecar.checks.failures import Rules, classify, close_within, failures_as_reasons
+from sidecar.checks.pgrole import FACTS_QUERY, Facts, Wanted
 from sidecar.checkspec import CheckSpec, DatabaseTarget
 from sidecar.credentials import DsnFile
 from sidecar.fields import ABSENT, Fields, is_text, kind_of, number_schema, shown
@@ -36,14 +44,23 @@ if TYPE_CHECKING:
     Conn: TypeAlias = asyncpg.Connection[asyncpg.Record]
 
 APPLICATION_NAME: Final = "health-sidecar"
+# Keeps the sidecar's own session from being closed by a server or role setting meant for idle
+# apps. Only a help: a server or pooler that refuses the startup parameter (pgbouncer, servers
+# before 14) gets a connection without it, and a closed kept connection is replaced anyway.
+KEEP_SESSION_SETTINGS: Final = {"idle_session_timeout": "0"}
 # Of a host's time budget, the part a name lookup may take: a silent resolver is reported as
 # dns_failure (timed out) rather than as a plain timeout of the whole check.
 RESOLVE_SHARE: Final = 0.8
+# Of the check's timeout, what a connection attempt leaves unused so that it times out (and is
+# reported) before the prober's own bound cancels the whole run.
+ATTEMPT_MARGIN_SHARE: Final = 0.05
+# Bound of a reachability probe (a TCP connect), and never more than the check's timeout.
+REACH_TIMEOUT_SECONDS: Final = 1.0
 ASYNCPG_ERRORS: Final = (asyncpg.PostgresError, asyncpg.InterfaceError)
 # `found` of unexpected_result shows what the query returned; keep ?verbose bodies small.
 FOUND_MAX_CHARS: Final = 64
 
-# One statement for the role gate. An idle replica that has replayed everything it received
+# One statement for the lag gate. An idle replica that has replayed everything it received
 # has lag 0: pg_last_xact_replay_timestamp() only moves when the primary commits, so without
 # the LSN comparison a quiet but caught-up replica would look further behind every second.
 ROLE_QUERY: Final = """
@@ -56,7 +73,7 @@ SELECT pg_is_in_recovery() AS in_recovery,
 ALEMBIC_QUERY: Final = "SELECT version_num FROM alembic_version"
 # asyncpg.connect's arguments for a target given as libpq parameters (PGHOST, ...).
 LIBPQ_ARGUMENTS: Final = ("host", "port", "user", "password", "database")
-# The rest of what asyncpg's DSN parser takes; only the host list is read from it here.
+# The rest of what asyncpg's DSN parser takes; the host list and target_session_attrs are read.
 _UNUSED_PARSE_ARGUMENTS: Final = [
     "passfile",
     "service",
@@ -99,18 +116,32 @@ class PostgresSpec(CheckSpec):
 class Credentials(Protocol):
     """A DSN that may change while the sidecar runs (sidecar.credentials.DsnFile).
 
-    `current` is the last DSN known to work. `poll()` returns a new candidate to try, or None;
-    the check answers every candidate with exactly one `accept` or `reject`.
+    `current` is the last DSN known to work; `pending` the file's newer content, not in use yet.
+    `poll()` returns `pending` when it is due for a try (a rejected one waits out a growing
+    delay), else None; the check answers every try with exactly one `accept` or `reject`.
     """
 
     @property
     def current(self) -> str: ...
+
+    @property
+    def pending(self) -> str | None: ...
 
     def poll(self) -> str | None: ...
 
     def accept(self, dsn: str) -> None: ...
 
     def reject(self, dsn: str, reason: Reason) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """An open connection, the role its DSN asks for, and what its server was when opened."""
+
+    conn: Conn
+    wanted: Wanted
+    facts: Facts | None
+    opened_at: float
 
 
 @dataclass(eq=False, slots=True)
@@ -123,69 +154,154 @@ class PostgresCheck:
     # NOLOGIN, ALLOW_CONNECTIONS false, pg_hba) only when it is replaced: at this age.
     max_connection_age: float = default("max_connection_age")
     monotonic: Callable[[], float] = time.monotonic
-    _conn: Conn | None = field(default=None, init=False)
-    _opened_at: float = field(default=0.0, init=False)
+    _session: Session | None = field(default=None, init=False)
+    # The last run failed on the current DSN (not only on a candidate): a pending candidate
+    # goes first, with the whole budget, as a fresh start would use it.
+    _current_failed: bool = field(default=False, init=False)
+    # This run: whether it tried the pending candidate, and whether that was its last attempt.
+    _tried_candidate: bool = field(default=False, init=False)
+    _tried_candidate_last: bool = field(default=False, init=False)
+    # False once the server (or a pooler) refused KEEP_SESSION_SETTINGS.
+    _keep_session_settings: bool = field(default=True, init=False)
 
     @property
     def name(self) -> str:
         return self.spec.name
 
     async def run(self) -> None:
-        with failures_as_reasons(POSTGRES):
-            await self._try_rotation()
-            if self._conn is not None and self._too_old():
-                await self._retire()
-            if self._conn is None or self._conn.is_closed():
-                self._conn = None
-                self._conn = await self._connect(self._dsn())
-                self._opened_at = self.monotonic()
-            await self._run_gates(self._conn)
-            if self.max_connection_age == 0:
-                await self._retire()
+        # The prober bounds this call by the same timeout, started a moment before.
+        deadline = self.monotonic() + self.spec.policy.timeout * (1 - ATTEMPT_MARGIN_SHARE)
+        self._tried_candidate = self._tried_candidate_last = False
+        try:
+            with failures_as_reasons(POSTGRES):
+                await self._run(deadline)
+        except BaseException:
+            # Cancellation included: the prober's timeout is a failure too. A candidate's own
+            # failure is not the current DSN's (it is rejected, and retried later).
+            if not self._tried_candidate_last:
+                self._current_failed = True
+            raise
+        self._current_failed = False
 
-    def _too_old(self) -> bool:
-        return self.monotonic() - self._opened_at >= self.max_connection_age
+    async def _run(self, deadline: float) -> None:
+        candidate = self.credentials.poll() if self.credentials is not None else None
+        session = self._session
+        if session is not None and (session.conn.is_closed() or self._too_old(session)):
+            await self._retire()
+            session = None
+        passed = False
+        if session is not None:
+            try:
+                passed = await self._check_kept(session)
+            except CheckFailed:
+                raise
+            except Exception:
+                if not session.conn.is_closed():
+                    raise
+                # Closed by the server (idle_session_timeout, pg_terminate_backend, a pooler
+                # restart) between runs or during this one: replaced below, not reported.
+            if not passed:
+                await self._retire()
+        if not passed:
+            session = await self._open_first_working(deadline)
+            self._session = session
+            if not session.wanted.asks and not self._has_gates():
+                # execute() without arguments uses the simple query protocol: one round trip,
+                # no prepared statement, so it works behind pgbouncer in transaction mode too.
+                await session.conn.execute("SELECT 1")
+            await self._run_gates(session.conn)
+        if candidate is not None and not self._tried_candidate:
+            await self._try_candidate(candidate, deadline)
+        if self.max_connection_age == 0:
+            await self._retire()
+
+    def _too_old(self, session: Session) -> bool:
+        return self.monotonic() - session.opened_at >= self.max_connection_age
 
     async def _retire(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None and not conn.is_closed():
+        session, self._session = self._session, None
+        if session is not None and not session.conn.is_closed():
+            conn = session.conn
             await close_within(conn.close(), conn.terminate, (OSError, *ASYNCPG_ERRORS))
 
-    async def _try_rotation(self) -> None:
-        """Try a new DSN on a connection of its own; only a working one replaces the current.
+    async def _check_kept(self, session: Session) -> bool:
+        """The check on the kept connection. False: its server no longer has the role the DSN
+        asks for, and another of its hosts may have it (as libpq, look for that host)."""
+        conn, wanted = session.conn, session.wanted
+        if wanted.asks:
+            facts = Facts.from_status(await conn.execute(FACTS_QUERY))
+            reason = wanted.verdict(facts)
+            if reason is not None:
+                if not wanted.several_hosts:
+                    raise CheckFailed(reason)
+                return False
+            # prefer-standby: a standby that was promoted under us; any other host may be a
+            # standby now. A primary chosen for want of one is kept (until its age).
+            was_preferred = session.facts is None or wanted.preferred(session.facts)
+            if wanted.several_hosts and was_preferred and not wanted.preferred(facts):
+                return False
+        elif not self._has_gates():
+            await conn.execute("SELECT 1")
+        await self._run_gates(conn)
+        return True
 
-        Bounded to half the check's timeout so that, if the candidate hangs, the other half is
-        left for the check itself: a rotation never turns into a false failure.
-        """
+    async def _try_candidate(self, candidate: str | None, deadline: float) -> None:
+        """After a pass on the kept connection: try a due candidate with the rest of the budget
+        (nearly all of it: the check itself takes a round trip). Only a working one replaces
+        the current DSN and its connection; the check has passed either way."""
         credentials = self.credentials
-        if credentials is None:
+        if credentials is None or candidate is None:
             return
-        candidate = credentials.poll()
-        if candidate is None:
-            return
-        # Cancellation (shutdown, the prober's own timeout) is not a verdict on the candidate:
-        # it is a BaseException and propagates. Anything else is the candidate's failure.
         try:
-            async with asyncio.timeout(self.spec.policy.timeout / 2):
-                conn = await self._connect(candidate)
-        except CheckFailed as exc:
-            credentials.reject(candidate, exc.reason)
-            return
+            session = await self._open(candidate, deadline - self.monotonic())
         except Exception as exc:  # noqa: BLE001 -- whatever went wrong, the old DSN goes on
-            credentials.reject(candidate, classify(exc, POSTGRES) or Reason.INTERNAL_ERROR)
+            credentials.reject(candidate, _reason(exc))
             return
         credentials.accept(candidate)
-        old, self._conn = self._conn, conn
-        if old is not None and not old.is_closed():
+        old, self._session = self._session, session
+        if old is not None and not old.conn.is_closed():
             # Ours, idle and about to be forgotten: no need to wait for a polite goodbye.
-            old.terminate()
+            old.conn.terminate()
+
+    async def _open_first_working(self, deadline: float) -> Session:
+        """A new connection: with the current DSN, else with the file's newer content, which
+        goes first (with the whole budget, as on a fresh start) once the current DSN has
+        failed. The candidate's failure is the one reported: a fresh start would see it."""
+        current = self._dsn()
+        pending = self.credentials.pending if self.credentials is not None else None
+        order: list[tuple[str | None, bool]] = [(current, False)]
+        if pending is not None:
+            order.insert(0 if self._current_failed else 1, (pending, True))
+        failure: Exception | None = None
+        for dsn, is_candidate in order:
+            remaining = deadline - self.monotonic()
+            if failure is not None and remaining <= 0:
+                break
+            self._tried_candidate_last = is_candidate
+            self._tried_candidate |= is_candidate
+            try:
+                session = await self._open(dsn, remaining)
+            except Exception as exc:  # noqa: BLE001 -- the other DSN; raised if none works
+                if is_candidate and dsn is not None and self.credentials is not None:
+                    self.credentials.reject(dsn, _reason(exc))
+                if failure is None or is_candidate:
+                    failure = exc
+                continue
+            if is_candidate and dsn is not None and self.credentials is not None:
+                self.credentials.accept(dsn)
+            return session
+        assert failure is not None  # noqa: S101 -- the loop tried one DSN at least
+        raise failure
 
     def _dsn(self) -> str | None:
         if self.credentials is not None:
             return self.credentials.current
         return self.spec.target.dsn
 
-    async def _connect(self, dsn: str | None) -> Conn:
+    async def _open(self, dsn: str | None, within: float) -> Session:
+        """Connect as libpq would: each host in turn, each with an equal share of `within`,
+        until one has the role the DSN asks for (prefer-standby: the first standby, else the
+        first that answered)."""
         # Checked at start, but a mounted Secret can go away later; asyncpg would then report a
         # bare FileNotFoundError, indistinguishable from a missing Unix socket.
         unreadable = _unreadable_tls_file(self.spec)
@@ -194,38 +310,83 @@ class PostgresCheck:
         target = self._target_kwargs(dsn)
         # postgresql+asyncpg:// and the like: the same DSN to asyncpg once the driver is dropped.
         dsn = _with_tls_files(dsn and split_driver(dsn)[0], self.spec)
-        hosts = _hosts(dsn, target)
-        budget = self.spec.policy.timeout
+        hosts, session_attrs = _hosts_and_attrs(dsn, target)
+        if session_attrs is not None:
+            # Judged here, on this and every later run; asyncpg would judge it once, at connect
+            # (and, for prefer-standby, pick a host at random). Unparsed: asyncpg says why.
+            target = {**target, "target_session_attrs": "any"}
+        wanted = Wanted(session_attrs or "any", self.spec.require_primary, len(hosts) > 1)
         if len(hosts) <= 1:
-            if hosts:
-                await _resolve(hosts[0], budget * RESOLVE_SHARE)
-            return await self._connect_one(dsn, target)
+            async with asyncio.timeout(within):
+                if hosts:
+                    await _resolve(hosts[0], within * RESOLVE_SHARE)
+                session = await self._connect_judged(dsn, target, wanted)
+            reason = wanted.verdict(session.facts) if session.facts is not None else None
+            if reason is not None:
+                session.conn.terminate()
+                raise CheckFailed(reason)
+            return session
         # As libpq's connect_timeout: each host gets its own share, so one that accepts and
         # never answers cannot spend the whole budget before the next is tried.
-        per_host = budget / len(hosts)
+        per_host = within / len(hosts)
+        fallback: Session | None = None
+        mismatch: Reason | None = None
         failure: Exception | None = None
         for host, port in hosts:
             try:
                 async with asyncio.timeout(per_host):
                     await _resolve((host, port), per_host * RESOLVE_SHARE)
-                    return await self._connect_one(dsn, {**target, "host": host, "port": port})
+                    found = await self._connect_judged(
+                        dsn, {**target, "host": host, "port": port}, wanted
+                    )
             except Exception as exc:  # noqa: BLE001 -- the next host; the last failure decides
                 failure = exc
+                continue
+            facts = found.facts
+            reason = wanted.verdict(facts) if facts is not None else None
+            if reason is None and (facts is None or wanted.preferred(facts)):
+                if fallback is not None:
+                    fallback.conn.terminate()
+                return found
+            if reason is None and fallback is None:
+                fallback = found
+                continue
+            mismatch = mismatch or reason
+            found.conn.terminate()
+        if fallback is not None:
+            return fallback
+        if mismatch is not None:
+            # A host answered with the wrong role: more telling than another host's silence.
+            raise CheckFailed(mismatch)
         assert failure is not None  # noqa: S101 -- two hosts or more were tried
         raise failure
 
+    async def _connect_judged(
+        self, dsn: str | None, target: dict[str, Any], wanted: Wanted
+    ) -> Session:
+        """A connection and, when the DSN asks for a role, what its server is."""
+        conn = await self._connect_one(dsn, target)
+        facts: Facts | None = None
+        if wanted.asks:
+            try:
+                facts = Facts.from_status(await conn.execute(FACTS_QUERY))
+            except BaseException:
+                conn.terminate()
+                raise
+        return Session(conn, wanted, facts, self.monotonic())
+
     async def _connect_one(self, dsn: str | None, target: dict[str, Any]) -> Conn:
-        conn: Conn = await asyncpg.connect(
-            dsn,
-            # The prober bounds connect + query together; asyncpg's own connect timeout is
-            # only a backstop and must not fire first.
-            timeout=3600,
-            # No statement cache: transaction-mode poolers cannot keep prepared statements.
-            statement_cache_size=0,
-            server_settings={"application_name": APPLICATION_NAME},
-            **target,
-        )
-        return conn
+        settings = {"application_name": APPLICATION_NAME}
+        if self._keep_session_settings:
+            try:
+                return await _connect(dsn, target, {**settings, **KEEP_SESSION_SETTINGS})
+            except asyncpg.PostgresError as exc:
+                # pgbouncer: "unsupported startup parameter"; before 14: "unrecognized
+                # configuration parameter". Asked once per process, then never again.
+                if not any(name in str(exc) for name in KEEP_SESSION_SETTINGS):
+                    raise
+                self._keep_session_settings = False
+        return await _connect(dsn, target, settings)
 
     def _target_kwargs(self, dsn: str | None) -> dict[str, Any]:
         """The libpq-style parameters, when there is no DSN (explicit arguments win over it)."""
@@ -233,37 +394,30 @@ class PostgresCheck:
             return {}
         return {key: getattr(self.spec.target, key) for key in LIBPQ_ARGUMENTS}
 
-    async def _run_gates(self, conn: Conn) -> None:
+    def _has_gates(self) -> bool:
         spec = self.spec
-        role_gate = spec.require_primary or (
-            spec.allow_replica and spec.max_replica_lag_seconds is not None
-        )
-        if not (role_gate or spec.alembic_revisions or spec.query):
-            # execute() without arguments uses the simple query protocol: one round trip, no
-            # prepared statement, so it works behind pgbouncer in transaction mode too.
-            await conn.execute("SELECT 1")
+        lag_gate = spec.allow_replica and spec.max_replica_lag_seconds is not None
+        return bool(lag_gate or spec.alembic_revisions or spec.query)
+
+    async def _run_gates(self, conn: Conn) -> None:
+        if not self._has_gates():
             return
+        spec = self.spec
         # The gates read rows, which asyncpg does with the extended protocol over several round
         # trips (parse, then bind/execute). A transaction pins one server connection behind a
         # transaction-mode pooler for all of them, and gives the gates one snapshot. Read-only:
         # a health check must never change data, whatever query an operator configures.
         async with conn.transaction(readonly=True):
-            if role_gate:
-                await self._role_gate(conn)
+            if spec.allow_replica and spec.max_replica_lag_seconds is not None:
+                await self._lag_gate(conn, spec.max_replica_lag_seconds)
             if spec.alembic_revisions:
                 await self._schema_gate(conn)
             if spec.query is not None:
                 await self._query_gate(conn, spec.query)
 
-    async def _role_gate(self, conn: Conn) -> None:
-        spec = self.spec
+    async def _lag_gate(self, conn: Conn, limit: float) -> None:
         row = await conn.fetchrow(ROLE_QUERY)
         if row is None or not row["in_recovery"]:  # None: cannot happen, no FROM clause
-            return
-        if spec.require_primary:
-            raise CheckFailed(Reason.NOT_PRIMARY)
-        limit = spec.max_replica_lag_seconds
-        if limit is None:
             return
         lag = row["lag_seconds"]
         # NULL: behind, and no transaction replayed since the replica started (the timestamp
@@ -315,12 +469,44 @@ class PostgresCheck:
 
     async def reset(self) -> None:
         """Drop the connection without a round trip: after a failure its state is unknown."""
-        conn, self._conn = self._conn, None
-        if conn is not None and not conn.is_closed():
-            conn.terminate()
+        session, self._session = self._session, None
+        if session is not None and not session.conn.is_closed():
+            session.conn.terminate()
 
     async def close(self) -> None:
         await self._retire()
+
+    async def reachable(self) -> bool:
+        """Whether a host of the DSN (or of a pending one) accepts a TCP connection now: a
+        connect closed at once, no login (sidecar.checks.reach)."""
+        addresses: list[reach.Address] = []
+        pending = self.credentials.pending if self.credentials is not None else None
+        for dsn in (self._dsn(), pending) if pending is not None else (self._dsn(),):
+            hosts, _ = _hosts_and_attrs(dsn, self._target_kwargs(dsn))
+            addresses.extend(host for host in hosts if host not in addresses)
+        within = min(REACH_TIMEOUT_SECONDS, self.spec.policy.timeout)
+        return await reach.accepts_any(addresses, within)
+
+
+def _reason(exc: BaseException) -> Reason:
+    """A failure as a reason, for a candidate's rejection (the check itself has passed)."""
+    if isinstance(exc, CheckFailed):
+        return exc.reason
+    return classify(exc, POSTGRES) or Reason.INTERNAL_ERROR
+
+
+async def _connect(dsn: str | None, target: dict[str, Any], settings: dict[str, str]) -> Conn:
+    conn: Conn = await asyncpg.connect(
+        dsn,
+        # The prober bounds connect + query together; asyncpg's own connect timeout is
+        # only a backstop and must not fire first.
+        timeout=3600,
+        # No statement cache: transaction-mode poolers cannot keep prepared statements.
+        statement_cache_size=0,
+        server_settings=settings,
+        **target,
+    )
+    return conn
 
 
 def as_text(value: object) -> str:
@@ -366,24 +552,28 @@ def _with_tls_files(dsn: str | None, spec: PostgresSpec) -> str | None:
     return urlunsplit(parts._replace(query=query))
 
 
-def _hosts(dsn: str | None, target: dict[str, Any]) -> list[tuple[str, int | None]]:
-    """Every host to try, in order, as libpq reads them: a URL's host list (`h1:5432,h2`),
-    `?host=h1,h2&port=...`, explicit arguments, PGHOST. Read by asyncpg's own parser, so
-    the list is exactly the one asyncpg would walk; a Unix socket path has no port."""
+def _hosts_and_attrs(
+    dsn: str | None, target: dict[str, Any]
+) -> tuple[list[tuple[str, int | None]], str | None]:
+    """Every host to try, in order, and the DSN's target_session_attrs, as libpq reads them:
+    a URL's host list (`h1:5432,h2`), `?host=h1,h2&port=...`, explicit arguments, PGHOST;
+    `?target_session_attrs=`, PGTARGETSESSIONATTRS. Read by asyncpg's own parser, so the list
+    is exactly the one asyncpg would walk; a Unix socket path has no port."""
     try:
         # Private, but the very function asyncpg.connect parses with: no second reading of
         # the DSN to drift from it. Any change of it lands in the except below.
         parse = asyncpg.connect_utils._parse_connect_dsn_and_args  # type: ignore[attr-defined]
-        addrs, _params = parse(
+        addrs, params = parse(
             dsn=dsn,
-            # Only the host list is read: no SSLContext to build (and drop) on every check.
+            # Only the hosts and attributes are read: no SSLContext to build (and drop).
             ssl=False,
             **{key: target.get(key) for key in LIBPQ_ARGUMENTS},
             **dict.fromkeys(_UNUSED_PARSE_ARGUMENTS),
         )
     except Exception:  # noqa: BLE001 -- asyncpg.connect will say what is wrong, classified
-        return []
-    return [(addr, None) if isinstance(addr, str) else (addr[0], addr[1]) for addr in addrs]
+        return [], None
+    hosts = [(addr, None) if isinstance(addr, str) else (addr[0], addr[1]) for addr in addrs]
+    return hosts, str(params.target_session_attrs.value)
 
 
 async def _resolve(address: tuple[str, int | None], within: float) -> None:

@@ -23,7 +23,7 @@ initdb's own pg_hba.conf lines (say `hostssl all <role> 127.0.0.1/32 cert`).
 Streaming replicas (`PostgresServer(replica_of=primary)`): `pg_basebackup -R` of the running
 primary over its Unix socket, started like any other server on its own free port;
 `wait_caught_up()` waits until it has replayed everything the primary has committed (through a
-marker row in `tests_support`).
+marker row in `tests_support`); `promote()` makes it a primary (`pg_ctl promote`).
 """
 
 from __future__ import annotations
@@ -823,6 +823,17 @@ class PostgresServer:
                     f" log:\n{self.log_tail()}"
                 )
             time.sleep(0.05)
+
+    def promote(self) -> None:
+        """On a replica: `pg_ctl promote`, and wait until it is a primary that takes writes
+        (as a failover or a Patroni switchover leaves it)."""
+        if self.replica_of is None:
+            raise PostgresSetupError(f"{self!r} is not a replica")
+        result = self._pg_ctl("promote", "-w")
+        if result.returncode != 0:
+            raise PostgresSetupError(
+                f"pg_ctl promote failed:\n{result.stdout}{result.stderr}\n{self.log_tail()}"
+            )
 
     # ---- internals ---------------------------------------------------------------------------
 

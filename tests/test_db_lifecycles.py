@@ -1,0 +1,220 @@
+"""What real database lifecycles do to a kept connection, against real servers: a role that
+changes under it (default_transaction_read_only flipped, a standby promoted), several hosts of
+which another now has the role, and a server that closes the session itself.
+
+Each test drives a PostgresCheck as the prober does (run bounded, reset after a failure), or the
+real CheckLoop where the schedule matters. README, "Database lifecycles".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Final
+
+import pytest
+from support import wait_until_async
+from support.pg import PostgresCheckFactory, PostgresServer, ReplicaFactory
+
+from sidecar.checks import CheckFailed
+from sidecar.checks.postgres import PostgresCheck, PostgresSpec
+from sidecar.checkspec import CheckPolicy, DatabaseTarget
+from sidecar.loop import CheckLoop
+from sidecar.state import Board, CheckResult, CheckState, Reason, Transition
+
+# The prober's bound on one run, as a check's timeout would be; generous for CI.
+RUN_BOUND: Final = 5.0
+SLACK: Final = 20.0
+
+
+async def outcome(check: PostgresCheck) -> Reason | None:
+    """One run as the prober makes it: None on a pass, else the reason (and a reset)."""
+    try:
+        async with asyncio.timeout(RUN_BOUND):
+            await check.run()
+    except CheckFailed as exc:
+        await check.reset()
+        return exc.reason
+    return None
+
+
+async def until_outcome(check: PostgresCheck, reason: Reason | None, *, within: float) -> None:
+    """Run the check every 0.1 s until it gives `reason` (None: a pass)."""
+    deadline = time.monotonic() + within
+    while (found := await outcome(check)) is not reason:
+        assert time.monotonic() < deadline, f"not {reason} within {within}s, last {found}"
+        await asyncio.sleep(0.1)
+
+
+def several_hosts(*servers: PostgresServer, query: str = "") -> str:
+    """One DSN listing every server as a host, in order (libpq's `h1:p1,h2:p2` form)."""
+    first = servers[0]
+    hosts = ",".join(f"{server.host}:{server.port}" for server in servers)
+    dsn = first.dsn().replace(f"{first.host}:{first.port}", hosts, 1)
+    return f"{dsn}?{query}" if query else dsn
+
+
+def session_ports(*servers: PostgresServer) -> list[int]:
+    """The ports of the servers on which the check holds a session now."""
+    return [server.port for server in servers if server.sessions() > 0]
+
+
+def read_only(server: PostgresServer, on: bool) -> None:
+    """Flip default_transaction_read_only as an operator (or Patroni) does: a reload."""
+    value = "on" if on else "DEFAULT"
+    server.execute(f"ALTER SYSTEM SET default_transaction_read_only = {value}")
+    server.execute("SELECT pg_reload_conf()")
+
+
+# ---- the role, judged on every run -----------------------------------------------------------
+
+
+async def test_read_only_flip_under_read_write_fails_on_the_kept_connection_then_heals(
+    pg_private: PostgresServer, make_postgres_check: PostgresCheckFactory
+) -> None:
+    """target_session_attrs=read-write: a reload that makes the server read-only fails the very
+    next runs with session_attrs_mismatch, though the kept connection opened read-write."""
+    check = make_postgres_check(pg_private.dsn() + "?target_session_attrs=read-write")
+    assert await outcome(check) is None
+    read_only(pg_private, on=True)
+    # A reload reaches the idle backend asynchronously: a moment, never the connection's age.
+    await until_outcome(check, Reason.SESSION_ATTRS_MISMATCH, within=5)
+    read_only(pg_private, on=False)
+    await until_outcome(check, None, within=5)
+
+
+async def test_promoted_standby_under_standby_fails_at_once(
+    pg_private: PostgresServer,
+    make_replica: ReplicaFactory,
+    make_postgres_check: PostgresCheckFactory,
+) -> None:
+    """target_session_attrs=standby on the only host: promoting it fails the next run with
+    session_attrs_mismatch, on the same kept connection."""
+    replica = make_replica(pg_private)
+    check = make_postgres_check(replica.dsn() + "?target_session_attrs=standby")
+    assert await outcome(check) is None
+    (backend,) = replica.backend_pids()
+    await asyncio.to_thread(replica.promote)
+    assert replica.backend_pids() == {backend}  # promotion keeps sessions open
+    assert await outcome(check) is Reason.SESSION_ATTRS_MISMATCH
+
+
+async def test_read_write_with_several_hosts_follows_the_new_primary(
+    pg_private: PostgresServer,
+    make_replica: ReplicaFactory,
+    make_postgres_check: PostgresCheckFactory,
+) -> None:
+    """A switchover under target_session_attrs=read-write with two hosts: once the old primary
+    is read-only and the standby promoted, the next run finds the new primary, and passes."""
+    primary = pg_private
+    replica = make_replica(primary)
+    dsn = several_hosts(primary, replica, query="target_session_attrs=read-write")
+    check = make_postgres_check(dsn)
+    assert await outcome(check) is None
+    assert session_ports(primary, replica) == [primary.port]
+    await asyncio.to_thread(replica.promote)
+    read_only(primary, on=True)
+    # The reload reaches the old primary's backend a moment later; every run passes meanwhile.
+    deadline = time.monotonic() + 5
+    while session_ports(primary, replica) != [replica.port]:
+        assert time.monotonic() < deadline, "still on the old primary"
+        assert await outcome(check) is None
+        await asyncio.sleep(0.1)
+
+
+async def test_require_primary_with_several_hosts_looks_for_the_primary(
+    pg_private: PostgresServer,
+    make_replica: ReplicaFactory,
+    make_postgres_check: PostgresCheckFactory,
+) -> None:
+    """require_primary with two hosts and no target_session_attrs passes when the second host
+    is the primary (it means read-write); with no primary among them it is not_primary."""
+    replica = make_replica(pg_private)
+    check = make_postgres_check(several_hosts(replica, pg_private), require_primary=True)
+    assert await outcome(check) is None
+    assert session_ports(pg_private, replica) == [pg_private.port]
+    only_replicas = make_postgres_check(several_hosts(replica, replica), require_primary=True)
+    assert await outcome(only_replicas) is Reason.NOT_PRIMARY
+
+
+async def test_prefer_standby_takes_the_standby_then_the_primary_when_promoted(
+    pg_private: PostgresServer,
+    make_replica: ReplicaFactory,
+    make_postgres_check: PostgresCheckFactory,
+) -> None:
+    """prefer-standby with the primary listed first connects to the standby (as libpq); once
+    that standby is promoted and none is left, the first host that answers will do."""
+    replica = make_replica(pg_private)
+    check = make_postgres_check(
+        several_hosts(pg_private, replica, query="target_session_attrs=prefer-standby")
+    )
+    assert await outcome(check) is None
+    assert session_ports(pg_private, replica) == [replica.port]
+    await asyncio.to_thread(replica.promote)
+    assert await outcome(check) is None
+    assert session_ports(pg_private, replica) == [pg_private.port]
+
+
+# ---- a kept connection the server closed -----------------------------------------------------
+
+
+async def test_session_terminated_under_the_check_is_replaced_not_reported(
+    pg_private: PostgresServer, make_postgres_check: PostgresCheckFactory
+) -> None:
+    """pg_terminate_backend of the kept session just before a run (before the client has seen
+    it go): the run replaces the connection and passes."""
+    check = make_postgres_check(pg_private.dsn())
+    for _ in range(3):
+        assert await outcome(check) is None
+        (backend,) = pg_private.backend_pids()
+        # Blocking on purpose: the check's loop does not run, so it cannot notice the close.
+        assert pg_private.terminate() == 1
+        assert await outcome(check) is None
+        assert pg_private.backend_pids() != {backend}
+
+
+class Recorder:
+    """A ResultObserver keeping every result the prober produced."""
+
+    def __init__(self) -> None:
+        self.results: list[CheckResult] = []
+
+    def observe(
+        self, result: CheckResult, state: CheckState, transition: Transition | None
+    ) -> None:
+        self.results.append(result)
+
+
+@contextlib.asynccontextmanager
+async def probing(spec: PostgresSpec) -> AsyncIterator[tuple[PostgresCheck, Recorder]]:
+    """The real CheckLoop running a PostgresCheck of `spec` until the block ends."""
+    check = PostgresCheck(spec)
+    recorder = Recorder()
+    task = asyncio.create_task(CheckLoop(spec, check, Board(), observer=recorder).run())
+    try:
+        yield check, recorder
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await check.close()
+
+
+@pytest.mark.slow
+async def test_idle_session_timeout_equal_to_the_interval_fails_no_check(
+    pg_private: PostgresServer,
+) -> None:
+    """ALTER ROLE ... SET idle_session_timeout to the check interval (the server closes the
+    session just as the next check starts): not one check fails."""
+    pg_private.create_role("idler", "idler-Passw0rd")
+    pg_private.execute("ALTER ROLE idler SET idle_session_timeout = '1s'")
+    spec = PostgresSpec(
+        name="postgres",
+        policy=CheckPolicy(interval=1.0, timeout=2.0, backoff_max=1.0),
+        target=DatabaseTarget(dsn=pg_private.dsn("idler")),
+    )
+    async with probing(spec) as (_check, recorder):
+        await wait_until_async(lambda: len(recorder.results) >= 8, timeout=SLACK)
+    assert [r.reason for r in recorder.results if not r.ok] == []
