@@ -28,7 +28,8 @@ from support.pg import SUPPORT_DATABASE, PostgresServer
 from support.secretvolume import LogCapture, SecretVolume, captured_logs
 
 from sidecar import logs
-from sidecar.checks.postgres import APPLICATION_NAME, PostgresCheck, PostgresSpec
+from sidecar.checks.pgconnect import APPLICATION_NAME
+from sidecar.checks.postgres import PostgresCheck, PostgresSpec
 from sidecar.checkspec import CheckPolicy, DatabaseTarget
 from sidecar.credentials import DsnFile
 from sidecar.loop import CheckLoop

@@ -13,9 +13,7 @@ the whole budget, and becomes the first choice as soon as the old one fails.
 
 from __future__ import annotations
 
-import asyncio
 import errno
-import ipaddress
 import os
 import socket
 import ssl
@@ -27,10 +25,15 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
-from sidecar import resolver
 from sidecar.checks import reach
 from sidecar.checks.failures import Rules, classify, close_within, failures_as_reasons
-from sidecar.checks.pgrole import FACTS_QUERY, Facts, Wanted
+from sidecar.checks.pgconnect import (
+    LIBPQ_ARGUMENTS,
+    Connector,
+    Session,
+    hosts_and_attrs,
+)
+from sidecar.checks.pgrole import FACTS_QUERY, Facts
 from sidecar.checkspec import CheckSpec, DatabaseTarget
 from sidecar.credentials import DsnFile
 from sidecar.fields import ABSENT, Fields, is_text, kind_of, number_schema, shown
@@ -43,14 +46,6 @@ if TYPE_CHECKING:
     # Generic only in asyncpg-stubs; at run time the class is not subscriptable.
     Conn: TypeAlias = asyncpg.Connection[asyncpg.Record]
 
-APPLICATION_NAME: Final = "health-sidecar"
-# Keeps the sidecar's own session from being closed by a server or role setting meant for idle
-# apps. Only a help: a server or pooler that refuses the startup parameter (pgbouncer, servers
-# before 14) gets a connection without it, and a closed kept connection is replaced anyway.
-KEEP_SESSION_SETTINGS: Final = {"idle_session_timeout": "0"}
-# Of a host's time budget, the part a name lookup may take: a silent resolver is reported as
-# dns_failure (timed out) rather than as a plain timeout of the whole check.
-RESOLVE_SHARE: Final = 0.8
 # Of the check's timeout, what a connection attempt leaves unused so that it times out (and is
 # reported) before the prober's own bound cancels the whole run.
 ATTEMPT_MARGIN_SHARE: Final = 0.05
@@ -71,19 +66,6 @@ SELECT pg_is_in_recovery() AS in_recovery,
        END AS lag_seconds
 """
 ALEMBIC_QUERY: Final = "SELECT version_num FROM alembic_version"
-# asyncpg.connect's arguments for a target given as libpq parameters (PGHOST, ...).
-LIBPQ_ARGUMENTS: Final = ("host", "port", "user", "password", "database")
-# The rest of what asyncpg's DSN parser takes; the host list and target_session_attrs are read.
-_UNUSED_PARSE_ARGUMENTS: Final = [
-    "passfile",
-    "service",
-    "servicefile",
-    "direct_tls",
-    "server_settings",
-    "target_session_attrs",
-    "krbsrvname",
-    "gsslib",
-]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -134,16 +116,6 @@ class Credentials(Protocol):
     def reject(self, dsn: str, reason: Reason) -> None: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Session:
-    """An open connection, the role its DSN asks for, and what its server was when opened."""
-
-    conn: Conn
-    wanted: Wanted
-    facts: Facts | None
-    opened_at: float
-
-
 @dataclass(eq=False, slots=True)
 class PostgresCheck:
     """Owns at most one connection; it is opened lazily and dropped after any failure."""
@@ -161,8 +133,10 @@ class PostgresCheck:
     # This run: whether it tried the pending candidate, and whether that was its last attempt.
     _tried_candidate: bool = field(default=False, init=False)
     _tried_candidate_last: bool = field(default=False, init=False)
-    # False once the server (or a pooler) refused KEEP_SESSION_SETTINGS.
-    _keep_session_settings: bool = field(default=True, init=False)
+    _connector: Connector = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._connector = Connector(self.spec.require_primary, self.monotonic)
 
     @property
     def name(self) -> str:
@@ -299,9 +273,6 @@ class PostgresCheck:
         return self.spec.target.dsn
 
     async def _open(self, dsn: str | None, within: float) -> Session:
-        """Connect as libpq would: each host in turn, each with an equal share of `within`,
-        until one has the role the DSN asks for (prefer-standby: the first standby, else the
-        first that answered)."""
         # Checked at start, but a mounted Secret can go away later; asyncpg would then report a
         # bare FileNotFoundError, indistinguishable from a missing Unix socket.
         unreadable = _unreadable_tls_file(self.spec)
@@ -310,83 +281,7 @@ class PostgresCheck:
         target = self._target_kwargs(dsn)
         # postgresql+asyncpg:// and the like: the same DSN to asyncpg once the driver is dropped.
         dsn = _with_tls_files(dsn and split_driver(dsn)[0], self.spec)
-        hosts, session_attrs = _hosts_and_attrs(dsn, target)
-        if session_attrs is not None:
-            # Judged here, on this and every later run; asyncpg would judge it once, at connect
-            # (and, for prefer-standby, pick a host at random). Unparsed: asyncpg says why.
-            target = {**target, "target_session_attrs": "any"}
-        wanted = Wanted(session_attrs or "any", self.spec.require_primary, len(hosts) > 1)
-        if len(hosts) <= 1:
-            async with asyncio.timeout(within):
-                if hosts:
-                    await _resolve(hosts[0], within * RESOLVE_SHARE)
-                session = await self._connect_judged(dsn, target, wanted)
-            reason = wanted.verdict(session.facts) if session.facts is not None else None
-            if reason is not None:
-                session.conn.terminate()
-                raise CheckFailed(reason)
-            return session
-        # As libpq's connect_timeout: each host gets its own share, so one that accepts and
-        # never answers cannot spend the whole budget before the next is tried.
-        per_host = within / len(hosts)
-        fallback: Session | None = None
-        mismatch: Reason | None = None
-        failure: Exception | None = None
-        for host, port in hosts:
-            try:
-                async with asyncio.timeout(per_host):
-                    await _resolve((host, port), per_host * RESOLVE_SHARE)
-                    found = await self._connect_judged(
-                        dsn, {**target, "host": host, "port": port}, wanted
-                    )
-            except Exception as exc:  # noqa: BLE001 -- the next host; the last failure decides
-                failure = exc
-                continue
-            facts = found.facts
-            reason = wanted.verdict(facts) if facts is not None else None
-            if reason is None and (facts is None or wanted.preferred(facts)):
-                if fallback is not None:
-                    fallback.conn.terminate()
-                return found
-            if reason is None and fallback is None:
-                fallback = found
-                continue
-            mismatch = mismatch or reason
-            found.conn.terminate()
-        if fallback is not None:
-            return fallback
-        if mismatch is not None:
-            # A host answered with the wrong role: more telling than another host's silence.
-            raise CheckFailed(mismatch)
-        assert failure is not None  # noqa: S101 -- two hosts or more were tried
-        raise failure
-
-    async def _connect_judged(
-        self, dsn: str | None, target: dict[str, Any], wanted: Wanted
-    ) -> Session:
-        """A connection and, when the DSN asks for a role, what its server is."""
-        conn = await self._connect_one(dsn, target)
-        facts: Facts | None = None
-        if wanted.asks:
-            try:
-                facts = Facts.from_status(await conn.execute(FACTS_QUERY))
-            except BaseException:
-                conn.terminate()
-                raise
-        return Session(conn, wanted, facts, self.monotonic())
-
-    async def _connect_one(self, dsn: str | None, target: dict[str, Any]) -> Conn:
-        settings = {"application_name": APPLICATION_NAME}
-        if self._keep_session_settings:
-            try:
-                return await _connect(dsn, target, {**settings, **KEEP_SESSION_SETTINGS})
-            except asyncpg.PostgresError as exc:
-                # pgbouncer: "unsupported startup parameter"; before 14: "unrecognized
-                # configuration parameter". Asked once per process, then never again.
-                if not any(name in str(exc) for name in KEEP_SESSION_SETTINGS):
-                    raise
-                self._keep_session_settings = False
-        return await _connect(dsn, target, settings)
+        return await self._connector.open(dsn, target, within)
 
     def _target_kwargs(self, dsn: str | None) -> dict[str, Any]:
         """The libpq-style parameters, when there is no DSN (explicit arguments win over it)."""
@@ -482,7 +377,7 @@ class PostgresCheck:
         addresses: list[reach.Address] = []
         pending = self.credentials.pending if self.credentials is not None else None
         for dsn in (self._dsn(), pending) if pending is not None else (self._dsn(),):
-            hosts, _ = _hosts_and_attrs(dsn, self._target_kwargs(dsn))
+            hosts, _ = hosts_and_attrs(dsn, self._target_kwargs(dsn))
             addresses.extend(host for host in hosts if host not in addresses)
         within = min(REACH_TIMEOUT_SECONDS, self.spec.policy.timeout)
         return await reach.accepts_any(addresses, within)
@@ -493,20 +388,6 @@ def _reason(exc: BaseException) -> Reason:
     if isinstance(exc, CheckFailed):
         return exc.reason
     return classify(exc, POSTGRES) or Reason.INTERNAL_ERROR
-
-
-async def _connect(dsn: str | None, target: dict[str, Any], settings: dict[str, str]) -> Conn:
-    conn: Conn = await asyncpg.connect(
-        dsn,
-        # The prober bounds connect + query together; asyncpg's own connect timeout is
-        # only a backstop and must not fire first.
-        timeout=3600,
-        # No statement cache: transaction-mode poolers cannot keep prepared statements.
-        statement_cache_size=0,
-        server_settings=settings,
-        **target,
-    )
-    return conn
 
 
 def as_text(value: object) -> str:
@@ -550,53 +431,6 @@ def _with_tls_files(dsn: str | None, spec: PostgresSpec) -> str | None:
     parts = urlsplit(dsn)
     query = f"{parts.query}&{extra}" if parts.query else extra
     return urlunsplit(parts._replace(query=query))
-
-
-def _hosts_and_attrs(
-    dsn: str | None, target: dict[str, Any]
-) -> tuple[list[tuple[str, int | None]], str | None]:
-    """Every host to try, in order, and the DSN's target_session_attrs, as libpq reads them:
-    a URL's host list (`h1:5432,h2`), `?host=h1,h2&port=...`, explicit arguments, PGHOST;
-    `?target_session_attrs=`, PGTARGETSESSIONATTRS. Read by asyncpg's own parser, so the list
-    is exactly the one asyncpg would walk; a Unix socket path has no port."""
-    try:
-        # Private, but the very function asyncpg.connect parses with: no second reading of
-        # the DSN to drift from it. Any change of it lands in the except below.
-        parse = asyncpg.connect_utils._parse_connect_dsn_and_args  # type: ignore[attr-defined]
-        addrs, params = parse(
-            dsn=dsn,
-            # Only the hosts and attributes are read: no SSLContext to build (and drop).
-            ssl=False,
-            **{key: target.get(key) for key in LIBPQ_ARGUMENTS},
-            **dict.fromkeys(_UNUSED_PARSE_ARGUMENTS),
-        )
-    except Exception:  # noqa: BLE001 -- asyncpg.connect will say what is wrong, classified
-        return [], None
-    hosts = [(addr, None) if isinstance(addr, str) else (addr[0], addr[1]) for addr in addrs]
-    return hosts, str(params.target_session_attrs.value)
-
-
-async def _resolve(address: tuple[str, int | None], within: float) -> None:
-    """Look a host name up in the sidecar's resolver pool first, bounded: a resolver that
-    fails or never answers is a dns_failure (`timed_out` says which), and its stuck thread
-    cannot hold the exit. Addresses and socket paths need no lookup."""
-    host, port = address
-    if not host or host.startswith("/") or _is_address(host):
-        return
-    try:
-        await resolver.resolve(resolver.shared(), host, port or 5432, within=within)
-    except resolver.LookupTimedOut:
-        raise CheckFailed(Reason.DNS_FAILURE, {"timed_out": "true"}) from None
-    except socket.gaierror:
-        raise CheckFailed(Reason.DNS_FAILURE, {"timed_out": "false"}) from None
-
-
-def _is_address(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return False
-    return True
 
 
 # The failure table (sidecar.checks.failures): asyncpg's exceptions, then the socket's.
