@@ -18,11 +18,11 @@ import pytest
 from support import wait_until_async
 from support.pg import PostgresCheckFactory, PostgresServer, ReplicaFactory
 
-from sidecar.checks import CheckFailed
 from sidecar.checks.postgres import PostgresCheck, PostgresSpec
 from sidecar.checkspec import CheckPolicy, DatabaseTarget
 from sidecar.loop import CheckLoop
-from sidecar.state import Board, CheckResult, CheckState, Reason, Transition
+from sidecar.reasons import CheckFailed, Reason
+from sidecar.state import Board, CheckResult, CheckState, Transition
 
 # The prober's bound on one run, as a check's timeout would be; generous for CI.
 RUN_BOUND: Final = 5.0

@@ -47,13 +47,24 @@ ALLOWED: dict[str, set[str]] = {
     "sidecar.checks.http": {*_CHECK_KIND, "sidecar", "sidecar.inputs", "sidecar.reasons"},
     "sidecar.checks.postgres": {
         *_CHECK_KIND,
-        "sidecar",
+        "sidecar.checks",
+        "sidecar.checks.pgconnect",
+        "sidecar.checks.pgrole",
+        "sidecar.checks.reach",
         "sidecar.credentials",
         "sidecar.inputs",
         "sidecar.options",
         "sidecar.reasons",
+    },
+    # postgres's parts: connecting as libpq (hosts, the role asked), and a TCP probe.
+    "sidecar.checks.pgconnect": {
+        "sidecar",
+        "sidecar.checks.pgrole",
+        "sidecar.reasons",
         "sidecar.resolver",
     },
+    "sidecar.checks.pgrole": {"sidecar.reasons"},
+    "sidecar.checks.reach": set(),
     # Reading the configuration: the check file through the registry, never a kind by name
     # (bar the environment's own postgres check).
     "sidecar.checkfile": {"sidecar.checkspec", "sidecar.fields", "sidecar.inputs", "sidecar.kinds"},
