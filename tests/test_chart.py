@@ -215,6 +215,12 @@ INVALID_VALUES = {
     "fractional-threshold": ({"sidecar": {"failureThreshold": 1.5}}, "/sidecar/failureThreshold"),
     "unknown-log-level": ({"sidecar": {"logLevel": "loud"}}, "/sidecar/logLevel"),
     "port-out-of-range": ({"sidecar": {"port": 70000}}, "/sidecar/port"),
+    "typo-two-levels-down-image": ({"sidecar": {"image": {"repositry": "x"}}}, "'repositry'"),
+    "typo-two-levels-down-database": ({"database": {"existingSecrt": "db"}}, "'existingSecrt'"),
+    "typo-three-levels-down-probe": (
+        {"app": {"readinessProbe": {"periodSecond": 3}}},
+        "'periodSecond'",
+    ),
     "unknown-probe-type": ({"app": {"livenessProbe": {"type": "exec"}}}, "/app/livenessProbe"),
     "zero-probe-period": (
         {"app": {"readinessProbe": {"periodSeconds": 0}}},

@@ -5,6 +5,7 @@ definition of the container for both)."""
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -15,6 +16,8 @@ import pytest
 import yaml
 from support import fileaccess
 from support.helmdeps import dependencies_updated
+from test_check_schema import LOADER_ONLY
+from test_checkfile import EXAMPLES, REFUSALS, read_example, with_check
 
 try:
     import helm_python as helm
@@ -399,3 +402,39 @@ def test_library_holds_the_generated_copy_of_the_check_file_schema() -> None:
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
+
+
+def finite(value: object) -> bool:
+    """False for a NaN or an infinity anywhere in `value`: Helm takes values as JSON, which has
+    neither (a YAML values file's .inf is out of every schema range anyway)."""
+    if isinstance(value, dict):
+        return all(finite(item) for item in value.values())
+    if isinstance(value, list):
+        return all(finite(item) for item in value)
+    return not isinstance(value, float) or math.isfinite(value)
+
+
+@pytest.mark.parametrize(
+    ("name", "check"),
+    [
+        pytest.param(name, check, id=name)
+        for name, check, _ in REFUSALS
+        if name not in LOADER_ONLY and finite(check)
+    ],
+)
+def test_library_refuses_every_check_the_loader_refuses(name: str, check: Obj) -> None:
+    """Each check the sidecar's loader refuses (test_checkfile's list), but for the few rules
+    only a loader can judge (files, non-finite numbers), fails the render naming checks[1]."""
+    message = render_error({"healthSidecar": {"checks": with_check(check)["checks"]}})
+    assert "healthSidecar.checks" in message, name
+
+
+def test_library_renders_the_documented_check_file() -> None:
+    """docs/examples/checks.yaml, as healthSidecar.checks and checkDefaults, renders unchanged."""
+    example = read_example(EXAMPLES / "checks.yaml")
+    assert isinstance(example, dict)
+    values = {"checks": example["checks"], "checkDefaults": example.get("defaults", {})}
+    objects = render(FOREIGN, {"healthSidecar": values})
+    (configmap,) = [o for o in objects if o["kind"] == "ConfigMap"]
+    rendered = yaml.safe_load(configmap["data"]["checks.yaml"])
+    assert rendered["checks"] == example["checks"]

@@ -26,7 +26,8 @@ properties:
     required: [repository, pullPolicy]
     properties:
       repository: {type: string, minLength: 1}
-      tag: {type: string}
+      # A number too (--set healthSidecar.image.tag=2 gives one); rendered as text.
+      tag: {type: [string, number]}
       digest: {type: string, pattern: "^(|sha256:[a-f0-9]{64})$"}
       pullPolicy: {enum: [Always, IfNotPresent, Never]}
   port: {type: integer, minimum: 1, maximum: 65535}
