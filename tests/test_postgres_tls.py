@@ -203,6 +203,9 @@ async def test_tls_file_gone_at_run_time_is_tls_error_naming_it(
     with pytest.raises(CheckFailed) as failed:
         await check.run()
     assert failed.value.reason is Reason.TLS_ERROR
-    assert dict(failed.value.details) == {"unreadable": "ca_file"}
+    assert dict(failed.value.details) == {
+        "unreadable": "ca_file",
+        "cause": "file not found: ca_file",
+    }
     ca.write_bytes(tls_files.ca.read_bytes())
     assert await reason_of(check) is None

@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import os
+import re
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Iterator
@@ -43,8 +45,11 @@ def classify(exc: BaseException, rules: Rules) -> Reason | None:
 
 
 @contextlib.contextmanager
-def failures_as_reasons(rules: Rules) -> Iterator[None]:
-    """Turn a classified exception into CheckFailed; let everything else propagate."""
+def failures_as_reasons(
+    rules: Rules, cause: Callable[[BaseException], str | None] | None = None
+) -> Iterator[None]:
+    """Turn a classified exception into CheckFailed, with a `cause` in its details when one
+    can be told (the kind's own `cause`, else cause_of); let everything else propagate."""
     try:
         yield
     except CheckFailed:
@@ -53,7 +58,79 @@ def failures_as_reasons(rules: Rules) -> Iterator[None]:
         reason = classify(exc, rules)
         if reason is None:
             raise
-        raise CheckFailed(reason) from None
+        said = (cause or cause_of)(exc)
+        raise CheckFailed(reason, {"cause": said} if said else None) from None
+
+
+# How deep to look into an exception's __cause__/__context__ chain for the telling one.
+_CHAIN_DEPTH: Final = 5
+# Words a cause is made of, at most; a longer text is cut.
+MAX_CAUSE_CHARS: Final = 80
+# An errno inside a message that has no errno of its own (asyncio's "Multiple exceptions").
+_ERRNO_IN_TEXT: Final = re.compile(r"\[Errno (\d+)\]")
+
+
+def cause_of(exc: BaseException) -> str | None:
+    """A few words on why a connection failed, for `details.cause`; None when nothing useful.
+
+    Only fixed vocabularies are used, never an exception's own text: OpenSSL's verification
+    messages (cut before any name they quote) and reason codes, the C library's errno and
+    resolver texts, a class name. So a cause can hold no host, user, DSN or password.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    for _ in range(_CHAIN_DEPTH):
+        if current is None or id(current) in seen:
+            return None
+        seen.add(id(current))
+        cause = _own_cause(current)
+        if cause is not None:
+            return cause[:MAX_CAUSE_CHARS]
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _own_cause(exc: BaseException) -> str | None:
+    if isinstance(exc, ssl.SSLError):
+        return _tls_cause(exc)
+    if isinstance(exc, socket.gaierror):
+        return "name lookup failed"
+    if isinstance(exc, OSError) and not isinstance(exc, TimeoutError):
+        code = exc.errno
+        if code is None:
+            found = _ERRNO_IN_TEXT.search(str(exc))
+            code = int(found.group(1)) if found else None
+        return _errno_text(code)
+    return None  # a timeout's reason says it all; other errors are for the kind to word
+
+
+def _tls_cause(exc: ssl.SSLError) -> str:
+    # aiohttp wraps the ssl module's error in one of its own (an SSLError too, without the
+    # verification message); the wrapped one tells.
+    inner = getattr(exc, "certificate_error", None) or getattr(exc, "os_error", None)
+    if isinstance(inner, ssl.SSLError) and inner is not exc:
+        return _tls_cause(inner)
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        # "Hostname mismatch, certificate is not valid for 'db'." -> "hostname mismatch"
+        verified = getattr(exc, "verify_message", None) or ""
+        message = re.split(r"[,(:]", verified)[0].strip(" .").lower()
+        return f"certificate verify failed: {message}" if message else "certificate verify failed"
+    # OpenSSL's reason code, e.g. TLSV1_ALERT_UNKNOWN_CA -> "tlsv1 alert unknown ca".
+    reason = getattr(exc, "reason", None)
+    if isinstance(reason, str) and re.fullmatch(r"[A-Z0-9_]+", reason):
+        return f"TLS: {reason.lower().replace('_', ' ')}"
+    return "TLS handshake failed"
+
+
+def _errno_text(code: int | None) -> str | None:
+    """The C library's text for an errno ("connection refused"), never the exception's own."""
+    if not isinstance(code, int):
+        return None
+    try:
+        text = os.strerror(code)
+    except ValueError:
+        return None
+    return text.lower() if text and not text.startswith("Unknown error") else None
 
 
 async def close_within(

@@ -15,18 +15,25 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import socket
 import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal, Protocol, TypeAlias
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
 from sidecar.checks import reach
-from sidecar.checks.failures import Rules, classify, close_within, failures_as_reasons
+from sidecar.checks.failures import (
+    Rules,
+    cause_of,
+    classify,
+    close_within,
+    failures_as_reasons,
+)
 from sidecar.checks.pgconnect import (
     LIBPQ_ARGUMENTS,
     Connector,
@@ -37,7 +44,13 @@ from sidecar.checks.pgrole import FACTS_QUERY, Facts
 from sidecar.checkspec import CheckSpec, DatabaseTarget
 from sidecar.credentials import DsnFile
 from sidecar.fields import ABSENT, Fields, is_text, kind_of, number_schema, shown
-from sidecar.inputs import dsn_passwords, dsn_problem, read_dsn_file, split_driver
+from sidecar.inputs import (
+    TLS_ENVIRONMENT,
+    dsn_passwords,
+    dsn_problem,
+    read_dsn_file,
+    split_driver,
+)
 from sidecar.kinds import Built, Key, Kind, Needs
 from sidecar.options import Value, default
 from sidecar.reasons import CheckFailed, Reason
@@ -147,7 +160,7 @@ class PostgresCheck:
         deadline = self.monotonic() + self.spec.policy.timeout * (1 - ATTEMPT_MARGIN_SHARE)
         self._tried_candidate = self._tried_candidate_last = False
         try:
-            with failures_as_reasons(POSTGRES):
+            with failures_as_reasons(POSTGRES, _postgres_cause):
                 await self._run(deadline)
         except BaseException:
             # Cancellation included: the prober's timeout is a failure too. A candidate's own
@@ -275,9 +288,11 @@ class PostgresCheck:
     async def _open(self, dsn: str | None, within: float) -> Session:
         # Checked at start, but a mounted Secret can go away later; asyncpg would then report a
         # bare FileNotFoundError, indistinguishable from a missing Unix socket.
-        unreadable = _unreadable_tls_file(self.spec)
+        unreadable = _unreadable_tls_file(self.spec, dsn)
         if unreadable is not None:
-            raise CheckFailed(Reason.TLS_ERROR, {"unreadable": unreadable})
+            setting, missing = unreadable
+            cause = f"file {'not found' if missing else 'not readable'}: {setting}"
+            raise CheckFailed(Reason.TLS_ERROR, {"unreadable": setting, "cause": cause})
         target = self._target_kwargs(dsn)
         # postgresql+asyncpg:// and the like: the same DSN to asyncpg once the driver is dropped.
         dsn = _with_tls_files(dsn and split_driver(dsn)[0], self.spec)
@@ -399,12 +414,17 @@ def as_text(value: object) -> str:
     return str(value)
 
 
-def _unreadable_tls_file(spec: PostgresSpec) -> str | None:
-    """The setting name (ca_file, cert_file, key_file) of a TLS file we cannot read, if any."""
-    for setting in ("ca_file", "cert_file", "key_file"):
-        path = getattr(spec, setting)
+def _unreadable_tls_file(spec: PostgresSpec, dsn: str | None) -> tuple[str, bool] | None:
+    """The setting (ca_file, cert_file, key_file; sslrootcert, ... of the DSN or PGSSL*) of a
+    TLS file we cannot read, and whether it is missing altogether; None if all can be read."""
+    named = [(setting, getattr(spec, setting)) for setting in ("ca_file", "cert_file", "key_file")]
+    query = urlsplit(dsn).query if dsn else ""
+    given = {k: v[-1] for k, v in parse_qs(query).items()}
+    for variable, key in TLS_ENVIRONMENT.items():
+        named.append((key, given.get(key) or os.environ.get(variable)))
+    for setting, path in named:
         if path and not os.access(path, os.R_OK):
-            return str(setting)
+            return setting, not os.path.exists(path)
     return None
 
 
@@ -443,6 +463,8 @@ def _lost_connection(exc: BaseException) -> Reason:
 def _postgres_os_error(exc: BaseException) -> Reason:
     # asyncpg raises a plain OSError listing every address it tried; refused is by far the
     # commonest cause, so look inside before giving up.
+    if "rejected SSL upgrade" in str(exc):
+        return Reason.TLS_ERROR  # sslmode=require (or stricter), and the server has no TLS
     refused = getattr(exc, "errno", None) == errno.ECONNREFUSED
     return (
         Reason.CONNECTION_REFUSED
@@ -456,6 +478,25 @@ def _cannot_connect_now(exc: BaseException) -> Reason:
     # with hot_standby=off, "not yet accepting connections") or going away (a smart shutdown
     # waiting for sessions to end). Only the message tells them apart.
     return Reason.SERVER_SHUTDOWN if "shutting down" in str(exc) else Reason.SERVER_STARTING
+
+
+def _postgres_cause(exc: BaseException) -> str | None:
+    """details.cause for asyncpg's own failures, in fixed words (its messages are looked at,
+    never quoted: they may name hosts and users); the rest as every kind words them."""
+    text = str(exc)
+    if isinstance(exc, ConnectionError) and "rejected SSL upgrade" in text:
+        return "server does not support TLS"
+    if isinstance(exc, asyncpg.ClientConfigurationError) and "root certificate" in text:
+        return "no CA file: sslmode verify-ca or verify-full needs sslrootcert"
+    found = cause_of(exc)
+    if found is None and isinstance(exc, ASYNCPG_ERRORS):
+        # InvalidPasswordError (28P01) -> "invalid password (28P01)"
+        name = type(exc).__name__.removesuffix("Error")
+        found = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", name).lower()
+        sqlstate = getattr(exc, "sqlstate", None)
+        if isinstance(sqlstate, str) and re.fullmatch(r"[0-9A-Z]{5}", sqlstate):
+            found = f"{found} ({sqlstate})"
+    return found
 
 
 POSTGRES: Final[Rules] = (

@@ -1,0 +1,131 @@
+"""details.cause: TLS and connection failures say why in a few fixed words, against real servers,
+in ?verbose and in the state-change log; never a host, a user, a DSN or a password."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from pathlib import Path
+
+import pytest
+from sidecar_proc import SidecarProcess, timed_until
+from support import free_port
+from support.pg import PostgresCheckFactory, PostgresServer, TlsFiles, make_ca
+
+from sidecar.checks.failures import cause_of
+from sidecar.reasons import CheckFailed, Reason
+
+RUN_BOUND = 5.0
+
+
+async def failure_of(check: object) -> tuple[Reason, dict[str, str]]:
+    """One failing run: its reason and details (the check is reset after)."""
+    with pytest.raises(CheckFailed) as failed:
+        async with asyncio.timeout(RUN_BOUND):
+            await check.run()  # type: ignore[attr-defined]
+    await check.reset()  # type: ignore[attr-defined]
+    return failed.value.reason, dict(failed.value.details)
+
+
+async def test_require_against_a_server_without_tls_says_so(
+    pg: PostgresServer, make_postgres_check: PostgresCheckFactory
+) -> None:
+    """sslmode=require, the server has no TLS: tls_error, "server does not support TLS"."""
+    check = make_postgres_check(f"{pg.dsn()}?sslmode=require")
+    assert await failure_of(check) == (
+        Reason.TLS_ERROR,
+        {"cause": "server does not support TLS"},
+    )
+
+
+async def test_certificate_for_another_name_is_a_hostname_mismatch(
+    pg_tls: PostgresServer, tls_files: TlsFiles, make_postgres_check: PostgresCheckFactory
+) -> None:
+    """verify-full to `localhost` with a certificate for 127.0.0.1 only: hostname mismatch."""
+    dsn = pg_tls.dsn(host="localhost") + f"?sslmode=verify-full&sslrootcert={tls_files.ca}"
+    reason, details = await failure_of(make_postgres_check(dsn))
+    assert (reason, details) == (
+        Reason.TLS_ERROR,
+        {"cause": "certificate verify failed: hostname mismatch"},
+    )
+
+
+async def test_certificate_from_another_ca_is_an_unknown_issuer(
+    pg_tls: PostgresServer, make_postgres_check: PostgresCheckFactory, tmp_path: Path
+) -> None:
+    """verify-ca with a CA that did not sign the server's certificate: the verification fails,
+    and the cause says how, in OpenSSL's words."""
+    other = make_ca(tmp_path, "other-ca")
+    dsn = f"{pg_tls.dsn()}?sslmode=verify-ca&sslrootcert={other.cert}"
+    reason, details = await failure_of(make_postgres_check(dsn))
+    assert reason is Reason.TLS_ERROR
+    assert details["cause"].startswith("certificate verify failed: ")
+    assert "issuer" in details["cause"] or "self-signed" in details["cause"], details
+
+
+async def test_sslrootcert_removed_after_start_names_the_key(
+    pg_tls: PostgresServer,
+    tls_files: TlsFiles,
+    make_postgres_check: PostgresCheckFactory,
+    tmp_path: Path,
+) -> None:
+    """The DSN's sslrootcert removed after start (an unmounted Secret): "file not found"."""
+    ca = tmp_path / "ca.crt"
+    ca.write_bytes(tls_files.ca.read_bytes())
+    check = make_postgres_check(f"{pg_tls.dsn()}?sslmode=verify-full&sslrootcert={ca}")
+    await check.run()
+    await check.reset()
+    ca.unlink()
+    assert await failure_of(check) == (
+        Reason.TLS_ERROR,
+        {"unreadable": "sslrootcert", "cause": "file not found: sslrootcert"},
+    )
+
+
+async def test_refused_and_bad_password_say_why_without_names(
+    pg: PostgresServer, make_postgres_check: PostgresCheckFactory
+) -> None:
+    """Nothing listening: "connection refused"; a wrong password: the SQLSTATE's words."""
+    refused = make_postgres_check(pg.dsn(port=free_port()))
+    assert await failure_of(refused) == (
+        Reason.CONNECTION_REFUSED,
+        {"cause": "connection refused"},
+    )
+    wrong = make_postgres_check(pg.dsn(password="not-the-password"))
+    assert await failure_of(wrong) == (
+        Reason.AUTH_FAILED,
+        {"cause": "invalid password (28P01)"},
+    )
+
+
+def test_cause_never_quotes_an_exception_s_own_text() -> None:
+    """Causes come from fixed vocabularies: an OSError's custom text and a verification
+    message's quoted name are not repeated."""
+    secret = "hunter2-cause"
+    assert cause_of(OSError(111, f"connect to {secret} failed")) == "connection refused"
+    assert cause_of(RuntimeError(secret)) is None
+    verify = ssl.SSLCertVerificationError(1, "x")
+    verify.verify_message = f"Hostname mismatch, certificate is not valid for '{secret}'."
+    assert cause_of(verify) == "certificate verify failed: hostname mismatch"
+    chained = RuntimeError(secret)
+    chained.__cause__ = ConnectionResetError(104, secret)
+    assert cause_of(chained) == "connection reset by peer"
+
+
+def test_cause_shows_in_verbose_and_in_the_state_change_log(
+    pg: PostgresServer, tmp_path: Path
+) -> None:
+    """The real process: ?verbose details and the check.state_changed line carry the cause."""
+    env = {"SIDECAR_DATABASE_URL": f"{pg.dsn()}?sslmode=require"}
+    with SidecarProcess(env, log_dir=tmp_path) as sidecar:
+        sidecar.wait_listening()
+        [changed], _ = timed_until(
+            lambda: sidecar.events("check.state_changed", to="failing"),
+            timeout=20,
+            message="a state change to failing",
+        )
+        assert changed["reason"] == "tls_error"
+        assert changed["details"] == {"cause": "server does not support TLS"}
+        body = sidecar.get("/ready?verbose").json()
+        assert body["checks"]["postgres"][0]["details"] == {"cause": "server does not support TLS"}
+        assert pg.password not in sidecar.log_text()
