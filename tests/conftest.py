@@ -11,6 +11,8 @@
   and may log in only over TLS with its client certificate (`hostssl ... cert`).
 - `make_postgres_check(dsn_or_target, **spec_fields)`: a PostgresCheck of a PostgresSpec built from
   the arguments (timeout 5 s unless `timeout=`), closed when the test ends.
+- `start_sidecar(env, ready=True, ...)`: the real sidecar as a subprocess (`sidecar_proc`),
+  listening, and ready unless `ready=False`; stopped after the test.
 - `make_fault_proxy(host, port)`: a FaultProxy, stopped when the test ends; `fault_proxy` is one
   in front of `pg` (connect with `pg.dsn(port=fault_proxy.port)`).
 - `patroni`: a real two-node Patroni cluster with its etcd (tests/support/patroni.py), started once
@@ -36,6 +38,7 @@ from typing import Any, Final
 
 import pytest
 from hypothesis import settings
+from sidecar_proc import SidecarStarter
 from support import LOOPBACK
 from support.faultproxy import FaultProxy, ProxyFactory
 from support.image import IMAGE_GROUP
@@ -256,6 +259,15 @@ async def make_postgres_check() -> AsyncIterator[PostgresCheckFactory]:
     finally:
         for check in checks:
             await check.close()
+
+
+@pytest.fixture
+def start_sidecar(tmp_path: Path) -> Iterator[SidecarStarter]:
+    """Start sidecar subprocesses: `start_sidecar(env, ready=True, **SidecarProcess options)`
+    returns one listening (and ready); every one is stopped by PID after the test."""
+    starter = SidecarStarter(tmp_path)
+    yield starter
+    starter.stop_all()
 
 
 @pytest.fixture

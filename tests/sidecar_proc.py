@@ -39,14 +39,14 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Self, TypeVar
+from typing import Any, Final, Self
 
 from prometheus_client.parser import text_string_to_metric_families
-from support import LOOPBACK, free_port
+from support import LOOPBACK, SLACK, free_port, timed_until
 
 __all__ = [
     "DEFAULT_ENV",
@@ -55,6 +55,7 @@ __all__ = [
     "Sampler",
     "SidecarExited",
     "SidecarProcess",
+    "SidecarStarter",
     "set_fault",
     "timed_until",
 ]
@@ -75,8 +76,6 @@ LOG_TAIL_CHARS: Final = 4000
 # An unread stdout pipe this small (one page, the least Linux gives) fills after a few lines,
 # not after 64 KiB: a stalled log pipeline shows at once.
 UNREAD_PIPE_BYTES: Final = 4096
-
-T = TypeVar("T")
 
 
 class SidecarExited(AssertionError):
@@ -101,27 +100,6 @@ def set_fault(path: Path, fault: str) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(fault)
     tmp.replace(path)
-
-
-def timed_until(
-    predicate: Callable[[], T],
-    *,
-    timeout: float,
-    interval: float = 0.05,
-    message: str = "condition",
-    since: float | None = None,
-) -> tuple[T, float]:
-    """Poll until `predicate()` is truthy; return it and the seconds since `since` (or since
-    the call). AssertionError with the last value after `timeout` seconds."""
-    start = time.monotonic() if since is None else since
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result, time.monotonic() - start
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"{message}: not within {timeout:g}s (last: {result!r})")
-        time.sleep(interval)
 
 
 class SidecarProcess:
@@ -415,6 +393,28 @@ class SidecarProcess:
                 raise AssertionError(f"no {name} {match} within {timeout:g}s\n{self.tail()}")
             time.sleep(0.05)
 
+    def wait_status(
+        self, path: str, status: int, *, within: float = SLACK, since: float | None = None
+    ) -> float:
+        """Seconds (since `since`, else now) until GET `path` answers `status`; fails at once
+        if the process exits meanwhile."""
+
+        def answered() -> bool:
+            self.assert_alive(f"waiting for {path} -> {status}")
+            return self.status(path) == status
+
+        _, elapsed = timed_until(
+            answered, timeout=within, message=f"{path} -> {status}\n{self.tail(1500)}", since=since
+        )
+        return elapsed
+
+    def log_barrier(self, timeout: float = SLACK) -> None:
+        """Return once every line the process logged before this call is in its stdout: one
+        writer thread writes the lines in order, so the line a SIGUSR1 makes comes after them."""
+        before = len(self.events("sidecar.signal_ignored", signal="SIGUSR1"))
+        os.kill(self.pid, signal.SIGUSR1)
+        self.wait_event("sidecar.signal_ignored", timeout=timeout, after=before, signal="SIGUSR1")
+
     def tail(self, chars: int = LOG_TAIL_CHARS) -> str:
         return (
             f"--- stdout ({self.stdout_path}) ---\n{self.stdout()[-chars:]}\n"
@@ -432,6 +432,47 @@ class SidecarProcess:
 
     def open_fds(self) -> int:
         return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+
+@dataclass(frozen=True, slots=True)
+class Stopped:
+    """How a started sidecar ended at `SidecarStarter.stop_all`."""
+
+    sidecar: SidecarProcess
+    alive_until_stopped: bool
+    exit_code: int
+
+
+class SidecarStarter:
+    """The one way tests start sidecars (the `start_sidecar` fixture): each logs into
+    `log_dir` under its own name, is listening when `start` returns (and ready, unless
+    `ready=False`), and is stopped by PID at the end."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.started: list[SidecarProcess] = []
+
+    def __call__(
+        self, env: Mapping[str, str], *, ready: bool = True, **kwargs: Any
+    ) -> SidecarProcess:
+        sidecar = SidecarProcess(
+            env, log_dir=self.log_dir, name=f"sidecar{len(self.started)}", **kwargs
+        )
+        self.started.append(sidecar)
+        sidecar.start()
+        sidecar.wait_listening()
+        if ready:
+            sidecar.wait_status("/ready", 200, within=15 + SLACK)
+        return sidecar
+
+    def stop_all(self) -> list[Stopped]:
+        """SIGTERM each (SIGKILL after a bound); whether it was still running, its exit code."""
+        stopped = []
+        for sidecar in self.started:
+            alive = sidecar.alive
+            stopped.append(Stopped(sidecar, alive, sidecar.stop()))
+        self.started.clear()
+        return stopped
 
 
 @dataclass(frozen=True, slots=True)

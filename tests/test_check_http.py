@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from pytest_aiohttp import AiohttpServer
-from support import LOOPBACK, free_port, wait_until_async
+from support import LOOPBACK, SLACK, free_port, wait_until_async
 from support.faultproxy import ProxyFactory
 
 from sidecar import __version__
@@ -27,8 +27,6 @@ from sidecar.checkspec import CheckPolicy
 from sidecar.loop import CheckLoop
 from sidecar.reasons import CheckFailed, Reason
 from sidecar.state import Board
-
-SLACK = 3.0  # seconds on top of every bound: CI machines are slow and busy
 
 
 @dataclass

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
 import pytest
-from support import LOOPBACK, free_port, wait_until_async
+from support import LOOPBACK, SLACK, free_port, wait_until_async
 from support.faultproxy import ProxyFactory
 
 from sidecar.checks.failures import SOCKET, classify
@@ -21,8 +21,6 @@ from sidecar.checkspec import CheckPolicy
 from sidecar.loop import CheckLoop
 from sidecar.reasons import CheckFailed, Reason
 from sidecar.state import Board
-
-SLACK = 3.0  # seconds on top of every bound: CI machines are slow and busy
 
 
 @dataclass

@@ -29,7 +29,7 @@ import yaml
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 from sidecar_proc import SidecarProcess
-from support import free_port
+from support import SLACK, free_port
 
 from sidecar.checkfile import COMMON_KEYS, load_check_file, parse_checks
 from sidecar.checks.http import HttpSpec
@@ -41,7 +41,6 @@ from sidecar.kinds import every_kind
 OK: Final = "ok"
 BAD: Final = "bad"
 ANY: Final = "any"  # arbitrary text: either verdict is allowed, but only about this variable
-SLACK = 10.0
 
 NUMBERS: Final = {
     # name: (minimum, maximum, minimum allowed?)

@@ -16,28 +16,34 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sidecar_proc import Measurements, Sampler, SidecarProcess, set_fault, timed_until
-from support import LOOPBACK, free_port
+from sidecar_proc import (
+    Measurements,
+    Sampler,
+    SidecarProcess,
+    SidecarStarter,
+    set_fault,
+    timed_until,
+)
+from support import LOOPBACK, SLACK, free_port
 from support.faultproxy import ProxyFactory
 from support.pg import SUPERUSER, PgFactory, PostgresServer
 
 INTERVAL = 0.5
 TIMEOUT = 1.0
 BACKOFF_MAX = 2.0
-SLACK = 10.0
 # A failure shows at the next check: at most one interval plus one timeout away.
 DETECT_WITHIN = INTERVAL + TIMEOUT + SLACK
 # A healed fault shows at the next retry: at most the backoff cap plus one check away.
 RECOVER_WITHIN = BACKOFF_MAX + TIMEOUT + INTERVAL + SLACK
 CHECK = "postgres"
 
-StartSidecar = Callable[..., SidecarProcess]
+StartSidecar = SidecarStarter
 
 
 @pytest.fixture(scope="module")
@@ -50,53 +56,20 @@ def figures() -> Iterator[Measurements]:
 
 
 @pytest.fixture
-def start_sidecar(tmp_path: Path) -> Iterator[StartSidecar]:
-    """Start sidecar subprocesses (stopped, and required to exit 0, at teardown)."""
-    started: list[SidecarProcess] = []
-
-    def start(
-        env: Mapping[str, str], *, ready: bool = True, fault_file: Path | None = None
-    ) -> SidecarProcess:
-        sidecar = SidecarProcess(
-            env, log_dir=tmp_path, fault_file=fault_file, name=f"sidecar{len(started)}"
-        )
-        started.append(sidecar)
-        sidecar.start()
-        sidecar.wait_listening()
-        if ready:
-            wait_status(sidecar, "/ready", 200, within=15)
-        return sidecar
-
-    yield start
-    for sidecar in started:
-        alive = sidecar.alive
-        code = sidecar.stop()
+def start_sidecar(start_sidecar: SidecarStarter) -> Iterator[SidecarStarter]:
+    """The shared starter; at teardown every sidecar must have lived until stopped and exited 0
+    on SIGTERM, with JSON lines only and no traceback."""
+    yield start_sidecar
+    for end in start_sidecar.stop_all():
+        sidecar = end.sidecar
         print(sidecar.tail())
-        assert alive, f"the sidecar died during the test (exit {code})"
-        assert code == 0, f"the sidecar exited {code} on SIGTERM"
+        assert end.alive_until_stopped, f"the sidecar died during the test (exit {end.exit_code})"
+        assert end.exit_code == 0, f"the sidecar exited {end.exit_code} on SIGTERM"
         assert "Traceback" not in sidecar.stderr()
         assert sidecar.non_json_lines() == []
 
 
 # ---- helpers ---------------------------------------------------------------------------------
-
-
-def wait_status(
-    sidecar: SidecarProcess, path: str, status: int, *, within: float, since: float | None = None
-) -> float:
-    """Seconds (since `since`, else now) until GET `path` answers `status`."""
-
-    def answered() -> bool:
-        sidecar.assert_alive()
-        return sidecar.status(path) == status
-
-    _, elapsed = timed_until(
-        answered,
-        timeout=within,
-        message=f"{path} -> {status}\n{sidecar.tail(1500)}",
-        since=since,
-    )
-    return elapsed
 
 
 def expect(sidecar: SidecarProcess, *, health: int, ready: int, startup: int) -> None:
@@ -219,7 +192,7 @@ def outage(
     with Sampler(sidecar, "/health") as health:
         injected = time.monotonic()
         inject()
-        detect = wait_status(sidecar, "/ready", 503, within=DETECT_WITHIN, since=injected)
+        detect = sidecar.wait_status("/ready", 503, within=DETECT_WITHIN, since=injected)
         event = failing_event(sidecar, after=failures_before)
         assert event["from"] == "passing"
         assert event["reason"] in reasons, event
@@ -234,7 +207,7 @@ def outage(
         healed = time.monotonic()
         healed_wall = time.time()
         heal()
-        recover = wait_status(sidecar, "/ready", 200, within=RECOVER_WITHIN, since=healed)
+        recover = sidecar.wait_status("/ready", 200, within=RECOVER_WITHIN, since=healed)
     back = passing_event(sidecar, after=passes_before)
     assert back["from"] == "failing"
     assert back["reason"] is None
@@ -299,8 +272,8 @@ def test_database_down_at_start_comes_up_and_sidecar_starts(
     healed = time.monotonic()
     healed_wall = time.time()
     pg_private.start()
-    recover = wait_status(sidecar, "/startup", 200, within=RECOVER_WITHIN, since=healed)
-    wait_status(sidecar, "/ready", 200, within=SLACK)
+    recover = sidecar.wait_status("/startup", 200, within=RECOVER_WITHIN, since=healed)
+    sidecar.wait_status("/ready", 200, within=SLACK)
     assert passing_event(sidecar)["from"] == "failing"
     assert_passing_metrics(sidecar, healed_at_wall=healed_wall)
     sessions = pg_private.sessions()
@@ -347,7 +320,7 @@ def test_restart_storm_leaves_one_session_and_liveness_untouched(
             pg_private.restart("immediate" if n % 2 else "fast")
         storm = time.monotonic() - began
         last_restart = time.monotonic()
-        recover = wait_status(sidecar, "/ready", 200, within=RECOVER_WITHIN, since=last_restart)
+        recover = sidecar.wait_status("/ready", 200, within=RECOVER_WITHIN, since=last_restart)
     assert storm <= 20 + SLACK
     assert health.statuses() == {200}, [s for s in health.samples if s.status != 200]
     assert health.slowest_seconds() < 1.0
@@ -396,7 +369,7 @@ def test_terminated_session_is_replaced_by_exactly_one_new_session(
             message="a new session",
             since=terminated,
         )
-        wait_status(sidecar, "/ready", 200, within=RECOVER_WITHIN)
+        sidecar.wait_status("/ready", 200, within=RECOVER_WITHIN)
         time.sleep(2 * INTERVAL)
     assert health.statuses() == {200}
     assert_one_session(pg_private, pid_before=before)
@@ -442,7 +415,7 @@ def test_exhausted_max_connections_fails_as_too_many_connections(
         healed = time.monotonic()
         healed_wall = time.time()
         hogs.shrink(pg, slots - 1)
-        recover = wait_status(sidecar, "/ready", 200, within=RECOVER_WITHIN, since=healed)
+        recover = sidecar.wait_status("/ready", 200, within=RECOVER_WITHIN, since=healed)
         assert_passing_metrics(sidecar, healed_at_wall=healed_wall)
         # Full again, by others: the sidecar's own connection keeps it ready.
         hogs.grow(pg, slots - 1)
@@ -553,8 +526,8 @@ def test_missing_database_fails_as_database_not_found_until_created(
     healed = time.monotonic()
     healed_wall = time.time()
     pg_private.create_database("glucolens")
-    recover = wait_status(sidecar, "/startup", 200, within=RECOVER_WITHIN, since=healed)
-    wait_status(sidecar, "/ready", 200, within=SLACK)
+    recover = sidecar.wait_status("/startup", 200, within=RECOVER_WITHIN, since=healed)
+    sidecar.wait_status("/ready", 200, within=SLACK)
     assert_passing_metrics(sidecar, healed_at_wall=healed_wall)
     assert_one_session(pg_private)
     figures.add(
@@ -585,8 +558,8 @@ def test_wrong_password_fails_as_auth_failed_until_it_matches(
     healed = time.monotonic()
     healed_wall = time.time()
     pg_private.alter_password(SUPERUSER, password)
-    recover = wait_status(sidecar, "/startup", 200, within=RECOVER_WITHIN, since=healed)
-    wait_status(sidecar, "/ready", 200, within=SLACK)
+    recover = sidecar.wait_status("/startup", 200, within=RECOVER_WITHIN, since=healed)
+    sidecar.wait_status("/ready", 200, within=SLACK)
     assert_passing_metrics(sidecar, healed_at_wall=healed_wall)
     assert_one_session(pg_private)
     figures.add(
@@ -658,8 +631,8 @@ def test_blackholed_connect_times_out_then_recovers(
     healed = time.monotonic()
     healed_wall = time.time()
     proxy.forward()
-    recover = wait_status(sidecar, "/startup", 200, within=RECOVER_WITHIN, since=healed)
-    wait_status(sidecar, "/ready", 200, within=SLACK)
+    recover = sidecar.wait_status("/startup", 200, within=RECOVER_WITHIN, since=healed)
+    sidecar.wait_status("/ready", 200, within=SLACK)
     assert_passing_metrics(sidecar, healed_at_wall=healed_wall)
     assert_one_session(pg_private)
     # The hung attempts were abandoned by the sidecar: only one connection stays open.
@@ -757,7 +730,7 @@ def test_sigterm_while_the_path_is_blackholed_exits_promptly_leaving_no_session(
     sidecar = SidecarProcess(dsn_env(pg_private.dsn(port=proxy.port)), log_dir=tmp_path)
     with sidecar:
         sidecar.wait_listening()
-        wait_status(sidecar, "/ready", 200, within=15)
+        sidecar.wait_status("/ready", 200, within=15)
         proxy.blackhole()
         failing_event(sidecar)
         stopping = time.monotonic()
@@ -935,8 +908,8 @@ def test_stalled_probe_loop_turns_health_503_then_recovers(
     sidecar = start_sidecar(dsn_env(pg_private.dsn()), fault_file=fault)
     stalled = time.monotonic()
     set_fault(fault, "stall")
-    detect = wait_status(
-        sidecar, "/health", 503, within=INTERVAL + TIMEOUT + 2 + SLACK, since=stalled
+    detect = sidecar.wait_status(
+        "/health", 503, within=INTERVAL + TIMEOUT + 2 + SLACK, since=stalled
     )
     # Not before the bound: interval (due) + timeout + grace, less one interval of slop.
     assert detect >= TIMEOUT + 2 - INTERVAL
@@ -945,12 +918,12 @@ def test_stalled_probe_loop_turns_health_503_then_recovers(
     assert "stalled" in body["output"]
     assert sidecar.metric("health_sidecar_probe_loop_healthy") == 0
     # /ready goes stale soon after: no result for 2 x (interval + timeout).
-    wait_status(sidecar, "/ready", 503, within=SLACK)
+    sidecar.wait_status("/ready", 503, within=SLACK)
     assert sidecar.metric("health_sidecar_ready") == 0
     healed = time.monotonic()
     set_fault(fault, "")
-    recover = wait_status(sidecar, "/health", 200, within=SLACK, since=healed)
-    wait_status(sidecar, "/ready", 200, within=SLACK)
+    recover = sidecar.wait_status("/health", 200, within=SLACK, since=healed)
+    sidecar.wait_status("/ready", 200, within=SLACK)
     assert sidecar.metric("health_sidecar_probe_loop_healthy") == 1
     assert_one_session(pg_private)
     figures.add(
@@ -977,14 +950,14 @@ def test_dead_probe_loop_turns_health_503_for_good(
     sidecar = start_sidecar(dsn_env(pg_private.dsn()), fault_file=fault)
     killed = time.monotonic()
     set_fault(fault, "die")
-    detect = wait_status(sidecar, "/health", 503, within=DETECT_WITHIN, since=killed)
+    detect = sidecar.wait_status("/health", 503, within=DETECT_WITHIN, since=killed)
     stopped = sidecar.wait_event("prober.stopped", timeout=SLACK)
     assert stopped["level"] == "error"
     assert stopped["error_type"] == "InjectedDeath"
     assert sidecar.get("/health").json()["output"] == "probe loop stopped"
     set_fault(fault, "")  # the loop is gone: nothing brings it back
     # Nothing will refresh the last result, so /ready does not wait for it to go stale.
-    unready = wait_status(sidecar, "/ready", 503, within=DETECT_WITHIN, since=killed)
+    unready = sidecar.wait_status("/ready", 503, within=DETECT_WITHIN, since=killed)
     assert sidecar.get("/ready").json()["output"] == "probe loop stopped"
     expect(sidecar, health=503, ready=503, startup=200)
     assert sidecar.metric("health_sidecar_probe_loop_healthy") == 0

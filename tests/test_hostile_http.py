@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pytest
 from sidecar_proc import Measurements, Sampler, SidecarProcess, timed_until
+from support import SLACK
 from support.pg import PostgresServer
 
 from sidecar.server import KEEPALIVE_TIMEOUT_SECONDS
 
-SLACK = 10.0
 # kubelet's default timeoutSeconds: a /health answer slower than this is a failed probe.
 PROMPT_SECONDS = 1.0
 RSS_GROWTH_LIMIT = 32 * 1024 * 1024

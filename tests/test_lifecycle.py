@@ -7,11 +7,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
-from sidecar_proc import SidecarProcess
+from sidecar_proc import SidecarProcess, SidecarStarter
 from support import wait_until
 from support.pg import PostgresServer
 
@@ -19,24 +18,14 @@ StartSidecar = Callable[..., SidecarProcess]
 
 
 @pytest.fixture
-def start_sidecar(tmp_path: Path) -> Iterator[StartSidecar]:
-    """Start ready sidecar subprocesses (interval 1 s, timeout 1 s); killed at teardown."""
-    started: list[SidecarProcess] = []
+def start_sidecar(start_sidecar: SidecarStarter) -> StartSidecar:
+    """The shared starter, as `start_sidecar(dsn, **env)`: ready sidecars (interval 1 s,
+    timeout 1 s), stopped at teardown."""
 
     def start(dsn: str, **env: str) -> SidecarProcess:
-        sidecar = SidecarProcess(
-            {"SIDECAR_DATABASE_URL": dsn, "SIDECAR_CHECK_INTERVAL": "1", **env},
-            log_dir=tmp_path,
-            name=f"sidecar{len(started)}",
-        )
-        started.append(sidecar)
-        sidecar.start()
-        wait_until(lambda: sidecar.status("/ready") == 200, timeout=20, message="ready")
-        return sidecar
+        return start_sidecar({"SIDECAR_DATABASE_URL": dsn, "SIDECAR_CHECK_INTERVAL": "1", **env})
 
-    yield start
-    for sidecar in started:
-        sidecar.kill()
+    return start
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

@@ -22,6 +22,7 @@ from urllib.parse import quote
 
 import asyncpg
 import pytest
+import support
 from sidecar_proc import Sampler, SidecarProcess, set_fault, timed_until
 from support import wait_until_async
 from support.pg import SUPPORT_DATABASE, PostgresServer
@@ -40,7 +41,7 @@ OLD_PASSWORD: Final = "0ld-R0tation#Pw-Ab3"
 NEW_PASSWORD: Final = "n3w-R0tation#Pw-Xy7"
 # A candidate's connection gets what a passing check leaves of the timeout: ample locally.
 POLICY: Final = CheckPolicy(interval=0.2, timeout=4.0, backoff_max=1.0)
-SLACK: Final = 20.0
+SLACK: Final = 2 * support.SLACK  # a reload and a reconnect, one after the other
 
 
 class Recorder:

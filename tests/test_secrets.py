@@ -22,14 +22,13 @@ from urllib.parse import quote
 
 import pytest
 from sidecar_proc import SidecarProcess, set_fault, timed_until
-from support import LOOPBACK, free_port
+from support import LOOPBACK, SLACK, free_port
 from support.faultproxy import FaultProxy, ProxyFactory
 from support.pg import PostgresServer
 
 PASSWORD = "Tr4c3r-S3cr3t#pw!Zq8"
 ROLE = "tracer"
 WINDOW = 6
-SLACK = 10.0
 FAST = {
     "SIDECAR_CHECK_INTERVAL": "0.3",
     "SIDECAR_CHECK_TIMEOUT": "0.5",
