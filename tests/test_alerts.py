@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 import yaml
+from support import REPO
 
-ROOT = Path(__file__).resolve().parent.parent
-ALERTS = ROOT / "charts" / "health-sidecar" / "files" / "alerts.yaml"
-RULE_TESTS = sorted((ROOT / "tests" / "rules").glob("*.test.yaml"))
-RUNBOOK = ROOT / "docs" / "alerts.md"
+ALERTS = REPO / "charts" / "health-sidecar" / "files" / "alerts.yaml"
+RULE_TESTS = sorted((REPO / "tests" / "rules").glob("*.test.yaml"))
+RUNBOOK = REPO / "docs" / "alerts.md"
 
 # Alertmanager routes and silences name these: renaming one is a breaking change.
 EXPECTED_ALERTS = {
@@ -81,7 +81,7 @@ def test_alert_rule_unit_tests_pass(promtool: str) -> None:
         text=True,
         timeout=PROMTOOL_TIMEOUT_SECONDS,
         check=False,
-        cwd=ROOT,
+        cwd=REPO,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 BENCH_EXTRA = ("fastapi", "sqlalchemy", "uvicorn", "matplotlib")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SECTIONS = ("throughput", "db_cost", "outage", "footprint", "fleet")

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
+from support import REPO, missing_tool
 from support.helmdeps import dependencies_updated
 
 from sidecar.checks.http import HttpSpec
@@ -38,7 +39,6 @@ except ImportError:
         allow_module_level=True,
     )
 
-REPO = Path(__file__).resolve().parent.parent
 CHART = dependencies_updated(REPO / "charts" / "health-sidecar")
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 RELEASE = "health-sidecar"
@@ -52,14 +52,6 @@ CHECKOV_CONFIG = REPO / ".checkov.yaml"
 Obj = dict[str, Any]
 
 helm.disable_logging()
-
-
-def missing_tool(what: str) -> None:
-    """Fail in CI (CI=true), where .ci/k8s-tools.sh must have installed it; skip elsewhere."""
-    message = f"{what} is not installed: run .ci/k8s-tools.sh"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 def load_yaml(path: Path) -> Obj:
@@ -823,7 +815,7 @@ def test_readme_documents_every_value() -> None:
 def run_checkov(*args: str) -> list[Obj]:
     """checkov with .checkov.yaml, JSON out; one report per framework."""
     if not CHECKOV.exists():
-        missing_tool("checkov (in .venv-checkov)")
+        missing_tool("checkov (in .venv-checkov)", installer=".ci/k8s-tools.sh")
     result = subprocess.run(
         [str(CHECKOV), "--config-file", str(CHECKOV_CONFIG), "--output", "json", *args],
         capture_output=True,

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from jsonschema import Draft202012Validator
+from support import REPO
 from test_checkfile import (
     EXAMPLES,
     REFUSALS,
@@ -25,7 +26,6 @@ from sidecar.schema import chart_copy, check_file_schema, text
 
 KIND_KEYS = {kind.name: kind.key_names for kind in every_kind()}
 
-REPO = Path(__file__).resolve().parent.parent
 SCHEMA = json.loads((REPO / "docs" / "check-file.schema.json").read_text())
 CHART = json.loads((REPO / "charts" / "health-sidecar" / "values.schema.json").read_text())
 VALIDATOR = Draft202012Validator(SCHEMA)

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 from sidecar_proc import SidecarProcess
+from support import REPO
 
 from sidecar.checkfile import MAX_CHECK_FILE_BYTES, load_check_file, parse_checks
 from sidecar.checks.http import HttpSpec
@@ -22,7 +23,6 @@ from sidecar.checkspec import CheckPolicy, CheckSpec, DatabaseTarget
 from sidecar.config import ConfigError, Settings
 from sidecar.logs import REDACTED
 
-REPO = Path(__file__).resolve().parent.parent
 ENV_TARGET = DatabaseTarget(host="db.env", port=5432, user="env", source="libpq")
 ENV_POLICY = CheckPolicy(
     interval=7.0, timeout=3.0, backoff_max=40.0, failure_threshold=2, success_threshold=3

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 import yaml
+from support import REPO
 
-ROOT = Path(__file__).resolve().parent.parent
-DASHBOARD = ROOT / "charts" / "health-sidecar" / "files" / "dashboard.json"
-DOCS_COPY = ROOT / "docs" / "grafana-dashboard.json"
+DASHBOARD = REPO / "charts" / "health-sidecar" / "files" / "dashboard.json"
+DOCS_COPY = REPO / "docs" / "grafana-dashboard.json"
 PROMTOOL_TIMEOUT_SECONDS = 120
 
 # What a Grafana variable stands for when the query is checked outside Grafana. Any `$name`

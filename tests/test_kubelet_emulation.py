@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 import yaml
-from support import LOOPBACK, free_port
+from support import LOOPBACK, REPO, SLACK, free_port
 from support.helmdeps import dependencies_updated
 from support.kubelet import Probe, ProbeState, probe_once
 from support.pg import PostgresServer
@@ -44,7 +44,6 @@ except ImportError:
         raise  # CI installs it (.ci/k8s-tools.sh): missing is a failure there
     pytest.skip("helm-python-sdk missing: run .ci/k8s-tools.sh", allow_module_level=True)
 
-REPO = Path(__file__).resolve().parent.parent
 CHART = dependencies_updated(REPO / "charts" / "health-sidecar")
 # A foreign app's chart that adds the sidecar through the library chart (README "Add it to your
 # own workload"): its pod must behave exactly like the app chart's.
@@ -57,7 +56,7 @@ CHECK_TIMEOUT_SECONDS = 1
 BACKOFF_MAX_SECONDS = 2
 PROBE_PERIOD_SECONDS = 1
 # Generous slack on every bound: CI machines are slow and busy.
-SLACK_SECONDS = 10.0
+SLACK_SECONDS = SLACK
 
 Obj = dict[str, Any]
 

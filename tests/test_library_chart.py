@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
-from support import fileaccess
+from support import REPO, fileaccess
 from support.helmdeps import dependencies_updated
 from test_check_schema import LOADER_ONLY
 from test_checkfile import EXAMPLES, REFUSALS, read_example, with_check
@@ -27,7 +27,6 @@ except ImportError:
         raise  # CI installs them (.ci/k8s-tools.sh): missing is a failure there
     pytest.skip("helm-python-sdk / kubernetes-validate missing", allow_module_level=True)
 
-REPO = Path(__file__).resolve().parent.parent
 LIBRARY = REPO / "charts" / "health-sidecar-lib"
 FOREIGN = dependencies_updated(Path(__file__).resolve().parent / "fixtures" / "foreign-chart")
 APP_CHART = dependencies_updated(REPO / "charts" / "health-sidecar")

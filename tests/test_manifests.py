@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
-from support import fileaccess
+from support import REPO, fileaccess, missing_tool
 from support.helmdeps import dependencies_updated
 
 try:
@@ -34,7 +34,6 @@ except ImportError:
         allow_module_level=True,
     )
 
-REPO = Path(__file__).resolve().parent.parent
 CHART = dependencies_updated(REPO / "charts" / "health-sidecar")
 LIBRARY_USER = dependencies_updated(REPO / "tests" / "fixtures" / "foreign-chart")
 MANIFESTS = REPO / "manifests"
@@ -59,19 +58,11 @@ Obj = dict[str, Any]
 helm.disable_logging()
 
 
-def missing_tool(what: str) -> None:
-    """Fail in CI (CI=true), where .ci/k8s-tools.sh must have installed it; skip elsewhere."""
-    message = f"{what} is not installed: run .ci/k8s-tools.sh"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
-
-
 def kustomize(directory: Path) -> list[Obj]:
     """`kubectl kustomize directory`: the objects a user's `kubectl apply -k` would send."""
     kubectl = shutil.which("kubectl")
     if kubectl is None:
-        missing_tool("kubectl (with kustomize v5: components)")
+        missing_tool("kubectl (with kustomize v5: components)", installer=".ci/k8s-tools.sh")
     result = subprocess.run(
         [str(kubectl), "kustomize", str(directory)],
         capture_output=True,
@@ -252,7 +243,7 @@ def test_manifests_are_valid_for_every_kubernetes_minor() -> None:
 def test_checkov_passes_on_manifests() -> None:
     """checkov's Kubernetes checks pass on manifests/ (skips justified in .checkov.yaml)."""
     if not CHECKOV.exists():
-        missing_tool("checkov (in .venv-checkov)")
+        missing_tool("checkov (in .venv-checkov)", installer=".ci/k8s-tools.sh")
     # The built objects, not the files: the component's patches are fragments of a Deployment.
     built = Path(tempfile.mkdtemp(prefix="hs-manifests-"))
     (built / "all.yaml").write_text(yaml.safe_dump_all(manifest_objects()))

@@ -108,7 +108,7 @@ def test_every_kind_passes_and_each_has_its_view(
     )
     with SidecarProcess({"SIDECAR_CONFIG_FILE": str(config)}, log_dir=tmp_path) as sidecar:
         sidecar.wait_listening()
-        wait_until(lambda: sidecar.status("/ready") == 200, timeout=15, message="ready")
+        sidecar.wait_status("/ready", 200, within=15)
         for name in ("primary", "app", "cache"):
             assert sidecar.status(f"/ready/{name}") == 200
             assert sidecar.status(f"/health/{name}") == 200
@@ -147,7 +147,7 @@ def test_a_hung_check_never_delays_another(
     )
     with SidecarProcess({"SIDECAR_CONFIG_FILE": str(config)}, log_dir=tmp_path) as sidecar:
         sidecar.wait_listening()
-        wait_until(lambda: sidecar.status("/ready") == 200, timeout=15, message="ready")
+        sidecar.wait_status("/ready", 200, within=15)
         app_server.hang.set()
         hits = app_server.hits
         wait_until(lambda: app_server.hits > hits, timeout=5, message="a hung request")
@@ -162,14 +162,14 @@ def test_a_hung_check_never_delays_another(
             message="five more primary checks while app hangs",
         )
         assert sidecar.status("/ready/primary") == 200
-        wait_until(lambda: sidecar.status("/ready/app") == 503, timeout=10, message="app 503")
+        sidecar.wait_status("/ready/app", 503, within=10)
         assert sidecar.status("/ready") == 503
         assert sidecar.status("/health") == 200
         reply = sidecar.get("/ready/app?verbose")
         assert reply.json()["checks"]["app"][0]["reason"] == "timeout"
         app_server.release.set()
         app_server.hang.clear()
-        wait_until(lambda: sidecar.status("/ready") == 200, timeout=15, message="healed")
+        sidecar.wait_status("/ready", 200, within=15)
 
 
 def test_warn_check_down_keeps_ready_and_shows_warn(
@@ -187,11 +187,11 @@ def test_warn_check_down_keeps_ready_and_shows_warn(
     )
     with SidecarProcess({"SIDECAR_CONFIG_FILE": str(config)}, log_dir=tmp_path) as sidecar:
         sidecar.wait_listening()
-        wait_until(lambda: sidecar.status("/ready/replica") == 200, timeout=15, message="up")
+        sidecar.wait_status("/ready/replica", 200, within=15)
         # One dedicated connection per postgres check.
         wait_until(lambda: pg.sessions() == 2, timeout=10, message="two sessions")
         proxy.blackhole()
-        wait_until(lambda: sidecar.status("/ready/replica") == 503, timeout=10, message="down")
+        sidecar.wait_status("/ready/replica", 503, within=10)
         reply = sidecar.get("/ready")
         assert reply.status == 200
         assert reply.json()["status"] == "warn"

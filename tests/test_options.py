@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from sidecar_proc import SidecarProcess
+from support import REPO
 
 from sidecar import options
 from sidecar.__main__ import _parser
@@ -18,7 +19,7 @@ from sidecar.config import ConfigError, Settings
 from sidecar.fields import TIMING
 from sidecar.options import Setting
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = REPO / "README.md"
 ROW = re.compile(r"^\| `(SIDECAR_[A-Z_]+)` \|(.*)\|\s*$")
 
 

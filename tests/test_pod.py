@@ -28,6 +28,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from sidecar_proc import Measurements
+from support import REPO, SLACK, missing_tool
 from support.helmdeps import dependencies_updated
 from support.image import APP_IMAGE, IMAGE, ImageToolMissing, Store, shared_store
 from support.kubelet import Kubelet, ProbeState
@@ -41,7 +42,6 @@ except ImportError:
         raise
     pytest.skip("helm-python-sdk missing: run .ci/k8s-tools.sh", allow_module_level=True)
 
-REPO = Path(__file__).resolve().parent.parent
 CHART = REPO / "charts" / "health-sidecar"
 ROLE = "glucolens_probe"
 SECOND_ROLE = "glucolens_probe_b"  # the rotation with two roles used in turn
@@ -77,7 +77,7 @@ VALUES: dict[str, Any] = {
     ],
 }
 # Container start and podman calls on a busy 2-core machine: generous slack on every bound.
-SLACK_SECONDS = 20.0
+SLACK_SECONDS = 2 * SLACK  # a pod's waits chain containers, probes and a kubelet
 
 pytestmark = pytest.mark.slow
 # Figures for docs/reliability.md, written to $SIDECAR_TEST_OUT/pod.json.
@@ -220,22 +220,14 @@ class RunningPod:
         )
 
 
-def missing(what: str) -> None:
-    """Fail in CI (CI=true), where .ci/run runs as root with every tool; skip elsewhere."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(what)
-    pytest.skip(what)
-
-
 @pytest.fixture(scope="module")
 def store() -> Store:
     if os.geteuid() != 0:
-        missing("the pod tests need root: network namespaces, veth pairs, iptables")
+        missing_tool("root (the pod tests make network namespaces, veth pairs, iptables rules)")
     try:
         return shared_store()
     except ImageToolMissing as error:
-        missing(str(error))
-        raise
+        missing_tool(str(error))
 
 
 @pytest.fixture(scope="module", params=CASES, ids=[case.id for case in CASES])

@@ -25,14 +25,13 @@ from urllib.parse import urlencode
 
 import pytest
 import yaml
-from support import LOOPBACK, free_port
+from support import LOOPBACK, REPO, free_port
 from support.pg import PostgresServer
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
-ALERTS = ROOT / "charts" / "health-sidecar" / "files" / "alerts.yaml"
-DASHBOARD = ROOT / "charts" / "health-sidecar" / "files" / "dashboard.json"
+ALERTS = REPO / "charts" / "health-sidecar" / "files" / "alerts.yaml"
+DASHBOARD = REPO / "charts" / "health-sidecar" / "files" / "dashboard.json"
 # A job name that says nothing of the sidecar: no rule may depend on the job's name.
 JOB = "inventory"
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
+from support import REPO
 from support.helmdeps import dependencies_updated
 
 try:
@@ -20,7 +21,6 @@ except ImportError:
         raise  # CI installs it (.ci/k8s-tools.sh): missing is a failure there
     pytest.skip("helm-python-sdk missing", allow_module_level=True)
 
-REPO = Path(__file__).resolve().parent.parent
 FOREIGN = dependencies_updated(REPO / "tests" / "fixtures" / "foreign-chart")
 
 helm.disable_logging()

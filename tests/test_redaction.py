@@ -24,6 +24,7 @@ from urllib.parse import quote
 import pytest
 import structlog
 from sidecar_proc import SidecarProcess, set_fault
+from support import REPO
 from support.pg import PostgresServer
 from support.secretvolume import captured_logs
 
@@ -44,7 +45,7 @@ FAST: Final = {
 README_EVENTS: Final = frozenset(
     re.findall(
         r"^\| `([a-z]+\.[a-z_]+)` \|",
-        (Path(__file__).resolve().parent.parent / "README.md").read_text(),
+        (REPO / "README.md").read_text(),
         re.M,
     )
 )

@@ -254,7 +254,7 @@ def test_process_rotates_without_a_failed_probe(pg_private: PostgresServer, tmp_
     env = {"SIDECAR_DATABASE_URL_FILE": str(volume.path()), "SIDECAR_CHECK_TIMEOUT": "4"}
     with SidecarProcess(env, log_dir=tmp_path, fault_file=fault) as sidecar:
         sidecar.wait_listening()
-        timed_until(lambda: sidecar.status("/ready") == 200, timeout=SLACK, message="ready")
+        sidecar.wait_status("/ready", 200, within=SLACK)
 
         def reloads(outcome: str) -> float:
             return sidecar.metric(

@@ -22,9 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from support import free_port, wait_until
+from support import REPO, free_port, wait_until
 
-ROOT = Path(__file__).resolve().parent.parent
 VENV = Path(sys.prefix)
 # pip would fail at once with these: no index, no links, an index URL where nothing listens.
 OFFLINE = {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": "", "PIP_INDEX_URL": "http://127.0.0.1:9/"}
@@ -39,10 +38,10 @@ def clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.fail(f"{VENV} has no install stamp: .ci/setup did not write it")
     target = tmp_path_factory.mktemp("clone")
     listed = subprocess.run(
-        ["git", "ls-files", "-z"], cwd=ROOT, check=True, capture_output=True
+        ["git", "ls-files", "-z"], cwd=REPO, check=True, capture_output=True
     ).stdout.split(b"\0")
     for name in filter(None, (raw.decode() for raw in listed)):
-        source = ROOT / name
+        source = REPO / name
         if source.is_file():
             (target / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target / name)

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-from pathlib import Path
 from types import ModuleType
 from typing import Final
 
-CI: Final = Path(__file__).resolve().parents[2] / ".ci"
+from . import REPO
+
+CI: Final = REPO / ".ci"
 
 
 def load(name: str) -> ModuleType:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from . import REPO
 from .once import once_per_run
 
 __all__ = [
@@ -37,7 +38,6 @@ __all__ = [
     "shared_store",
 ]
 
-REPO: Final = Path(__file__).resolve().parents[2]
 DOCKERFILE: Final = REPO / "Dockerfile"
 IMAGE: Final = "localhost/health-sidecar:test"
 # The xdist group of every test that builds or runs the image: they share one worker, so the

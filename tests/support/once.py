@@ -40,10 +40,23 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Final
 
-__all__ = ["RUN_DIR_ENV", "OnceFailed", "begin_run", "end_run", "once_per_run", "run_dir"]
+__all__ = [
+    "LISTEN_QUEUES",
+    "RUN_DIR_ENV",
+    "OnceFailed",
+    "begin_run",
+    "end_run",
+    "exclusive",
+    "once_per_run",
+    "run_dir",
+]
 
 # Set by `begin_run` in the session's process and passed to every xdist worker (see conftest).
 RUN_DIR_ENV: Final = "HEALTH_SIDECAR_TEST_RUN_DIR"
+
+# For `exclusive`: the network namespace's count of accept-queue overflows (TcpExt
+# ListenOverflows), which a burst of connects at any listener raises.
+LISTEN_QUEUES: Final = "listen-queues"
 
 State = dict[str, Any]
 _made: dict[str, State] = {}  # per process: what this process has already read or made
@@ -89,6 +102,19 @@ def _locked(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def exclusive(name: str) -> Iterator[None]:
+    """Hold `name` against every other process of this run while the block runs: for a test
+    that counts something machine-wide another test disturbs (the kernel's listen-queue
+    overflows), both hold the same name around the part that matters."""
+    run = run_dir()
+    if run is None:
+        yield
+        return
+    with _locked(run / f"exclusive-{name}.lock"):
+        yield
 
 
 def once_per_run(
