@@ -60,9 +60,10 @@ from sidecar.checkspec import CheckPolicy, DatabaseTarget
 
 # ---- the run: Hypothesis profile, parallel workers, once-per-run resources ------------------
 
-# CI (HYPOTHESIS_PROFILE=ci, set by .ci/run): fewer examples, and no per-example deadline, since
-# a shared machine running several workers makes single examples slow now and then.
-settings.register_profile("ci", max_examples=50, deadline=None, print_blob=True)
+# CI (HYPOTHESIS_PROFILE=ci, set by .ci/run): a quarter of the examples (a test that sets its own
+# count asks `support.examples(n)`), and no per-example deadline, since a shared machine running
+# several workers makes single examples slow now and then.
+settings.register_profile("ci", max_examples=25, deadline=None, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 # Under xdist each test file runs whole on one worker (its module fixtures and figures stay

@@ -29,7 +29,7 @@ import yaml
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 from sidecar_proc import SidecarProcess
-from support import SLACK, free_port
+from support import SLACK, examples, free_port
 
 from sidecar.checkfile import COMMON_KEYS, load_check_file, parse_checks
 from sidecar.checks.http import HttpSpec
@@ -337,7 +337,7 @@ def verdict_of(env: dict[str, str]) -> Settings | list[str]:
 # ---- in-process: the bulk --------------------------------------------------------------------
 
 
-@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(1000), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(environments())
 @example({"SIDECAR_HOST": (BAD, "a..b")})  # an empty label: a traceback at bind time before
 @example({"SIDECAR_HOST": (BAD, "a" * 64)})  # a label too long: the same
@@ -387,7 +387,7 @@ def cli_environment(env: dict[str, str]) -> dict[str, str]:
 
 @pytest.mark.slow
 @settings(
-    max_examples=15,
+    max_examples=examples(15),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
     # Each example is a process: report the failing one as found, do not spend minutes shrinking.
@@ -449,7 +449,7 @@ def logs_dir() -> Iterator[Path]:
 
 @pytest.mark.slow
 @settings(
-    max_examples=5,
+    max_examples=examples(5),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
     phases=[Phase.explicit, Phase.generate],
@@ -658,7 +658,7 @@ def parse_document(document: object) -> tuple[tuple[CheckSpec, ...], list[str]]:
     return specs, problems
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(1500), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(check_documents())
 @example(
     DrawnFile(
@@ -700,7 +700,7 @@ def test_any_check_document_gives_specs_or_problem_lines(drawn: DrawnFile) -> No
             assert 1 <= spec.port <= 65535
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(drawn=check_documents())
 def test_a_dumped_yaml_document_loads_as_it_parses(drawn: DrawnFile) -> None:
     """Written to a .yaml file and loaded, a document gives what parsing it gives."""
@@ -718,7 +718,7 @@ def test_a_dumped_yaml_document_loads_as_it_parses(drawn: DrawnFile) -> None:
     assert specs == expected_specs
 
 
-@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(500), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     content=st.one_of(
         st.binary(max_size=200),

@@ -1,6 +1,7 @@
 """Real-component test helpers: a throwaway PostgreSQL (`support.pg`), a fault proxy
 (`support.faultproxy`), resources made once per run (`support.once`); here, what every test
-shares: the repository's path, the slack policy, the one poller, and `missing_tool`.
+shares: the repository's path, the slack policy, the one poller, `missing_tool`, and
+`examples` (how many Hypothesis examples a property test draws under the loaded profile).
 
 `tests/` has no `__init__.py`, so pytest puts `tests/` itself on `sys.path` and this package is
 imported as `support` (and mypy names it the same way). Import it as
@@ -19,12 +20,14 @@ from pathlib import Path
 from typing import Final, NoReturn, TypeVar
 
 import pytest
+from hypothesis import settings
 
 __all__ = [
     "LOOPBACK",
     "REPO",
     "SLACK",
     "NotWithin",
+    "examples",
     "free_port",
     "missing_tool",
     "timed_until",
@@ -42,6 +45,7 @@ REPO: Final = Path(__file__).resolve().parents[2]
 # Chains of waits (a pod's containers) use multiples. SIDECAR_TEST_SLACK: on a slower machine.
 SLACK: Final = float(os.environ.get("SIDECAR_TEST_SLACK", "10"))
 POLL_SECONDS: Final = 0.05
+HYPOTHESIS_DEFAULT_EXAMPLES: Final = 100  # max_examples of Hypothesis' default profile
 
 T = TypeVar("T")
 
@@ -60,6 +64,15 @@ def free_port(host: str = LOOPBACK) -> int:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def examples(count: int) -> int:
+    """A property test's `max_examples`: `count` under Hypothesis' default profile, scaled by
+    the loaded profile's own (`ci`, set by .ci/run: a quarter), never under 5. Read when the test
+    module is imported, after tests/conftest.py has loaded the profile."""
+    loaded = settings.default
+    profile_examples = HYPOTHESIS_DEFAULT_EXAMPLES if loaded is None else loaded.max_examples
+    return max(5, count * profile_examples // HYPOTHESIS_DEFAULT_EXAMPLES)
 
 
 def missing_tool(what: str, *, installer: str | None = None) -> NoReturn:
