@@ -5,13 +5,15 @@ Which variables exist, their types, defaults and ranges are declared in `sidecar
 
 from __future__ import annotations
 
+import getpass
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Final, Literal
 
 from sidecar import options
 from sidecar.checkspec import CheckPolicy, CheckSpec, DatabaseTarget
-from sidecar.inputs import dsn_problem, libpq_tls_problems, read_dsn_file
+from sidecar.inputs import dsn_names_user, dsn_problem, libpq_tls_problems, read_dsn_file
 
 NO_DATABASE: Final = (
     "SIDECAR_DATABASE_URL: no database given; set SIDECAR_DATABASE_URL, "
@@ -90,6 +92,8 @@ class Settings:
         given = (found["database_url"], found["database_url_file"], database.host)
         if needed and given == (None, None, None):
             problems.append(NO_DATABASE)
+        elif not environ.get("PGUSER"):
+            problems.extend(_nameless_user_problems(database if needed else None, specs))
         if problems:
             raise ConfigError(problems)
         # Every declared setting with a field of its own name lands there, as parsed.
@@ -98,6 +102,38 @@ class Settings:
 
 
 _FIELD_NAMES: Final = frozenset(field.name for field in fields(Settings))
+
+
+def _os_user_name() -> str | None:
+    """The name libpq and asyncpg default the user to, or None when this UID has none."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no LOGNAME/USER and no passwd entry: a random UID
+        return None
+
+
+def _nameless_user_problems(
+    database: DatabaseTarget | None, specs: tuple[CheckSpec, ...]
+) -> list[str]:
+    """A target that names no user, in a process whose UID has no name to default to (a
+    random UID, as OpenShift runs containers): every connection would fail, so say it now."""
+    if _os_user_name() is not None:
+        return []
+    targets = [(database, database.source if database else "")] if database else []
+    for spec in specs:
+        target = getattr(spec, "target", None)
+        if isinstance(target, DatabaseTarget) and target is not database:
+            targets.append((target, f"SIDECAR_CONFIG_FILE: check {spec.name!r}"))
+    lines = []
+    for target, where in targets:
+        if target is None or (target.dsn is None and target.user) or dsn_names_user(target.dsn):
+            continue
+        what = "PGUSER: not set" if target.dsn is None else f"{where}: the DSN names no user"
+        lines.append(
+            f"{what}, and this process's UID {os.getuid()} has no user name to default to; "
+            "name the user in the DSN (user@host) or set PGUSER"
+        )
+    return lines
 
 
 def _database_target(

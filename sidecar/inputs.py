@@ -216,6 +216,17 @@ def read_dsn_file(path: str) -> str:
     return dsn
 
 
+def dsn_names_user(dsn: str | None) -> bool:
+    """True when the DSN says which user to log in as (user@host, or ?user=)."""
+    if not dsn:
+        return False
+    try:
+        parts = urlsplit(split_driver(dsn)[0])
+    except ValueError:
+        return True  # refused elsewhere; nothing to add here
+    return bool(parts.username) or bool(parse_qs(parts.query).get("user"))
+
+
 def dsn_passwords(dsn: str) -> list[str]:
     """The password of a DSN, as written and decoded (either form could be echoed)."""
     try:

@@ -126,3 +126,22 @@ def test_home_is_moved_only_when_a_lookup_would_fail(tmp_path: Path) -> None:
     environ = {"HOME": str(looping), "PGPASSFILE": "/etc/pgpass"}
     pghome.make_harmless(environ)
     assert environ["PGPASSFILE"] == "/etc/pgpass"  # an explicit one is never overridden
+
+
+def test_dsn_without_a_user_is_refused_when_the_uid_has_no_name(shared_dir: Path) -> None:
+    """A random UID has no user name for libpq's default: a DSN naming no user exits 2 with one
+    line saying so, instead of a check that crashes on every try."""
+    env = {"SIDECAR_DATABASE_URL": "postgresql://127.0.0.1:1/postgres"}
+    sidecar = AsRandomUser(env, log_dir=shared_dir)
+    sidecar.start()
+    assert sidecar.wait_exit(SLACK) == 2
+    assert sidecar.stderr().splitlines() == [
+        "health-sidecar: bad setting: SIDECAR_DATABASE_URL: the DSN names no user, and this "
+        f"process's UID {RANDOM_UID} has no user name to default to; name the user in the DSN "
+        "(user@host) or set PGUSER"
+    ]
+    named = AsRandomUser(
+        {**env, "PGUSER": "app", "SIDECAR_LOG_LEVEL": "info"}, log_dir=shared_dir, name="named"
+    )
+    with named:
+        named.wait_listening()  # PGUSER names one: nothing to refuse
