@@ -27,6 +27,7 @@ from sidecar.kinds import Needs, build
 from sidecar.loop import CheckLoop, Clock, SystemClock
 from sidecar.metrics import Counts, Metrics
 from sidecar.render import Answers
+from sidecar.resolver import DaemonExecutor
 from sidecar.state import Board
 
 BOARD: Final = web.AppKey("board", Board)
@@ -37,6 +38,8 @@ BOARD: Final = web.AppKey("board", Board)
 START_TOGETHER_AT_MOST: Final = 16
 START_SPACING_SECONDS: Final = 0.01
 COUNTS: Final = web.AppKey("counts", Counts)
+# The resolver pool: the checks' name lookups, and the loop's default executor (server.serve).
+RESOLVER: Final = web.AppKey("resolver", DaemonExecutor)
 
 # Aliases follow the Kubernetes API server's own endpoint names.
 ENDPOINT_ROUTES: Final = (
@@ -65,9 +68,14 @@ def create_app(
     log writer's drop count (logs.Pipeline.dropped_lines).
     """
     credentials: dict[str, CredentialsStatus] = {}
+    resolver = DaemonExecutor()
     checks = specs_and_checks
     if checks is None:
-        needs = Needs(max_connection_age=settings.max_connection_age, on_secrets=on_secrets)
+        needs = Needs(
+            resolver=resolver,
+            max_connection_age=settings.max_connection_age,
+            on_secrets=on_secrets,
+        )
         built = [(spec, build(spec, needs)) for spec in settings.check_specs]
         checks = [(spec, b.check) for spec, b in built]
         credentials = {s.name: b.credentials for s, b in built if b.credentials is not None}
@@ -95,6 +103,7 @@ def create_app(
     app = web.Application()
     app[BOARD] = board
     app[COUNTS] = counts
+    app[RESOLVER] = resolver
     exposition = Exposition(registry)
     _add_routes(app, answers, counts, exposition, clock, names)
     loops = [

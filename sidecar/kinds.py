@@ -23,6 +23,7 @@ from sidecar.credentials import SecretsSink, ignore_secrets
 if TYPE_CHECKING:
     from sidecar.checks import Check, CredentialsStatus
     from sidecar.fields import Fields
+    from sidecar.resolver import DaemonExecutor
 
 # Adding a kind: write its module, then add its line here. Nothing else changes.
 MODULES: Final = {
@@ -48,6 +49,7 @@ class Key:
 class Needs:
     """What the app hands every check it builds: settings and shared services, as arguments."""
 
+    resolver: DaemonExecutor
     max_connection_age: float
     on_secrets: SecretsSink = ignore_secrets
 

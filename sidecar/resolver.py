@@ -108,14 +108,3 @@ async def resolve(
             return await lookup
     except TimeoutError:
         raise LookupTimedOut(host) from None
-
-
-_shared: DaemonExecutor | None = None
-
-
-def shared() -> DaemonExecutor:
-    """The process's one resolver pool (the loop's default executor too, once serve() runs)."""
-    global _shared  # noqa: PLW0603 -- one pool per process, like the loop's default executor
-    if _shared is None:
-        _shared = DaemonExecutor()
-    return _shared

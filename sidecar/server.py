@@ -25,8 +25,8 @@ from typing import Any, Final
 import structlog
 from aiohttp import web
 
-from sidecar import __version__, resolver
-from sidecar.app import BOARD, COUNTS
+from sidecar import __version__
+from sidecar.app import BOARD, COUNTS, RESOLVER
 from sidecar.config import Settings
 from sidecar.metrics import Counts
 
@@ -225,7 +225,7 @@ async def serve(app: web.Application, settings: Settings) -> None:
     sockets = bind(settings.host, settings.port)
     loop = asyncio.get_running_loop()
     # asyncio resolves names in the default executor, whose threads exit would wait for.
-    loop.set_default_executor(resolver.shared())
+    loop.set_default_executor(app[RESOLVER])
     counts = app[COUNTS]
     cap = ConnectionCap(connection_limit(settings.max_connections), counts)
     loop.set_exception_handler(AcceptErrors(counts, cap.out_of_descriptors))

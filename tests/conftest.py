@@ -53,6 +53,7 @@ from support.pg import (
     SettingValue,
     TlsFiles,
     make_tls_files,
+    postgres_check,
 )
 
 from sidecar.checks.postgres import Credentials, PostgresCheck, PostgresSpec
@@ -251,7 +252,7 @@ async def make_postgres_check() -> AsyncIterator[PostgresCheckFactory]:
             target=DatabaseTarget(dsn=target) if isinstance(target, str) else target,
             **fields,
         )
-        check = PostgresCheck(spec, credentials=credentials)
+        check = postgres_check(spec, credentials)
         checks.append(check)
         return check
 

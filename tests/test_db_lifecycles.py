@@ -16,7 +16,7 @@ from typing import Final
 
 import pytest
 from support import wait_until_async
-from support.pg import PostgresCheckFactory, PostgresServer, ReplicaFactory
+from support.pg import PostgresCheckFactory, PostgresServer, ReplicaFactory, postgres_check
 
 from sidecar.checks.postgres import PostgresCheck, PostgresSpec
 from sidecar.checkspec import CheckPolicy, DatabaseTarget
@@ -190,7 +190,7 @@ class Recorder:
 @contextlib.asynccontextmanager
 async def probing(spec: PostgresSpec) -> AsyncIterator[tuple[PostgresCheck, Recorder]]:
     """The real CheckLoop running a PostgresCheck of `spec` until the block ends."""
-    check = PostgresCheck(spec)
+    check = postgres_check(spec)
     recorder = Recorder()
     task = asyncio.create_task(CheckLoop(spec, check, Board(), observer=recorder).run())
     try:

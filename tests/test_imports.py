@@ -40,6 +40,7 @@ ALLOWED: dict[str, set[str]] = {
         "sidecar.checkspec",
         "sidecar.credentials",
         "sidecar.fields",
+        "sidecar.resolver",
     },
     # The kinds: each imports the shared classifier, declarations and the registry's types.
     "sidecar.checks.failures": {"sidecar.reasons"},
@@ -55,6 +56,7 @@ ALLOWED: dict[str, set[str]] = {
         "sidecar.inputs",
         "sidecar.options",
         "sidecar.reasons",
+        "sidecar.resolver",
     },
     # postgres's parts: connecting as libpq (hosts, the role asked), and a TCP probe.
     "sidecar.checks.pgconnect": {
@@ -119,13 +121,7 @@ ALLOWED: dict[str, set[str]] = {
         "sidecar.resolver",
         "sidecar.state",
     },
-    "sidecar.server": {
-        "sidecar",
-        "sidecar.app",
-        "sidecar.config",
-        "sidecar.metrics",
-        "sidecar.resolver",
-    },
+    "sidecar.server": {"sidecar", "sidecar.app", "sidecar.config", "sidecar.metrics"},
     "sidecar.__main__": {
         "sidecar",
         "sidecar.app",

@@ -25,7 +25,7 @@ import pytest
 import support
 from sidecar_proc import Sampler, SidecarProcess, set_fault, timed_until
 from support import wait_until_async
-from support.pg import SUPPORT_DATABASE, PostgresServer
+from support.pg import SUPPORT_DATABASE, PostgresServer, postgres_check
 from support.secretvolume import LogCapture, SecretVolume, captured_logs
 
 from sidecar import logs
@@ -158,7 +158,7 @@ async def rig(
             on_secrets=lambda secrets: log.pipeline.add_secrets(*secrets),
         )
         spec = PostgresSpec(name="primary", policy=POLICY, target=target)
-        check = PostgresCheck(spec, credentials=watcher)
+        check = postgres_check(spec, watcher)
         recorder = Recorder()
         prober = CheckLoop(spec, check, Board(), observer=recorder)
         task = asyncio.create_task(prober.run())

@@ -21,6 +21,7 @@ import asyncpg
 from sidecar import resolver
 from sidecar.checks.pgrole import FACTS_QUERY, Facts, Wanted
 from sidecar.reasons import CheckFailed, Reason
+from sidecar.resolver import DaemonExecutor
 
 if TYPE_CHECKING:
     # Generic only in asyncpg-stubs; at run time the class is not subscriptable.
@@ -67,6 +68,8 @@ class Connector:
     """Opens the connections of one check; remembers whether the server takes
     KEEP_SESSION_SETTINGS."""
 
+    # The sidecar's resolver pool: a lookup that never returns cannot hold the exit.
+    resolver: DaemonExecutor
     require_primary: bool = False
     monotonic: Callable[[], float] = time.monotonic
     # False once the server (or a pooler) refused KEEP_SESSION_SETTINGS.
@@ -85,7 +88,7 @@ class Connector:
         if len(hosts) <= 1:
             async with asyncio.timeout(within):
                 if hosts:
-                    await _resolve(hosts[0], within * RESOLVE_SHARE)
+                    await _resolve(self.resolver, hosts[0], within * RESOLVE_SHARE)
                 session = await self._connect_judged(dsn, target, wanted)
             reason = wanted.verdict(session.facts) if session.facts is not None else None
             if reason is not None:
@@ -101,7 +104,7 @@ class Connector:
         for host, port in hosts:
             try:
                 async with asyncio.timeout(per_host):
-                    await _resolve((host, port), per_host * RESOLVE_SHARE)
+                    await _resolve(self.resolver, (host, port), per_host * RESOLVE_SHARE)
                     found = await self._connect_judged(
                         dsn, {**target, "host": host, "port": port}, wanted
                     )
@@ -193,7 +196,7 @@ def hosts_and_attrs(
     return hosts, str(params.target_session_attrs.value)
 
 
-async def _resolve(address: tuple[str, int | None], within: float) -> None:
+async def _resolve(pool: DaemonExecutor, address: tuple[str, int | None], within: float) -> None:
     """Look a host name up in the sidecar's resolver pool first, bounded: a resolver that
     fails or never answers is a dns_failure (`timed_out` says which), and its stuck thread
     cannot hold the exit. Addresses and socket paths need no lookup."""
@@ -201,7 +204,7 @@ async def _resolve(address: tuple[str, int | None], within: float) -> None:
     if not host or host.startswith("/") or _is_address(host):
         return
     try:
-        await resolver.resolve(resolver.shared(), host, port or 5432, within=within)
+        await resolver.resolve(pool, host, port or 5432, within=within)
     except resolver.LookupTimedOut:
         raise CheckFailed(Reason.DNS_FAILURE, {"timed_out": "true"}) from None
     except socket.gaierror:

@@ -52,8 +52,9 @@ from sidecar.inputs import (
     split_driver,
 )
 from sidecar.kinds import Built, Key, Kind, Needs
-from sidecar.options import Value, default
+from sidecar.options import Value
 from sidecar.reasons import CheckFailed, Reason
+from sidecar.resolver import DaemonExecutor
 
 if TYPE_CHECKING:
     # Generic only in asyncpg-stubs; at run time the class is not subscriptable.
@@ -134,10 +135,12 @@ class PostgresCheck:
     """Owns at most one connection; it is opened lazily and dropped after any failure."""
 
     spec: PostgresSpec
-    credentials: Credentials | None = None
+    # Name lookups run in the sidecar's resolver pool (sidecar.resolver).
+    resolver: DaemonExecutor
     # A kept connection sees a server that stops taking new sessions (smart shutdown,
     # NOLOGIN, ALLOW_CONNECTIONS false, pg_hba) only when it is replaced: at this age.
-    max_connection_age: float = default("max_connection_age")
+    max_connection_age: float
+    credentials: Credentials | None = None
     monotonic: Callable[[], float] = time.monotonic
     _session: Session | None = field(default=None, init=False)
     # The last run failed on the current DSN (not only on a candidate): a pending candidate
@@ -149,14 +152,14 @@ class PostgresCheck:
     _connector: Connector = field(init=False)
 
     def __post_init__(self) -> None:
-        self._connector = Connector(self.spec.require_primary, self.monotonic)
+        self._connector = Connector(self.resolver, self.spec.require_primary, self.monotonic)
 
     @property
     def name(self) -> str:
         return self.spec.name
 
     async def run(self) -> None:
-        # The prober bounds this call by the same timeout, started a moment before.
+        # The check loop bounds this call by the same timeout, started a moment before.
         deadline = self.monotonic() + self.spec.policy.timeout * (1 - ATTEMPT_MARGIN_SHARE)
         self._tried_candidate = self._tried_candidate_last = False
         try:
@@ -656,7 +659,8 @@ def _build(spec: PostgresSpec, needs: Needs) -> Built:
         credentials = DsnFile(
             target.file_path, target.dsn, name=spec.name, on_secrets=needs.on_secrets
         )
-    return Built(PostgresCheck(spec, credentials, needs.max_connection_age), credentials)
+    check = PostgresCheck(spec, needs.resolver, needs.max_connection_age, credentials)
+    return Built(check, credentials)
 
 
 def _path(description: str) -> dict[str, Any]:

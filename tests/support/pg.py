@@ -101,8 +101,18 @@ if TYPE_CHECKING:
     # Generic only in asyncpg-stubs; at run time the class is not subscriptable.
     Conn: TypeAlias = asyncpg.Connection[asyncpg.Record]
 
-    from sidecar.checks.postgres import Credentials, PostgresCheck
+    from sidecar.checks.postgres import Credentials, PostgresCheck, PostgresSpec
     from sidecar.checkspec import DatabaseTarget
+
+
+def postgres_check(spec: PostgresSpec, credentials: Credentials | None = None) -> PostgresCheck:
+    """A PostgresCheck as the app builds one: the default connection age, and a resolver pool
+    of its own (the app's is one per process)."""
+    from sidecar.checks.postgres import PostgresCheck  # noqa: PLC0415 -- as the fixtures do
+    from sidecar.options import default  # noqa: PLC0415
+    from sidecar.resolver import DaemonExecutor  # noqa: PLC0415
+
+    return PostgresCheck(spec, DaemonExecutor(), default("max_connection_age"), credentials)
 
 
 class PostgresSetupError(RuntimeError):
