@@ -25,7 +25,8 @@ from typing import Final
 
 import pytest
 from sidecar_proc import SidecarProcess
-from support.patroni import PatroniCluster
+from support.faultproxy import FaultProxy, ProxyFactory
+from support.patroni import SIDECAR_ROLE, PatroniCluster
 from support.windows import Watch
 
 pytestmark = [
@@ -162,3 +163,159 @@ def test_failover_after_kill_9_is_followed_within_the_bound(
             time.sleep(DEFAULT_INTERVAL + 2)  # at least one check on the new primary
             agree(watch, sidecar, bound(DEFAULT_INTERVAL) + 10)
         assert_window(watch, bound(DEFAULT_INTERVAL), sidecar)
+
+
+def test_standby_promoted_under_a_standby_dsn_is_not_ready_until_a_standby_returns(
+    patroni: PatroniCluster, tmp_path: Path
+) -> None:
+    """`target_session_attrs=standby`: the replica the sidecar uses is promoted (the leader was
+    killed) and no standby exists: /ready turns 503 within the bound; once the old leader
+    rejoins as a replica, 200 again within the bound."""
+    interval = float(SHORT_ENV["SIDECAR_CHECK_INTERVAL"])
+    dsn_file = tmp_path / "dsn"
+    write_dsn(dsn_file, patroni.dsn(target_session_attrs="standby"))
+    with sidecar_on(dsn_file, tmp_path, SHORT_ENV) as sidecar:
+        with Watch(ready_probe(sidecar), patroni.has_replica) as watch:
+            time.sleep(1.0)
+            killed = patroni.kill_leader()
+            wait_for(patroni.other(killed).is_primary, FAILOVER_TIMEOUT, "the replica promoted")
+            # No standby at all now: hold it longer than the bound.
+            time.sleep(bound(interval) + 2)
+            patroni.restart_member(killed)
+            wait_for(killed.is_replica, FAILOVER_TIMEOUT, "the old leader back as a replica")
+            agree(watch, sidecar, bound(interval) + 10)
+        assert_window(watch, bound(interval), sidecar)
+
+
+def test_read_only_flip_under_a_read_write_dsn_is_seen_on_the_kept_connection(
+    patroni: PatroniCluster, tmp_path: Path
+) -> None:
+    """`target_session_attrs=read-write`: `ALTER SYSTEM SET default_transaction_read_only = on`
+    and a reload on the primary leave no read-write server: /ready turns 503 within the bound
+    (not after the connection's 300 s age), and 200 again within the bound after the reset."""
+    interval = float(SHORT_ENV["SIDECAR_CHECK_INTERVAL"])
+    dsn_file = tmp_path / "dsn"
+    write_dsn(dsn_file, patroni.dsn(target_session_attrs="read-write"))
+    leader = patroni.leader()
+    assert leader is not None
+    read_only = False
+
+    def truth() -> bool:
+        return not read_only and patroni.has_primary()
+
+    try:
+        with sidecar_on(dsn_file, tmp_path, SHORT_ENV) as sidecar:
+            with Watch(ready_probe(sidecar), truth) as watch:
+                time.sleep(1.0)
+                leader.execute("ALTER SYSTEM SET default_transaction_read_only = on")
+                leader.execute("SELECT pg_reload_conf()")
+                read_only = True
+                agree(watch, sidecar, bound(interval) + 2)
+                time.sleep(1.0)
+                leader.execute("ALTER SYSTEM RESET default_transaction_read_only")
+                leader.execute("SELECT pg_reload_conf()")
+                read_only = False
+                agree(watch, sidecar, bound(interval) + 10)
+            assert_window(watch, bound(interval), sidecar)
+    finally:
+        leader.execute("ALTER SYSTEM RESET default_transaction_read_only")
+        leader.execute("SELECT pg_reload_conf()")
+
+
+# ---- server-side limits ------------------------------------------------------------------------
+
+
+def test_idle_session_timeout_on_the_role_does_not_make_ready_flap(
+    patroni: PatroniCluster, tmp_path: Path
+) -> None:
+    """`ALTER ROLE ... SET idle_session_timeout` equal to the check interval (2 s): the server
+    closes the kept session just as a check begins, the database is healthy throughout, and
+    /ready is wrong for less than a second in total over 20 s (a kept connection the server
+    closed is replaced, not reported)."""
+    interval = 2
+    env = {**SHORT_ENV, "SIDECAR_CHECK_INTERVAL": str(interval)}
+    dsn_file = tmp_path / "dsn"
+    write_dsn(dsn_file, patroni.dsn(target_session_attrs="read-write"))
+    leader = patroni.leader()
+    assert leader is not None
+    # Equal to the interval, the server's close races the next check: about half the checks
+    # met a closed session before it was replaced (a shorter timeout closes it well before the
+    # check, which then sees it closed and reconnects).
+    leader.execute(f"ALTER ROLE \"{SIDECAR_ROLE}\" SET idle_session_timeout = '{interval}s'")
+    try:
+        with sidecar_on(dsn_file, tmp_path, env) as sidecar:
+            with Watch(ready_probe(sidecar), patroni.has_primary) as watch:
+                time.sleep(20.0)
+            total = watch.total()
+            assert total < 1.0, (
+                f"/ready was wrong for {total:.1f}s in total over 20 s of a healthy cluster\n"
+                f"{watch.describe()}\n{sidecar.tail(2000)}"
+            )
+    finally:
+        leader.execute(f'ALTER ROLE "{SIDECAR_ROLE}" RESET idle_session_timeout')
+
+
+# ---- rotation ----------------------------------------------------------------------------------
+
+
+# A FaultProxy delay of 0.2 s per chunk and direction makes a login (SSL request, startup, two
+# SCRAM round trips) take about 1.6 s and a first query about 0.9 s more: within a 3 s check's
+# budget, beyond half of it.
+SLOW_DELAY_SECONDS: Final = 0.2
+SLOW_TIMEOUT: Final = "3"
+
+
+def test_rotation_to_a_slower_endpoint_survives_the_old_one_going_away(
+    patroni: PatroniCluster, make_fault_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    """The DSN file moves to an endpoint that takes ~2 s to log in (timeout 3 s), then the old
+    endpoint goes away: /ready stays right (the new endpoint is tried with the check's whole
+    budget), and a freshly started sidecar on the same file agrees."""
+    interval = float(SHORT_ENV["SIDECAR_CHECK_INTERVAL"])
+    env = {**SHORT_ENV, "SIDECAR_CHECK_TIMEOUT": SLOW_TIMEOUT}
+    leader = patroni.leader()
+    assert leader is not None
+    old: FaultProxy = make_fault_proxy("127.0.0.1", leader.pg_port)
+    new: FaultProxy = make_fault_proxy("127.0.0.1", leader.pg_port)
+    new.delay(SLOW_DELAY_SECONDS)
+    dsn_file = tmp_path / "dsn"
+    write_dsn(dsn_file, patroni.dsn(hosts=[("127.0.0.1", old.port)]))
+    with sidecar_on(dsn_file, tmp_path, env) as sidecar:
+        with Watch(ready_probe(sidecar), patroni.has_primary) as watch:
+            time.sleep(1.0)
+            write_dsn(dsn_file, patroni.dsn(hosts=[("127.0.0.1", new.port)]))
+            time.sleep(3 * interval + 3)
+            old.reset()  # the old endpoint is gone: every connection, open or new, is reset
+            time.sleep(bound(interval) + 2)
+            agree(watch, sidecar, bound(interval))
+        assert_window(watch, bound(interval), sidecar)
+    with sidecar_on(dsn_file, tmp_path, env, name="fresh") as fresh:
+        assert fresh.status("/ready") == 200
+
+
+def test_rotation_to_a_wrong_password_is_retried_with_a_growing_delay(
+    patroni: PatroniCluster, make_fault_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    """The DSN file is rotated to a wrong password while the kept connection works: /ready stays
+    200, and the database sees the rejected login far less than once per check (a third at
+    most over 30 s of 1 s checks)."""
+    interval = float(SHORT_ENV["SIDECAR_CHECK_INTERVAL"])
+    leader = patroni.leader()
+    assert leader is not None
+    proxy: FaultProxy = make_fault_proxy("127.0.0.1", leader.pg_port)
+    dsn_file = tmp_path / "dsn"
+    hosts = [("127.0.0.1", proxy.port)]
+    write_dsn(dsn_file, patroni.dsn(hosts=hosts))
+    seconds = 30.0
+    with sidecar_on(dsn_file, tmp_path, SHORT_ENV) as sidecar:
+        with Watch(ready_probe(sidecar), patroni.has_primary) as watch:
+            before = proxy.accepted_total
+            write_dsn(dsn_file, patroni.dsn(hosts=hosts, password="not-the-password"))
+            time.sleep(seconds)
+            attempts = proxy.accepted_total - before
+        assert_window(watch, bound(interval), sidecar)
+    checks = seconds / interval
+    assert attempts <= checks / 3, (
+        f"{attempts} logins with the rejected DSN in {seconds:g}s of {interval:g}s checks"
+        f"\n{sidecar.tail(3000)}"
+    )
