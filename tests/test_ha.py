@@ -319,3 +319,43 @@ def test_rotation_to_a_wrong_password_is_retried_with_a_growing_delay(
         f"{attempts} logins with the rejected DSN in {seconds:g}s of {interval:g}s checks"
         f"\n{sidecar.tail(3000)}"
     )
+
+
+def test_password_rotation_with_a_silent_first_host_recovers_when_the_old_session_ends(
+    patroni: PatroniCluster, make_fault_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    """A DSN over a silent host (it accepts and never answers) and the primary: the file gets a
+    new password, then `ALTER ROLE`, then the kept session ends. The new DSN must not spend its
+    whole budget on the silent host: /ready is 200 again within the bound."""
+    interval = float(SHORT_ENV["SIDECAR_CHECK_INTERVAL"])
+    env = {**SHORT_ENV, "SIDECAR_CHECK_TIMEOUT": "3"}
+    leader = patroni.leader()
+    assert leader is not None
+    role, old_password, new_password = "rotor", "rotor-old-password", "rotor-new-password"
+    leader.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{old_password}'")
+    silent: FaultProxy = make_fault_proxy("127.0.0.1", leader.pg_port)
+    silent.blackhole()
+    hosts = [("127.0.0.1", silent.port), ("127.0.0.1", leader.pg_port)]
+    dsn_file = tmp_path / "dsn"
+    write_dsn(dsn_file, patroni.dsn(user=role, password=old_password, hosts=hosts))
+    try:
+        with sidecar_on(dsn_file, tmp_path, env) as sidecar:
+            with Watch(ready_probe(sidecar), patroni.has_primary) as watch:
+                write_dsn(dsn_file, patroni.dsn(user=role, password=new_password, hosts=hosts))
+                time.sleep(2 * interval)
+                leader.execute(f"ALTER ROLE {role} PASSWORD '{new_password}'")
+                time.sleep(2 * interval)
+                # The kept session ends (a restart, a DBA, the connection's age): only the new
+                # password opens a new one now.
+                leader.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1",
+                    role,
+                )
+                time.sleep(bound(interval) + 2)
+                agree(watch, sidecar, bound(interval))
+            assert_window(watch, bound(interval), sidecar)
+    finally:
+        leader.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1", role
+        )
+        leader.execute(f"DROP ROLE IF EXISTS {role}")
