@@ -126,6 +126,36 @@ def ready_probe(sidecar: SidecarProcess) -> Callable[[], bool]:
     return lambda: sidecar.status("/ready") == 200
 
 
+# ---- the cluster itself -----------------------------------------------------------------------
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state == "Z"
+
+
+def test_a_stopped_cluster_leaves_no_process_and_no_directory() -> None:
+    """`PatroniCluster.stop()` ends etcd, both Patronis and both postmasters by PID and deletes
+    their directories (a cluster of its own, not the shared one)."""
+    cluster = PatroniCluster()
+    try:
+        cluster.start()
+        assert cluster.etcd is not None
+        assert cluster.etcd.process is not None
+        pids = [cluster.etcd.process.pid]
+        for member in cluster.members:
+            pids += [pid for pid in (member.patroni_pid, member.postmaster_pid()) if pid]
+        assert len(pids) == 5, pids
+        directories = [cluster.etcd.directory, cluster.base_dir]
+    finally:
+        cluster.stop()
+    assert [pid for pid in pids if not _gone(pid)] == []
+    assert [d for d in directories if d is not None and d.exists()] == []
+
+
 # ---- role changes ------------------------------------------------------------------------------
 
 
