@@ -1,6 +1,6 @@
 """The check loop: the interval while healthy, jittered exponential backoff while failing.
 
-This is the only user of `backoff` and the only writer of check state.
+The only writer of check state: one loop per check, each publishing its own snapshots.
 """
 
 from __future__ import annotations

@@ -161,7 +161,7 @@ class Connector:
 async def connect(dsn: str | None, target: dict[str, Any], settings: dict[str, str]) -> Conn:
     conn: Conn = await asyncpg.connect(
         dsn,
-        # The prober bounds connect + query together; asyncpg's own connect timeout is
+        # The check loop bounds connect + query together; asyncpg's own connect timeout is
         # only a backstop and must not fire first.
         timeout=3600,
         # No statement cache: transaction-mode poolers cannot keep prepared statements.

@@ -61,7 +61,7 @@ if TYPE_CHECKING:
     Conn: TypeAlias = asyncpg.Connection[asyncpg.Record]
 
 # Of the check's timeout, what a connection attempt leaves unused so that it times out (and is
-# reported) before the prober's own bound cancels the whole run.
+# reported) before the check loop's own bound cancels the whole run.
 ATTEMPT_MARGIN_SHARE: Final = 0.05
 # Bound of a reachability probe (a TCP connect), and never more than the check's timeout.
 REACH_TIMEOUT_SECONDS: Final = 1.0
@@ -166,7 +166,7 @@ class PostgresCheck:
             with failures_as_reasons(POSTGRES, _postgres_cause):
                 await self._run(deadline)
         except BaseException:
-            # Cancellation included: the prober's timeout is a failure too. A candidate's own
+            # Cancellation included: the check loop's timeout is a failure too. A candidate's own
             # failure is not the current DSN's (it is rejected, and retried later).
             if not self._tried_candidate_last:
                 self._current_failed = True

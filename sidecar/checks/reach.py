@@ -1,6 +1,6 @@
 """Is anything listening? A TCP connect (or a Unix socket's), closed at once, nothing sent.
 
-What the prober asks while a database is unreachable at the TCP level, about once a second, so
+What the check loop asks while a database is unreachable at the TCP level, about once a second, so
 that it can run the full check the moment a host accepts again instead of waiting out a backoff
 delay. A refused connect costs the database nothing; an accepted one costs a fork of a backend
 that sees end-of-file before any startup packet and exits without a log line (PostgreSQL 12+):
