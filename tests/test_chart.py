@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
-from support import REPO, missing_tool
+from support import REPO, fileaccess, missing_tool
 from support.helmdeps import dependencies_updated
 
 from sidecar.checks.http import HttpSpec
@@ -874,3 +874,30 @@ def test_pods_ignore_service_links_and_pin_sidecar_port_and_host() -> None:
         env = env_of(sidecar_container(spec))
         assert env["SIDECAR_PORT"] == "8181"
         assert env["SIDECAR_HOST"] == "::"  # the pod's address, for kubelet
+
+
+def test_sidecar_reads_its_files_in_a_pod_without_fs_group_under_a_random_uid() -> None:
+    """podSecurityContext without fsGroup, OpenShift's random uid, and the sidecar's own uid
+    nulled: a valid pod whose sidecar runs as the pod's uid and, by kubelet's projection rules,
+    reads every file of every volume it mounts (the DSN, the check file, DSN and TLS Secrets)."""
+    values = merged(
+        load_yaml(CHECKS_VALUES),
+        {
+            "podSecurityContext": {"runAsUser": 1000770000, "runAsGroup": None, "fsGroup": None},
+            "sidecar": {"securityContext": {"runAsUser": None, "runAsGroup": None}},
+        },
+    )
+    deployment = one(render(values), "Deployment")
+    for minor in ("1.29", "1.33"):
+        kubernetes_validate.validate(deployment, minor, strict=True)
+    spec = deployment["spec"]["template"]["spec"]
+    assert "fsGroup" not in spec["securityContext"]
+    sidecar = sidecar_container(spec)
+    assert "runAsUser" not in sidecar["securityContext"]
+    who = fileaccess.identity(spec, sidecar, (65532, 65532))
+    assert who.uid == 1000770000
+    mounted = {m["name"] for m in sidecar["volumeMounts"]}
+    for volume in spec["volumes"]:
+        if volume["name"] in mounted:
+            for file in fileaccess.projected_files(spec, volume):
+                assert fileaccess.can_read(who, file), (volume["name"], oct(file.mode), who)

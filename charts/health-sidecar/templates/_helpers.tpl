@@ -167,7 +167,25 @@ when database.existingSecret is empty. Returns JSON (include returns text).
 {{- $_ = set $hs "extraDatabaseSecrets" (deepCopy .Values.extraDatabaseSecrets) }}
 {{- $_ = set $hs "tlsSecrets" (deepCopy .Values.tlsSecrets) }}
 {{- $_ = set $hs "checksConfigMapName" (include "health-sidecar.checksConfigMapName" .) }}
+{{- include "health-sidecar.absentAsNull" (dict "defaults" (fromYaml (include "health-sidecar-lib.defaults" .)) "values" $hs) }}
 {{- toJson $hs }}
+{{- end }}
+
+{{/*
+A key of the library's defaults that this chart's values no longer hold becomes null for the
+library, which then drops its default too. Helm applies a user's `null` by deleting the key, so
+without this the library would put its own default back: sidecar.securityContext.runAsUser: null
+must leave the uid to the pod (OpenShift's restricted SCC assigns one).
+*/}}
+{{- define "health-sidecar.absentAsNull" -}}
+{{- $values := .values }}
+{{- range $key, $default := .defaults }}
+{{- if not (hasKey $values $key) }}
+{{- $_ := set $values $key nil }}
+{{- else if and (kindIs "map" $default) (kindIs "map" (get $values $key)) }}
+{{- include "health-sidecar.absentAsNull" (dict "defaults" $default "values" (get $values $key)) }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{/*
