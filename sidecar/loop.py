@@ -1,6 +1,9 @@
 """The check loop: the interval while healthy, jittered exponential backoff while failing.
 
 The only writer of check state: one loop per check, each publishing its own snapshots.
+While a check fails because nothing answers at the TCP level, the loop also asks it, about once
+a second, whether its host listens again (a connect, no login: `checks.Reachable`), and runs the
+check at once when it does: the backoff spaces logins, not the noticing of a database that is back.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Final, Protocol
 import backoff
 import structlog
 
-from sidecar.checks import Check
+from sidecar.checks import Check, Reachable
 from sidecar.checkspec import CheckSpec
 from sidecar.reasons import CheckFailed, Reason
 from sidecar.state import Board, CheckResult, CheckState, Transition, advance
@@ -23,6 +26,19 @@ from sidecar.state import Board, CheckResult, CheckState, Transition, advance
 MIN_RETRY_DELAY_SECONDS: Final = 0.1
 # The first retry waits up to this long (before jitter), then doubles up to backoff_max.
 BACKOFF_FACTOR_SECONDS: Final = 1.0
+# How often an unreachable dependency's hosts are probed while the loop waits out a delay.
+REACH_PROBE_SECONDS: Final = 1.0
+# The failures a TCP probe can see end: nothing listened, the path was cut or silent, the
+# server went away. Not a login refused, nor a server that answers but is not ready.
+UNREACHABLE: Final = frozenset(
+    {
+        Reason.CONNECTION_REFUSED,
+        Reason.CONNECTION_RESET,
+        Reason.TIMEOUT,
+        Reason.NETWORK_ERROR,
+        Reason.SERVER_SHUTDOWN,
+    }
+)
 
 
 class Clock(Protocol):
@@ -107,6 +123,9 @@ class CheckLoop:
         if self._first_delay > 0:
             await self._sleep(self._first_delay)
         delays: Iterator[float] | None = None
+        # When a probe last saw the dependency come back (monotonic), for the fast retries of
+        # a server still starting up.
+        came_back_at: float | None = None
         task = asyncio.current_task()
         while True:
             # A check that swallowed our cancellation must not make the loop immortal.
@@ -126,12 +145,52 @@ class CheckLoop:
                 if delays is None:
                     delays = backoff_delays(self._policy.backoff_max, self._jitter)
                 delay = next(delays)
+                if self._starting_since(result, came_back_at):
+                    # Back at the TCP level, not yet taking sessions (57P03, no login tried):
+                    # as often as a probe, for as long as the backoff's cap.
+                    delay = min(delay, REACH_PROBE_SECONDS)
             state = replace(state, next_due_monotonic=clock.monotonic() + delay)
             self._board.publish(state)
             if self._observer is not None:
                 self._observer.observe(result, state, transition)
             self._log_result(result, state, transition, delay)
+            if await self._wait(delay, result):
+                came_back_at = clock.monotonic()
+
+    def _starting_since(self, result: CheckResult, came_back_at: float | None) -> bool:
+        if result.reason is not Reason.SERVER_STARTING or came_back_at is None:
+            return False
+        return self._clock.monotonic() - came_back_at < self._policy.backoff_max
+
+    async def _wait(self, delay: float, result: CheckResult) -> bool:
+        """Sleep `delay`; after an unreachable dependency, end early when a probe finds it
+        listening again. True when it ended early."""
+        check = self._check
+        if result.reason not in UNREACHABLE or not isinstance(check, Reachable):
             await self._sleep(delay)
+            return False
+        clock = self._clock
+        until = clock.monotonic() + delay
+        # A refusal says "nothing listens" already; after a timeout or a reset, a first probe
+        # that connects says the host listened all along (a hung server): nothing to learn.
+        seen_down = result.reason is Reason.CONNECTION_REFUSED
+        while (left := until - clock.monotonic()) > 0:
+            await self._sleep(min(REACH_PROBE_SECONDS, left))
+            if until - clock.monotonic() <= 0:
+                return False
+            try:
+                listening = await check.reachable()
+            except Exception as exc:  # noqa: BLE001 -- a broken probe only costs the shortcut
+                self._log.debug("prober.reachable", listening=False, error_type=type(exc).__name__)
+                listening = False
+            if listening and seen_down:
+                self._log.debug("prober.reachable", listening=True)
+                return True
+            if listening:
+                await self._sleep(max(0.0, until - clock.monotonic()))
+                return False
+            seen_down = True
+        return False
 
     async def run_once(self) -> CheckResult:
         """One bounded check; failures become results, never exceptions (bar cancellation)."""

@@ -12,14 +12,17 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Final
 
 import pytest
 from support import wait_until_async
+from support.faultproxy import ProxyFactory
 from support.pg import PostgresCheckFactory, PostgresServer, ReplicaFactory, postgres_check
 
 from sidecar.checks.postgres import PostgresCheck, PostgresSpec
 from sidecar.checkspec import CheckPolicy, DatabaseTarget
+from sidecar.credentials import DsnFile
 from sidecar.loop import CheckLoop
 from sidecar.reasons import CheckFailed, Reason
 from sidecar.state import Board, CheckResult, CheckState, Transition
@@ -218,3 +221,194 @@ async def test_idle_session_timeout_equal_to_the_interval_fails_no_check(
     async with probing(spec) as (_check, recorder):
         await wait_until_async(lambda: len(recorder.results) >= 8, timeout=SLACK)
     assert [r.reason for r in recorder.results if not r.ok] == []
+
+
+# ---- fast recovery after a TCP-level outage ---------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_recovery_after_a_refused_outage_does_not_wait_for_the_backoff(
+    pg: PostgresServer, make_fault_proxy: ProxyFactory
+) -> None:
+    """The path refuses connections long enough for the backoff to reach 8 s; the moment it
+    accepts again, a probe sees it and the check passes within a few seconds, not 8."""
+    proxy = make_fault_proxy(pg.host, pg.port)
+    spec = PostgresSpec(
+        name="postgres",
+        policy=CheckPolicy(interval=1.0, timeout=2.0, backoff_max=30.0),
+        target=DatabaseTarget(dsn=pg.dsn(port=proxy.port)),
+    )
+    check = postgres_check(spec)
+    recorder = Recorder()
+    # No jitter: the backoff's bare ceilings, 1 s, 2 s, 4 s, 8 s, so the wait it would impose is
+    # known.
+    loop = CheckLoop(spec, check, Board(), observer=recorder, jitter=lambda ceiling: ceiling)
+    task = asyncio.create_task(loop.run())
+    try:
+        await wait_until_async(lambda: recorder.results and recorder.results[-1].ok, timeout=SLACK)
+        proxy.refuse()
+        proxy.close_all()
+        # The fourth failure in a row: the next check is due 8 s later.
+        await wait_until_async(lambda: sum(not r.ok for r in recorder.results) >= 4, timeout=SLACK)
+        assert {r.reason for r in recorder.results if not r.ok} <= {
+            Reason.CONNECTION_REFUSED,
+            Reason.CONNECTION_RESET,
+            Reason.NETWORK_ERROR,
+        }
+        proxy.forward()
+        back = time.monotonic()
+        await wait_until_async(lambda: recorder.results[-1].ok, timeout=SLACK)
+        assert time.monotonic() - back < 4.0
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await check.close()
+
+
+# ---- rotation: the whole budget, no wedge, a growing retry delay ------------------------------
+
+ROLE: Final = "rotor"
+OLD_PASSWORD: Final = "0ld-Lifecycle-Pw7"
+NEW_PASSWORD: Final = "n3w-Lifecycle-Pw9"
+
+
+async def as_the_loop_runs_it(check: PostgresCheck) -> Reason | None:
+    """One run bounded by the check's own timeout, as the check loop bounds it."""
+    try:
+        async with asyncio.timeout(check.spec.policy.timeout):
+            await check.run()
+    except CheckFailed as exc:
+        await check.reset()
+        return exc.reason
+    except TimeoutError:
+        await check.reset()
+        return Reason.TIMEOUT
+    return None
+
+
+def watched(path: Path, dsn: str, timeout: float) -> tuple[PostgresCheck, DsnFile]:
+    """A check on the DSN in file `path` (written here), watching it as the sidecar does."""
+    path.write_text(dsn + "\n")
+    target = DatabaseTarget(dsn=dsn, source="dsn_file", file_path=str(path))
+    spec = PostgresSpec(name="postgres", policy=CheckPolicy(timeout=timeout), target=target)
+    credentials = DsnFile(str(path), dsn)
+    return postgres_check(spec, credentials), credentials
+
+
+def with_host(dsn: str, host: str) -> str:
+    """`dsn` with its host:port part replaced by `host` (one, or a libpq list)."""
+    head, rest = dsn.split("@", 1)
+    return f"{head}@{host}/{rest.split('/', 1)[1]}"
+
+
+@pytest.mark.slow
+async def test_rotation_to_a_slow_endpoint_is_taken_with_the_whole_budget(
+    pg: PostgresServer, make_fault_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    """The file moves to an endpoint that takes more than half the timeout to log in; then the
+    old endpoint goes silent. The new one is taken, and checks pass."""
+    old, slow = make_fault_proxy(pg.host, pg.port), make_fault_proxy(pg.host, pg.port)
+    # A login is four round trips (the TLS request, then SCRAM's three), each 0.4 s longer:
+    # about 1.6 s of the 3 s timeout, more than half of it; a fresh start passes in about 2 s.
+    slow.delay(0.2)
+    check, credentials = watched(tmp_path / "dsn", pg.dsn(port=old.port), timeout=3.0)
+    try:
+        assert await as_the_loop_runs_it(check) is None
+        (tmp_path / "dsn").write_text(pg.dsn(port=slow.port) + "\n")
+        assert await as_the_loop_runs_it(check) is None
+        old.blackhole()
+        for _ in range(3):
+            assert await as_the_loop_runs_it(check) is None
+        assert credentials.current == pg.dsn(port=slow.port)
+    finally:
+        await check.close()
+
+
+@pytest.mark.slow
+async def test_old_endpoint_going_silent_makes_the_pending_dsn_the_one_used(
+    pg: PostgresServer, make_fault_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    """The new endpoint is slow and was refused while it hung; then the old endpoint goes
+    silent. At most one check fails: the next gives the pending DSN the whole timeout, as a
+    fresh start would, and passes."""
+    old, new = make_fault_proxy(pg.host, pg.port), make_fault_proxy(pg.host, pg.port)
+    new.blackhole()
+    check, credentials = watched(tmp_path / "dsn", pg.dsn(port=old.port), timeout=3.0)
+    try:
+        assert await as_the_loop_runs_it(check) is None
+        (tmp_path / "dsn").write_text(pg.dsn(port=new.port) + "\n")
+        assert await as_the_loop_runs_it(check) is None  # the candidate hung: rejected
+        assert credentials.current == pg.dsn(port=old.port)
+        assert not credentials.last_reload_ok
+        new.delay(0.2)  # slow as above: a fresh start passes in about 2 s of 3
+        old.blackhole()
+        outcomes = [await as_the_loop_runs_it(check) for _ in range(4)]
+        assert outcomes[0] in (None, Reason.TIMEOUT)
+        assert outcomes[1:] == [None, None, None]
+        assert credentials.current == pg.dsn(port=new.port)
+    finally:
+        await check.close()
+
+
+@pytest.mark.slow
+async def test_password_rotation_behind_a_silent_first_host_completes(
+    pg_private: PostgresServer, make_fault_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    """Two hosts, the first silent: after the file gets a new password (refused at first) and
+    then ALTER ROLE, the new DSN is taken, its second host reached with its own share."""
+    pg = pg_private
+    pg.create_role(ROLE, OLD_PASSWORD)
+    silent = make_fault_proxy(pg.host, pg.port)
+    silent.blackhole()
+    hosts = f"{silent.host}:{silent.port},{pg.host}:{pg.port}"
+    old_dsn = with_host(pg.dsn(ROLE, OLD_PASSWORD), hosts)
+    new_dsn = with_host(pg.dsn(ROLE, NEW_PASSWORD), hosts)
+    check, credentials = watched(tmp_path / "dsn", old_dsn, timeout=2.0)
+    try:
+        assert await as_the_loop_runs_it(check) is None
+        (tmp_path / "dsn").write_text(new_dsn + "\n")
+        assert await as_the_loop_runs_it(check) is None
+        assert credentials.reloads["rejected"] == 1
+        pg.alter_password(ROLE, NEW_PASSWORD)
+        deadline = time.monotonic() + SLACK
+        while credentials.current != new_dsn:
+            assert time.monotonic() < deadline, "the new DSN was never taken"
+            assert await as_the_loop_runs_it(check) is None
+            await asyncio.sleep(0.2)
+    finally:
+        await check.close()
+
+
+@pytest.mark.slow
+async def test_wrong_password_in_the_file_is_retried_at_a_growing_delay(
+    pg_private: PostgresServer, tmp_path: Path
+) -> None:
+    """A file rotated to a wrong password, checks every 0.2 s for 6 s: the server sees a
+    handful of failed logins (1 s, 2 s, 4 s apart at most), not one per check; every check
+    passes on the kept connection."""
+    pg = pg_private
+    pg.create_role(ROLE, OLD_PASSWORD)
+    check, credentials = watched(tmp_path / "dsn", pg.dsn(ROLE, OLD_PASSWORD), timeout=2.0)
+
+    def failed_logins() -> int:
+        return pg.log_path.read_text(errors="replace").count(
+            f'password authentication failed for user "{ROLE}"'
+        )
+
+    try:
+        assert await as_the_loop_runs_it(check) is None
+        (tmp_path / "dsn").write_text(pg.dsn(ROLE, "not-the-password") + "\n")
+        runs = 0
+        started = time.monotonic()
+        while time.monotonic() - started < 6.0:
+            assert await as_the_loop_runs_it(check) is None
+            runs += 1
+            await asyncio.sleep(0.2)
+        # The server logs each failed login; give the last line a moment to land.
+        await asyncio.sleep(0.5)
+        assert runs >= 20
+        assert 2 <= failed_logins() <= 5
+        assert credentials.reloads["rejected"] == 1
+    finally:
+        await check.close()

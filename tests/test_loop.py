@@ -49,10 +49,10 @@ async def drive(prober: CheckLoop, clock: FakeClock, checks: int) -> None:
 
 
 def make(
-    script: list[object], **policy: float
+    script: list[object], check: ScriptedCheck | None = None, **policy: float
 ) -> tuple[CheckLoop, ScriptedCheck, FakeClock, Board, Recorder]:
     clock = FakeClock()
-    check = ScriptedCheck(script)  # type: ignore[arg-type]
+    check = check or ScriptedCheck(script)  # type: ignore[arg-type]
     board = Board()
     recorder = Recorder()
     schedule = CheckPolicy(
@@ -134,3 +134,68 @@ async def test_next_due_is_published_for_liveness() -> None:
     state = board.states["postgres"]
     assert state.last is not None
     assert state.next_due_monotonic == pytest.approx(state.last.finished_monotonic + 5.0)
+
+
+# ---- an unreachable dependency: probed, and checked again as soon as it listens -------------
+
+
+class ProbedCheck(ScriptedCheck):
+    """A scripted check that also answers the loop's reachability probes from a script (the
+    last answer repeats)."""
+
+    def __init__(self, script: list[object], answers: list[bool]) -> None:
+        super().__init__(script)  # type: ignore[arg-type]
+        self.answers = answers
+        self.probes = 0
+
+    async def reachable(self) -> bool:
+        answer = self.answers[min(self.probes, len(self.answers) - 1)]
+        self.probes += 1
+        return answer
+
+
+async def test_refused_dependency_is_checked_again_as_soon_as_a_probe_connects() -> None:
+    """Connection refused: while the loop waits out a backoff delay it probes once a second,
+    and the check runs at once when a probe connects (here 1 s into a 4 s delay)."""
+    check = ProbedCheck([DOWN, DOWN, DOWN, None], answers=[False, True])
+    prober, _, clock, _board, recorder = make([], check, interval=5.0)
+    await drive(prober, clock, 5)
+    assert clock.sleeps[:5] == [1.0, 1.0, 1.0, 1.0, 5.0]
+    assert check.probes == 2
+    assert [r.ok for r in recorder.results[:4]] == [False, False, False, True]
+
+
+async def test_host_that_listened_all_along_keeps_the_backoff() -> None:
+    """A timeout while a probe connects at once (a hung server, not a dead one): one probe per
+    delay, and the delay is waited out in full, so no login comes sooner."""
+    check = ProbedCheck([Reason.TIMEOUT, Reason.TIMEOUT, Reason.TIMEOUT, None], answers=[True])
+    prober, _, clock, _board, _recorder = make([], check, interval=5.0)
+    await drive(prober, clock, 6)
+    assert clock.sleeps[:6] == [1.0, 1.0, 1.0, 1.0, 3.0, 5.0]
+    assert sum(clock.sleeps[:5]) == 1.0 + 2.0 + 4.0
+    assert check.probes == 2
+
+
+async def test_refused_login_is_never_probed() -> None:
+    """auth_failed: the server listens and said no; the backoff alone spaces the logins."""
+    check = ProbedCheck([Reason.AUTH_FAILED], answers=[True])
+    prober, _, clock, _board, _recorder = make([], check)
+    await drive(prober, clock, 4)
+    assert clock.sleeps[:4] == [1.0, 2.0, 4.0, 8.0]
+    assert check.probes == 0
+
+
+async def test_server_starting_after_coming_back_is_retried_each_probe_interval() -> None:
+    """Back at the TCP level but still starting (57P03, refused before any login): retried
+    once a second rather than at the backoff's growing delays; without a comeback seen, the
+    backoff stands."""
+    starting = Reason.SERVER_STARTING
+    check = ProbedCheck([DOWN, DOWN, DOWN, starting, starting, None], answers=[False, True])
+    prober, _, clock, _board, recorder = make([], check, interval=5.0)
+    await drive(prober, clock, 7)
+    assert clock.sleeps[:7] == [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 5.0]
+    assert recorder.results[5].ok
+    still = ProbedCheck([starting], answers=[True])
+    prober, _, clock, _board, _recorder = make([], still)
+    await drive(prober, clock, 3)
+    assert clock.sleeps[:3] == [1.0, 2.0, 4.0]

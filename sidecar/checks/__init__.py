@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 class Check(Protocol):
@@ -20,6 +20,17 @@ class Check(Protocol):
 
     async def close(self) -> None:
         """Release resources at shutdown, promptly."""
+
+
+@runtime_checkable
+class Reachable(Protocol):
+    """A check that can tell cheaply whether its dependency listens at all (a TCP connect, no
+    login): the check loop asks while the dependency is unreachable, to run the check again
+    the moment it answers (README, "Database lifecycles")."""
+
+    async def reachable(self) -> bool:
+        """True when a host accepts a connection now; never raises for an unreachable one."""
+        ...
 
 
 class CredentialsStatus(Protocol):
