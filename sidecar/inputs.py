@@ -19,6 +19,8 @@ DSN_SCHEMES: Final = ("postgresql", "postgres")
 # SQLAlchemy's `dialect+driver://` URLs (postgresql+asyncpg://, postgres+psycopg2://) name the
 # same database as the plain scheme: the app's own Secret serves the sidecar as it is.
 _WITH_DRIVER: Final = re.compile(r"^(postgresql|postgres)\+([a-z0-9_]{1,32})$", re.IGNORECASE)
+# asyncpg's own ssl=true/false, as libpq modes (asyncpg's True verifies the certificate and name).
+_ASYNCPG_SSL: Final = {"ssl=true": "sslmode=verify-full", "ssl=false": "sslmode=disable"}
 # What RFC 3986 allows in a scheme: a word like that is safe to quote in a refusal.
 _SCHEME: Final = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]{0,31}$")
 # libpq's sslmode values, weakest first (asyncpg takes the same ones).
@@ -57,12 +59,25 @@ def valid_host(host: str) -> bool:
 
 
 def split_driver(dsn: str) -> tuple[str, str | None]:
-    """The DSN with a `+driver` suffix of its scheme dropped, and that driver (None if none)."""
+    """The DSN with a `+driver` suffix of its scheme dropped, and that driver (None if none).
+
+    SQLAlchemy's asyncpg dialect hands `?ssl=` to asyncpg.connect, where libpq (and asyncpg's
+    own DSN parser, which would send it to the server as a setting) says `?sslmode=`: renamed,
+    unless the URL says `sslmode` too."""
     scheme, sep, rest = dsn.partition("://")
     match = _WITH_DRIVER.match(scheme) if sep else None
     if match is None:
         return dsn, None
-    return f"{match.group(1)}://{rest}", match.group(2)
+    driver = match.group(2)
+    head, mark, query = rest.partition("?")
+    pairs = query.split("&") if mark else []
+    if driver.lower() == "asyncpg" and not any(p.startswith("sslmode=") for p in pairs):
+        pairs = [
+            _ASYNCPG_SSL.get(p, p.replace("ssl=", "sslmode=", 1)) if p.startswith("ssl=") else p
+            for p in pairs
+        ]
+        rest = f"{head}{mark}{'&'.join(pairs)}"
+    return f"{match.group(1)}://{rest}", driver
 
 
 def dsn_problem(dsn: str) -> str | None:

@@ -14,6 +14,7 @@ from support.pg import PostgresCheckFactory, PostgresServer
 from sidecar.checks.postgres import PostgresSpec
 from sidecar.config import ConfigError, Settings
 from sidecar.credentials import DsnFile
+from sidecar.reasons import CheckFailed, Reason
 
 DRIVERS = ["postgresql+asyncpg", "postgresql+psycopg", "postgresql+psycopg2", "postgres+asyncpg"]
 SECRET = "Zq8-dsn-forms-secret"
@@ -205,3 +206,19 @@ def test_rotated_file_with_a_bad_sslmode_keeps_the_last_good_dsn(tmp_path: Path)
     assert watcher.reloads["invalid"] == 1
     assert not watcher.last_reload_ok
     assert watcher.current == old
+
+
+async def test_asyncpg_dialect_ssl_parameter_is_read_as_sslmode(
+    pg: PostgresServer, pg_tls: PostgresServer, make_postgres_check: PostgresCheckFactory
+) -> None:
+    """SQLAlchemy's postgresql+asyncpg://...?ssl=require means sslmode=require: it passes over
+    TLS, fails as tls_error where the server has none, and ssl=disable connects in the clear."""
+    asyncpg_url = with_scheme(pg_tls.dsn(), "postgresql+asyncpg")
+    await make_postgres_check(f"{asyncpg_url}?ssl=require").run()
+    assert True in pg_tls.ssl_in_use()
+    no_tls = make_postgres_check(with_scheme(pg.dsn(), "postgresql+asyncpg") + "?ssl=require")
+    with pytest.raises(CheckFailed) as failed:
+        await no_tls.run()
+    assert failed.value.reason is Reason.TLS_ERROR
+    plain = with_scheme(pg.dsn(), "postgresql+asyncpg") + "?ssl=disable"
+    await make_postgres_check(plain).run()
