@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 import shutil
+import subprocess
 import tempfile
 import threading
 import time
@@ -88,21 +90,118 @@ Obj = dict[str, Any]
 
 @dataclass(frozen=True)
 class PodCase:
-    """A chart whose Deployment runs the sidecar beside an app, and how to run it here."""
+    """A workload that runs the sidecar beside an app, and how to run its pod here."""
 
     id: str
-    chart: Path
-    values: Callable[[str], Obj]  # DSN -> the values to render with
-    sidecar: str  # container names in the rendered pod spec
-    app: str
+    render: Callable[[str], list[Obj]]  # DSN -> the rendered objects
+    app: str  # the container whose readinessProbe is the sidecar's /ready
+    sidecar: str = "health-sidecar"
+    workload: str | None = None  # the Deployment to run, when there are several
     checks: tuple[str, ...] = ()  # the check file's checks, when the chart renders one
-    existing_secret: str | None = None  # a Secret the user creates: made here, from the DSN
+    # What the user's own chart or cluster changes in the pod (security, env), after rendering.
+    patch: Callable[[Obj], None] = lambda spec: None
+
+
+def helm_render(chart: Path, values: Callable[[str], Obj]) -> Callable[[str], list[Obj]]:
+    def render(dsn: str) -> list[Obj]:
+        # The charts take the sidecar from the library chart, vendored as `helm dependency
+        # update` does it.
+        with helm.Chart.load(dependencies_updated(chart)) as loaded:
+            manifests = loaded.render(values(dsn), name="health-sidecar", namespace="glucolens")
+        return [
+            doc
+            for path, text in sorted(manifests.items())
+            if not path.endswith(".txt")
+            for doc in yaml.safe_load_all(text)
+            if doc
+        ]
+
+    return render
+
+
+def kustomize_render(directory: Path) -> Callable[[str], list[Obj]]:
+    def render(dsn: str) -> list[Obj]:
+        kubectl = shutil.which("kubectl")
+        if kubectl is None:
+            missing("kubectl is missing (the kustomize pod)")
+        built = subprocess.run(
+            [str(kubectl), "kustomize", str(directory)],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        )
+        return [doc for doc in yaml.safe_load_all(built.stdout) if doc]
+
+    return render
+
+
+def user_secrets(spec: Obj, objects: list[Obj], dsn: str) -> list[Obj]:
+    """The Secrets the user creates (named by the pod's volumes, not rendered): each key the
+    DSN."""
+    rendered = {o["metadata"]["name"] for o in objects if o["kind"] == "Secret"}
+    made = []
+    for volume in spec.get("volumes", []):
+        source = volume.get("secret")
+        if source is None or source["secretName"] in rendered:
+            continue
+        keys = [item["key"] for item in source.get("items", [])] or ["database-url"]
+        made.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "type": "Opaque",
+                "metadata": {"name": source["secretName"]},
+                "stringData": dict.fromkeys(keys, dsn),
+            }
+        )
+    return made
+
+
+# Times shortened the way the charts' values do it, for a kustomization (it has no values).
+SHORT_TIMES = {
+    "SIDECAR_CHECK_INTERVAL": "1",
+    "SIDECAR_CHECK_TIMEOUT": "1",
+    "SIDECAR_BACKOFF_MAX": "2",
+    "SIDECAR_DRAIN_SECONDS": "1",
+}
+
+
+def shorten_times(spec: Obj) -> None:
+    for c in [*spec.get("initContainers", []), *spec["containers"]]:
+        for variable in c.get("env", []):
+            variable["value"] = SHORT_TIMES.get(variable["name"], variable["value"])
+        for kind, period in (("startupProbe", 1), ("livenessProbe", 2), ("readinessProbe", 1)):
+            if kind in c:
+                c[kind]["periodSeconds"] = period
+
+
+def no_fs_group(spec: Obj) -> None:
+    """The including chart owns the pod's securityContext and sets no fsGroup (the common case)."""
+    spec["securityContext"].pop("fsGroup", None)
+
+
+def random_uid(spec: Obj) -> None:
+    """OpenShift's restricted SCC: a uid from the namespace's range, group 0, no fsGroup; the
+    containers' own uid and gid dropped (as `runAsUser: null` in the values does)."""
+    spec["securityContext"] = {"runAsNonRoot": True, "runAsUser": 1000770000, "runAsGroup": 0}
+    for c in [*spec.get("initContainers", []), *spec["containers"]]:
+        c.get("securityContext", {}).pop("runAsUser", None)
+        c.get("securityContext", {}).pop("runAsGroup", None)
+
+
+def unreadable_home(spec: Obj) -> None:
+    """A random uid whose HOME is a directory it cannot read (root's, mode 0700)."""
+    random_uid(spec)
+    sidecar = next(c for c in spec["initContainers"] if c["name"] == "health-sidecar")
+    sidecar["env"].append({"name": "HOME", "value": "/root"})
 
 
 # A foreign app's chart that adds the sidecar through the library chart (README "Add it to
 # your own workload"): its own container names, ports, pod securityContext, and a Secret of its
 # own that the chart does not render. Times shortened the same way.
 FOREIGN_CHART = REPO / "tests" / "fixtures" / "foreign-chart"
+FOREIGN_KUSTOMIZATION = REPO / "tests" / "fixtures" / "foreign-kustomization"
 FOREIGN_VALUES: Obj = {
     "healthSidecar": {
         "database": {"existingSecret": "inventory-db"},
@@ -114,44 +213,25 @@ FOREIGN_VALUES: Obj = {
         "readinessProbe": {"periodSeconds": 1},
     }
 }
+APP_CHART = helm_render(CHART, lambda dsn: {**VALUES, "database": {"url": dsn}})
+FOREIGN = helm_render(FOREIGN_CHART, lambda dsn: FOREIGN_VALUES)
+# Every scenario below runs on these.
 CASES = [
+    PodCase("app-chart", APP_CHART, "app", checks=tuple(c["name"] for c in VALUES["checks"])),
+    PodCase("foreign-chart-no-fsgroup", FOREIGN, "inventory", patch=no_fs_group),
+]
+# Pods that are not ours: each must start, turn Ready, read its volumes and stop cleanly.
+HOSTILE_CASES = [
+    PodCase("random-uid-gid-0", FOREIGN, "inventory", patch=random_uid),
+    PodCase("unreadable-home", FOREIGN, "inventory", patch=unreadable_home),
     PodCase(
-        "app-chart",
-        CHART,
-        lambda dsn: {**VALUES, "database": {"url": dsn}},
-        "health-sidecar",
-        "app",
-        checks=tuple(check["name"] for check in VALUES["checks"]),
-    ),
-    PodCase(
-        "foreign-chart",
-        FOREIGN_CHART,
-        lambda dsn: FOREIGN_VALUES,
-        "health-sidecar",
+        "kustomize-log-shipper-first",
+        kustomize_render(FOREIGN_KUSTOMIZATION),
         "inventory",
-        existing_secret="inventory-db",
+        workload="inventory",
+        patch=shorten_times,
     ),
 ]
-
-
-def render(case: PodCase, dsn: str) -> list[Obj]:
-    # Both charts take the sidecar from the library chart, vendored as `helm dependency update`.
-    with helm.Chart.load(dependencies_updated(case.chart)) as chart:
-        manifests = chart.render(case.values(dsn), name="health-sidecar", namespace="glucolens")
-    objects = [
-        doc
-        for path, text in sorted(manifests.items())
-        if not path.endswith(".txt")
-        for doc in yaml.safe_load_all(text)
-        if doc
-    ]
-    if case.existing_secret is not None:
-        secret_ref = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque"}
-        key = "database-url"
-        objects.append(
-            {**secret_ref, "metadata": {"name": case.existing_secret}, "stringData": {key: dsn}}
-        )
-    return objects
 
 
 def env_value(container: Obj, name: str) -> str:
@@ -230,10 +310,9 @@ def store() -> Store:
         missing_tool(str(error))
 
 
-@pytest.fixture(scope="module", params=CASES, ids=[case.id for case in CASES])
-def pod(store: Store, request: pytest.FixtureRequest) -> Iterator[RunningPod]:
-    """The chart's pod started by the kubelet, PostgreSQL up in its namespace."""
-    case: PodCase = request.param
+@contextlib.contextmanager
+def running(store: Store, case: PodCase) -> Iterator[RunningPod]:
+    """The case's pod started by the kubelet, PostgreSQL up in its namespace; deleted after."""
     net = PodNetwork.create()
     pg = NetnsPostgres(net)
     loop = asyncio.new_event_loop()
@@ -245,31 +324,44 @@ def pod(store: Store, request: pytest.FixtureRequest) -> Iterator[RunningPod]:
     try:
         pg.start()
         pg.create_role(ROLE, OLD_PASSWORD)
-        objects = render(case, pg.dsn(ROLE, host=net.db_ip))
-        deployment = next(o for o in objects if o["kind"] == "Deployment")
+        dsn = pg.dsn(ROLE, host=net.db_ip)
+        objects = case.render(dsn)
+        deployment = next(
+            o
+            for o in objects
+            if o["kind"] == "Deployment" and case.workload in (None, o["metadata"]["name"])
+        )
         spec: Obj = deployment["spec"]["template"]["spec"]
+        case.patch(spec)
+        objects += user_secrets(spec, objects, dsn)
         volumes = project_volumes(spec, objects, volumes_root)
         dsn_volume = next(v for v in spec["volumes"] if "secret" in v)
         payload = {item["path"]: "" for item in dsn_volume["secret"]["items"]}
-        app = next(c for c in spec["containers"] if c["name"] == case.app)
+        containers = [*spec.get("initContainers", []), *spec["containers"]]
+        # Every container but the sidecar runs the stand-in app, listening on its first port.
+        app_args = {
+            c["name"]: [str(c.get("ports", [{"containerPort": 0}])[0]["containerPort"])]
+            for c in containers
+            if c["name"] != case.sidecar
+        }
         runtime = PodmanRuntime(
             store,
             spec,
             net,
-            images={case.sidecar: IMAGE, case.app: APP_IMAGE},
+            images={
+                c["name"]: IMAGE if c["name"] == case.sidecar else APP_IMAGE for c in containers
+            },
             volumes=volumes,
-            app_args={case.app: [str(app["ports"][0]["containerPort"])]},
+            app_args=app_args,
         )
         kubelet = Kubelet(
             spec, runtime, net.pod_ip, volumes=volumes, volume_delay=lambda: SECRET_SYNC_SECONDS
         )
-        running = RunningPod(
-            case, spec, net, pg, runtime, kubelet, loop, payload, dsn_volume["name"]
-        )
-        running.call(kubelet.start())
-        yield running
+        pod = RunningPod(case, spec, net, pg, runtime, kubelet, loop, payload, dsn_volume["name"])
+        pod.call(kubelet.start())
+        yield pod
         if not kubelet._terminating:
-            running.call(kubelet.terminate())
+            pod.call(kubelet.terminate())
     finally:
         FIGURES.write()
         if runtime is not None:
@@ -281,28 +373,44 @@ def pod(store: Store, request: pytest.FixtureRequest) -> Iterator[RunningPod]:
         shutil.rmtree(volumes_root, ignore_errors=True)
 
 
+@pytest.fixture(scope="module", params=CASES, ids=[case.id for case in CASES])
+def pod(store: Store, request: pytest.FixtureRequest) -> Iterator[RunningPod]:
+    """The case's pod, shared by the scenarios below in file order."""
+    with running(store, request.param) as started:
+        yield started
+
+
 def dump(pod: RunningPod) -> str:
     return "\n".join(
         f"--- {name} ---\n{pod.runtime.logs(name)[-3000:]}" for name in pod.runtime.containers
     )
 
 
-def test_cold_start_reaches_ready_in_kubelet_order(pod: RunningPod) -> None:
-    """The sidecar starts first and passes its startupProbe, then the app; the pod turns Ready."""
+def app_containers(pod: RunningPod) -> list[str]:
+    return [c["name"] for c in pod.spec["containers"]]
+
+
+def cold_start(pod: RunningPod) -> float:
+    """Wait for Ready; check kubelet's order (the sidecar started and passed its startupProbe
+    before any app container started), no restart, a session; the seconds it took."""
     ready_at = pod.wait(
-        lambda: pod.kubelet.ready, 60 + SLACK_SECONDS, "pod Ready after a cold start"
+        lambda: pod.kubelet.ready, 60 + SLACK_SECONDS, f"pod Ready after a cold start\n{dump(pod)}"
     )
-    first = pod.kubelet.events[0][0]
-    FIGURES.add(chart=pod.case.id, scenario="cold start", ready_s=ready_at - first)
-    sidecar, app = pod.case.sidecar, pod.case.app
+    sidecar = pod.case.sidecar
     started = [what for _, what in pod.kubelet.events if what.startswith("started")]
-    assert started == [f"started {sidecar}", f"started {app}"]
+    assert started == [f"started {name}" for name in [sidecar, *app_containers(pod)]]
     sidecar_startup = pod.kubelet.probe(sidecar, "startupProbe")
     assert sidecar_startup.passing
-    app_started = next(t for t, what in pod.kubelet.events if what == f"started {app}")
-    assert sidecar_startup.transitions[0][0] <= app_started
-    assert pod.kubelet.restarts() == {sidecar: 0, app: 0}
+    first_app = next(t for t, what in pod.kubelet.events if what == started[1])
+    assert sidecar_startup.transitions[0][0] <= first_app
+    assert set(pod.kubelet.restarts().values()) == {0}, pod.kubelet.events
     assert pod.sessions() >= 1, "the sidecar holds no session on the database"
+    return ready_at - pod.kubelet.events[0][0]
+
+
+def test_cold_start_reaches_ready_in_kubelet_order(pod: RunningPod) -> None:
+    """The sidecar starts first and passes its startupProbe, then the app; the pod turns Ready."""
+    FIGURES.add(chart=pod.case.id, scenario="cold start", ready_s=cold_start(pod))
 
 
 def test_volumes_have_the_charts_mode_and_group_and_are_read(pod: RunningPod) -> None:
@@ -550,28 +658,53 @@ def test_killed_sidecar_process_is_restarted_and_pod_ready_again(pod: RunningPod
     )
 
 
-def test_pod_deleted_stops_app_first_then_sidecar_cleanly(pod: RunningPod) -> None:
-    """Deletion: app SIGTERM first, sidecar after it exits; both exit 0 within the grace period
-    and no session of the pod is left on the database."""
-    pod.wait(lambda: pod.kubelet.ready, 30 + SLACK_SECONDS, "pod Ready before deletion")
+def delete(pod: RunningPod) -> float:
+    """Delete the pod: every app container SIGTERMed and exited before the sidecar's SIGTERM;
+    all exit 0, no SIGKILL, within the grace period, no session left; the seconds it took."""
     began = time.monotonic()
     codes = pod.call(pod.kubelet.terminate())
     took = time.monotonic() - began
-    order = [what for _, what in pod.kubelet.events if what.split()[0] in ("SIGTERM", "exited")]
-    sidecar, app = pod.case.sidecar, pod.case.app
-    assert order[-4:] == [
-        f"SIGTERM {app}",
-        f"exited {app} (0)",
-        f"SIGTERM {sidecar}",
-        f"exited {sidecar} (0)",
-    ], f"{order}\n{dump(pod)}"
-    assert codes == {app: 0, sidecar: 0}
+    events = [(t, what) for t, what in pod.kubelet.events if t >= began]
+    sidecar = pod.case.sidecar
+    sidecar_term = next(t for t, what in events if what == f"SIGTERM {sidecar}")
+    for app in app_containers(pod):
+        assert next(t for t, what in events if what == f"exited {app} (0)") <= sidecar_term, (
+            f"{events}\n{dump(pod)}"
+        )
+    assert set(codes.values()) == {0}, f"{codes}\n{dump(pod)}"
     assert not any(what.startswith("SIGKILL") for _, what in pod.kubelet.events)
     assert took < pod.kubelet.grace_seconds
     pod.wait(lambda: pod.sessions() == 0, 10, "no session of the pod left on the database")
+    return took
+
+
+def test_pod_deleted_stops_app_first_then_sidecar_cleanly(pod: RunningPod) -> None:
+    """Deletion: the app containers SIGTERMed first, the sidecar after they exited; all exit 0
+    within the grace period and no session of the pod is left on the database."""
+    pod.wait(lambda: pod.kubelet.ready, 30 + SLACK_SECONDS, "pod Ready before deletion")
+    took = delete(pod)
     FIGURES.add(
         chart=pod.case.id,
         scenario="pod deleted",
         terminated_s=took,
         grace_s=pod.kubelet.grace_seconds,
     )
+
+
+@pytest.mark.parametrize("case", HOSTILE_CASES, ids=[case.id for case in HOSTILE_CASES])
+def test_a_pod_that_is_not_ours_turns_ready_and_stops_cleanly(store: Store, case: PodCase) -> None:
+    """A random uid with group 0, an unreadable HOME, a kustomization whose first container is
+    a log shipper: the pod starts in kubelet's order, turns Ready with no restart, every check
+    passes, only the app container probes /ready, and deletion stops it cleanly."""
+    with running(store, case) as pod:
+        ready_s = cold_start(pod)
+        port = pod.readiness.probe.port
+        for name in app_containers(pod):
+            probe = pod.kubelet.status[name].probes.get("readinessProbe")
+            points_at_sidecar = probe is not None and probe.probe.path == "/ready"
+            assert points_at_sidecar == (name == pod.case.app), f"{name}: {probe}"
+        url = f"http://{pod.net.pod_ip}:{port}/ready"
+        assert http_status(url) == 200
+        assert "Traceback" not in pod.runtime.logs(pod.case.sidecar)
+        took = delete(pod)
+        FIGURES.add(chart=case.id, scenario="hostile pod", ready_s=ready_s, terminated_s=took)
