@@ -352,7 +352,11 @@ class Kubelet:
     # ---- running ----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the containers in kubelet's order; return once all have started."""
+        """Start the containers in kubelet's order; return once all have started (never, while
+        a native sidecar does not pass its startupProbe: `terminate` ends the wait)."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.append(task)
         for c in self.order:
             name = c["name"]
             await self._start_container(name)
@@ -527,9 +531,10 @@ class Kubelet:
         """Delete the pod: every running container killed at once, native sidecars in their
         turn; returns each container's exit code."""
         self._terminating = True
-        for task in self._tasks:
+        tasks = [task for task in self._tasks if task is not asyncio.current_task()]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         names = [c["name"] for c in self.order]
         running = [n for n in names if await self.runtime.running(n)]
         ordering = TerminationOrdering(self.spec, running)
