@@ -94,7 +94,12 @@ def kustomized_pod_spec(sidecar_port: int) -> Obj:
         check=True,
         timeout=120,
     )
-    (deployment,) = [d for d in yaml.safe_load_all(built.stdout) if d and d["kind"] == "Deployment"]
+    # The Deployment that opts in (the fixture's redis does not, and is left alone).
+    (deployment,) = [
+        d
+        for d in yaml.safe_load_all(built.stdout)
+        if d and d["kind"] == "Deployment" and d["metadata"]["name"] == "inventory"
+    ]
     spec: Obj = deployment["spec"]["template"]["spec"]
     scaled = {
         "SIDECAR_PORT": str(sidecar_port),
@@ -109,7 +114,7 @@ def kustomized_pod_spec(sidecar_port: int) -> Obj:
     sidecar["ports"][0]["containerPort"] = sidecar_port
     for probe in (sidecar["startupProbe"], sidecar["livenessProbe"]):
         probe["periodSeconds"] = PROBE_PERIOD_SECONDS
-    readiness = spec["containers"][0]["readinessProbe"]
+    readiness = app_container(spec)["readinessProbe"]
     readiness["periodSeconds"] = PROBE_PERIOD_SECONDS
     readiness["httpGet"]["port"] = sidecar_port
     return spec
@@ -152,10 +157,15 @@ def render_pod_spec(chart: Path, sidecar_port: int) -> Obj:
 
 
 def app_container(spec: Obj) -> Obj:
-    """The workload's own container: the first of `containers`, as the library's README has it."""
-    first: Obj = spec["containers"][0]
-    assert first["name"] != "health-sidecar"
-    return first
+    """The workload's own container: the one whose readinessProbe is the sidecar's /ready (the
+    first container, unless a log shipper comes first)."""
+    (app,) = [
+        c
+        for c in spec["containers"]
+        if c["name"] != "health-sidecar"
+        and c.get("readinessProbe", {}).get("httpGet", {}).get("path") == "/ready"
+    ]
+    return app
 
 
 def container(spec: Obj, name: str) -> Obj:
