@@ -159,6 +159,7 @@ def render_pod_spec(chart: Path, sidecar_port: int) -> Obj:
 def app_container(spec: Obj) -> Obj:
     """The workload's own container: the one whose readinessProbe is the sidecar's /ready (the
     first container, unless a log shipper comes first)."""
+    app: Obj
     (app,) = [
         c
         for c in spec["containers"]
