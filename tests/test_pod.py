@@ -123,7 +123,7 @@ def kustomize_render(directory: Path) -> Callable[[str], list[Obj]]:
     def render(dsn: str) -> list[Obj]:
         kubectl = shutil.which("kubectl")
         if kubectl is None:
-            missing("kubectl is missing (the kustomize pod)")
+            missing_tool("kubectl (the kustomize pod)")
         built = subprocess.run(
             [str(kubectl), "kustomize", str(directory)],
             capture_output=True,
