@@ -207,7 +207,8 @@ class Redactor:
         if key in self._vocabulary:
             return value
         if isinstance(value, str):
-            return self.scrub(value)
+            # A value filed under a password key is a secret by position, known or not.
+            return REDACTED if "password" in key.lower() else self.scrub(value)
         if isinstance(value, dict):
             return {k: self._value(k, v) for k, v in value.items()}
         if isinstance(value, list | tuple):

@@ -319,3 +319,19 @@ def test_raw_special_characters_are_refused_without_showing_them(
     for piece in ("p@ss", "ss/w0rd", "w0rd"):
         assert piece not in line
     assert json.dumps(result.stdout) == '""'
+
+
+def test_a_value_under_a_password_key_goes_even_when_unknown() -> None:
+    """`password=`, `sslpassword` or a URL's password no redactor was told about still goes."""
+    with captured_logs(()) as captured:
+        structlog.get_logger("sidecar").warning(
+            "check.crashed",
+            sslpassword="never-registered",
+            error="host=db password='never registered' user=app, "
+            "also postgresql://app:never-registered@db/app",
+        )
+    [event] = captured.events()
+    assert event["sslpassword"] == REDACTED
+    assert event["error"] == (
+        f"host=db password={REDACTED} user=app, also postgresql://app:{REDACTED}@db/app"
+    )
