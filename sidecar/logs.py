@@ -425,4 +425,7 @@ def configure(
     root.handlers[:] = [handler]
     # Libraries are noisy at debug (every malformed request); keep them at warning or above.
     root.setLevel(max(numeric_level, logging.WARNING))
+    # Python warnings (asyncpg's about a ~/.pgpass readable by others, say) would be bare
+    # lines on stderr: JSON lines through the same redaction instead.
+    logging.captureWarnings(True)
     return Pipeline(redact, writer)

@@ -145,3 +145,23 @@ def test_dsn_without_a_user_is_refused_when_the_uid_has_no_name(shared_dir: Path
     )
     with named:
         named.wait_listening()  # PGUSER names one: nothing to refuse
+
+
+def test_warning_about_a_shared_password_file_is_a_json_line(
+    pg: PostgresServer, shared_dir: Path
+) -> None:
+    """A password file readable by others (a Secret mounted 0644): asyncpg's warning about it
+    is a JSON log line, not a bare line on stderr."""
+    passfile = shared_dir / "pgpass"
+    passfile.write_text(f"*:*:*:postgres:{pg.password}\n")
+    passfile.chmod(0o644)
+    dsn = f"postgresql://postgres@{pg.host}:{pg.port}/postgres"
+    with SidecarProcess({"SIDECAR_DATABASE_URL": dsn, "PGPASSFILE": str(passfile)}) as sidecar:
+        sidecar.wait_listening()
+        [warned], _ = timed_until(
+            lambda: sidecar.events(logger="py.warnings"), timeout=SLACK, message="the warning"
+        )
+        assert "group or world access" in warned["event"]
+        assert warned["level"] == "warning"
+        assert sidecar.stderr() == ""
+        assert sidecar.non_json_lines() == []
