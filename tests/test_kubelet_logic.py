@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import shutil
+import ssl as ssl_module
 import stat
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -30,6 +31,7 @@ from support.kubelet import (
     secret_sync_delay,
 )
 from support.kubeprobe import USER_AGENT, Probe, ProbeResult, ProbeState, probe_once
+from support.pg import TlsFiles
 from support.pod import PodmanRuntime, PodNetwork
 from support.secretvolume import SecretVolume
 
@@ -140,18 +142,22 @@ def test_a_probe_error_neither_counts_nor_breaks_a_streak() -> None:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+Serve = Callable[..., Awaitable[int]]
+
+
 @pytest.fixture
-async def serve() -> AsyncIterator[Callable[[dict[str, Handler]], Awaitable[int]]]:
-    """Start an aiohttp server on loopback with the given routes; its port."""
+async def serve() -> AsyncIterator[Serve]:
+    """Start an aiohttp server on loopback with the given routes (over TLS with `ssl`); its
+    port."""
     runners: list[web.AppRunner] = []
 
-    async def start(routes: dict[str, Handler]) -> int:
+    async def start(routes: dict[str, Handler], ssl: ssl_module.SSLContext | None = None) -> int:
         app = web.Application()
         for path, handler in routes.items():
             app.router.add_get(path, handler)
         runner = web.AppRunner(app)
         await runner.setup()
-        site = web.TCPSite(runner, LOOPBACK, 0)
+        site = web.TCPSite(runner, LOOPBACK, 0, ssl_context=ssl)
         await site.start()
         runners.append(runner)
         port: int = runner.addresses[0][1]
@@ -185,7 +191,7 @@ def answer(status: int, hits: list[str] | None = None) -> Handler:
 
 
 async def test_http_probe_follows_redirects_on_the_same_host_and_judges_the_last_answer(
-    serve: Callable[[dict[str, Handler]], Awaitable[int]],
+    serve: Serve,
 ) -> None:
     """302 to a 404 on the same host fails; 302 to a 200 passes (the 3xx itself is not judged)."""
     port = await serve(
@@ -198,7 +204,7 @@ async def test_http_probe_follows_redirects_on_the_same_host_and_judges_the_last
 
 
 async def test_http_probe_does_not_follow_a_redirect_to_another_host(
-    serve: Callable[[dict[str, Handler]], Awaitable[int]],
+    serve: Serve,
 ) -> None:
     """A redirect to another host name ends the probe: its 3xx passes (kubelet's warning)."""
     hits: list[str] = []
@@ -210,7 +216,7 @@ async def test_http_probe_does_not_follow_a_redirect_to_another_host(
 
 
 async def test_http_probe_stops_after_ten_requests(
-    serve: Callable[[dict[str, Handler]], Awaitable[int]],
+    serve: Serve,
 ) -> None:
     """Nine redirects then 200 pass; ten redirects fail (Go's "stopped after 10 redirects")."""
     routes: dict[str, Handler] = {f"/{n}": redirect_to(f"/{n + 1}") for n in range(10)}
@@ -222,7 +228,7 @@ async def test_http_probe_stops_after_ten_requests(
 
 
 async def test_http_probe_reads_the_body_to_its_end_within_the_timeout(
-    serve: Callable[[dict[str, Handler]], Awaitable[int]],
+    serve: Serve,
 ) -> None:
     """A 200 whose body stalls past the timeout is not a success: an error, tried 3 times,
     thrown away; a body larger than 10 KiB is read up to the limit and passes."""
@@ -249,7 +255,7 @@ async def test_http_probe_reads_the_body_to_its_end_within_the_timeout(
 
 
 async def test_http_probe_sends_the_specs_headers_and_kubelets_own(
-    serve: Callable[[dict[str, Handler]], Awaitable[int]],
+    serve: Serve,
 ) -> None:
     """httpHeaders are sent, a Host header becomes the request's host, User-Agent and Accept
     default to kubelet's; the path's query string is kept."""
@@ -268,6 +274,19 @@ async def test_http_probe_sends_the_specs_headers_and_kubelets_own(
     assert (second["User-Agent"], second["Accept"]) == (USER_AGENT, "*/*")
     assert second["Host"] == f"{LOOPBACK}:{port}"
     assert "Accept-Encoding" not in second
+
+
+async def test_https_probe_skips_certificate_verification(
+    serve: Serve, tls_files: TlsFiles
+) -> None:
+    """scheme: HTTPS speaks TLS and, like kubelet (InsecureSkipVerify), accepts a certificate
+    no trusted CA signed; plain HTTP to that port fails."""
+    context = ssl_module.create_default_context(ssl_module.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tls_files.server_cert, tls_files.server_key)
+    port = await serve({"/ok": answer(200)}, context)
+    secure = await probe_once(http_probe(port, "/ok", action={"scheme": "HTTPS"}), LOOPBACK)
+    assert (secure.success, secure.detail) == (True, "200")
+    assert not (await probe_once(http_probe(port, "/ok"), LOOPBACK)).success
 
 
 def test_kubelet_dials_the_pod_ip_and_refuses_loopback() -> None:
@@ -396,6 +415,36 @@ async def test_failed_liveness_runs_prestop_then_sigterm_and_sigkill_after_the_p
     assert 3 <= killed_after < 30
     assert seen[4] == "start app"  # the first restart is at once
     assert kubelet.status["app"].exit_codes[0] == 137
+
+
+async def test_a_startup_probe_that_never_passes_kills_and_restarts_the_container() -> None:
+    """failureThreshold failed startup probes in a row: the container is killed (SIGTERM, it
+    exits 0) and restarted, and its liveness and readiness probes never ran."""
+    container = {
+        "name": "app",
+        "startupProbe": {"tcpSocket": {"port": 80}, "periodSeconds": 1, "failureThreshold": 2},
+        "livenessProbe": {"tcpSocket": {"port": 80}},
+        "readinessProbe": {"tcpSocket": {"port": 80}},
+    }
+    probed: list[str] = []
+
+    async def prober(probe: Probe, pod_ip: str) -> ProbeResult:
+        probed.append(probe.kind)
+        return ProbeResult(time.monotonic(), False, "refused")
+
+    runtime = FakeRuntime()
+    kubelet = Kubelet({"containers": [container]}, runtime, POD_IP, prober=prober, relist=0.05)
+    starting = asyncio.create_task(kubelet.start())
+    deadline = time.monotonic() + 30
+    while kubelet.restarts()["app"] < 1:
+        assert time.monotonic() < deadline, kubelet.events
+        await asyncio.sleep(0.05)
+    await kubelet.terminate()
+    assert starting.done()
+    assert [what for _, what in runtime.log][:3] == ["start app", "TERM app", "start app"]
+    assert kubelet.status["app"].exit_codes == [0]
+    assert set(probed) == {"startupProbe"}
+    assert probed.count("startupProbe") >= 2
 
 
 def test_crash_loop_backoff_doubles_from_10s_to_300s_and_resets_after_10_minutes() -> None:
