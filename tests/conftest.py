@@ -39,9 +39,9 @@ from typing import Any, Final
 import pytest
 from hypothesis import settings
 from sidecar_proc import SidecarStarter
-from support import LOOPBACK
+from support import LOOPBACK, missing_tool
 from support.faultproxy import FaultProxy, ProxyFactory
-from support.image import IMAGE_GROUP
+from support.image import IMAGE_GROUP, ImageToolMissing, Store, shared_store
 from support.once import RUN_DIR_ENV, begin_run, end_run
 from support.patroni import PatroniCluster
 from support.pg import (
@@ -158,6 +158,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return first, -slow
 
     items[:] = [item for group in sorted(groups, key=weight) for item in groups[group]]
+
+
+@pytest.fixture(scope="session")
+def image_store() -> Store:
+    """The container store with the base, the project's image and the stand-in app, built once
+    per run (support.image.shared_store); skipped outside CI when the tools are missing."""
+    try:
+        return shared_store()
+    except ImageToolMissing as error:
+        missing_tool(str(error))
 
 
 @pytest.fixture(scope="session")

@@ -8,16 +8,12 @@ layers within budget, and the entrypoint serving /health under the chart's harde
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
-from support import missing_tool
 from support.image import (
     BASE_IMAGE,
     IMAGE,
-    ImageToolMissing,
     Store,
-    shared_store,
 )
 
 # The layers the project adds on top of its base (the venv and the bytecode), in bytes.
@@ -27,29 +23,21 @@ CONFIGURED_USER = "65532:65532"
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def store() -> Iterator[Store]:
-    try:
-        yield shared_store()
-    except ImageToolMissing as error:
-        missing_tool(str(error))
-
-
-def python_in_image(store: Store, code: str) -> str:
+def python_in_image(image_store: Store, code: str) -> str:
     """Run `code` with the image's interpreter, as the image's user, without a network."""
-    return store.run_in_image(IMAGE, "-c", code, entrypoint="python")
+    return image_store.run_in_image(IMAGE, "-c", code, entrypoint="python")
 
 
-def test_project_layers_fit_the_budget(store: Store) -> None:
+def test_project_layers_fit_the_budget(image_store: Store) -> None:
     """The layers the Dockerfile adds on top of its base weigh at most 40 MB (podman history)."""
-    added = store.added_bytes(IMAGE, BASE_IMAGE)
+    added = image_store.added_bytes(IMAGE, BASE_IMAGE)
     print(f"\nimage: {added / 1e6:.1f} MB added to the base")
     assert 1_000_000 < added <= ADDED_LAYERS_BUDGET
 
 
-def test_config_has_numeric_user_healthcheck_and_oci_labels(store: Store) -> None:
+def test_config_has_numeric_user_healthcheck_and_oci_labels(image_store: Store) -> None:
     """USER is numeric and non-root, HEALTHCHECK runs the probe subcommand, OCI labels are set."""
-    data = store.inspect(IMAGE)
+    data = image_store.inspect(IMAGE)
     assert data["Config"]["User"] == CONFIGURED_USER
     assert data["Config"]["Entrypoint"] == ["health-sidecar"]
     check = data["Healthcheck"]
@@ -60,10 +48,10 @@ def test_config_has_numeric_user_healthcheck_and_oci_labels(store: Store) -> Non
         assert labels[f"org.opencontainers.image.{key}"], key
 
 
-def test_runtime_has_no_installer_compiler_or_curl(store: Store) -> None:
+def test_runtime_has_no_installer_compiler_or_curl(image_store: Store) -> None:
     """No pip, setuptools or wheel importable, no pip/compiler/curl on PATH, no C sources."""
     out = python_in_image(
-        store,
+        image_store,
         "import importlib.util, json, os, shutil, sys\n"
         "mods = [m for m in ('pip', 'setuptools', 'wheel') if importlib.util.find_spec(m)]\n"
         "tools = [t for t in ('pip', 'pip3', 'gcc', 'cc', 'curl', 'wget') if shutil.which(t)]\n"
@@ -80,9 +68,9 @@ def test_runtime_has_no_installer_compiler_or_curl(store: Store) -> None:
     assert tests == []
 
 
-def test_every_module_is_compiled_and_imports_without_writing(store: Store) -> None:
+def test_every_module_is_compiled_and_imports_without_writing(image_store: Store) -> None:
     """The sidecar and its dependencies import from .pyc on a read-only root: nothing to write."""
-    out = store.podman(
+    out = image_store.podman(
         "run", "--rm", "--network", "none", "--read-only", "--read-only-tmpfs=false",
         "--cap-drop=ALL", "--security-opt", "no-new-privileges", "--entrypoint", "python",
         IMAGE, "-X", "importtime", "-c",
@@ -99,9 +87,9 @@ def test_every_module_is_compiled_and_imports_without_writing(store: Store) -> N
     assert missing == "[]"
 
 
-def test_entrypoint_rejects_a_bad_setting_with_one_line(store: Store) -> None:
+def test_entrypoint_rejects_a_bad_setting_with_one_line(image_store: Store) -> None:
     """The image's entrypoint is the command: a bad setting exits 2 with one line naming it."""
-    result = store.run(
+    result = image_store.run(
         "podman", "run", "--rm", "--network", "none", "--no-healthcheck",
         # A database is named, so that the port is the one problem.
         "--env", "SIDECAR_PORT=eighty", "--env", "PGHOST=db.invalid",

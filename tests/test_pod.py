@@ -32,7 +32,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sidecar_proc import Measurements
 from support import REPO, SLACK, missing_tool
 from support.helmdeps import dependencies_updated
-from support.image import APP_IMAGE, IMAGE, ImageToolMissing, Store, shared_store
+from support.image import APP_IMAGE, IMAGE, Store
 from support.kubelet import Kubelet, ProbeState
 from support.pod import NetnsPostgres, PodmanRuntime, PodNetwork, project_volumes
 from support.secretvolume import READ_ONLY_MASK
@@ -301,13 +301,10 @@ class RunningPod:
 
 
 @pytest.fixture(scope="module")
-def store() -> Store:
+def store(image_store: Store) -> Store:
     if os.geteuid() != 0:
         missing_tool("root (the pod tests make network namespaces, veth pairs, iptables rules)")
-    try:
-        return shared_store()
-    except ImageToolMissing as error:
-        missing_tool(str(error))
+    return image_store
 
 
 @contextlib.contextmanager

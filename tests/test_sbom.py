@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import tomllib
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from support.ciscripts import CI, load
-from support.image import IMAGE, ImageToolMissing, Store, shared_store
+from support.image import IMAGE, Store
 
 import sidecar
 
@@ -22,21 +20,11 @@ sbom = load("sbom")
 
 
 @pytest.fixture(scope="module")
-def store() -> Iterator[Store]:
-    try:
-        yield shared_store()
-    except ImageToolMissing as error:
-        if os.environ.get("CI") == "true":
-            pytest.fail(str(error))
-        pytest.skip(str(error))
-
-
-@pytest.fixture(scope="module")
-def image_sbom(store: Store, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def image_sbom(image_store: Store, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The SBOM of the image, its problems, and what the image itself says is installed."""
     output = tmp_path_factory.mktemp("sbom") / "sbom.cdx.json"
-    problems = sbom.build(["podman"], IMAGE, output, store.env)
-    _, installed = sbom.inspect_image(["podman"], IMAGE, store.env)
+    problems = sbom.build(["podman"], IMAGE, output, image_store.env)
+    _, installed = sbom.inspect_image(["podman"], IMAGE, image_store.env)
     return {
         "problems": problems,
         "document": json.loads(output.read_text()),
