@@ -483,6 +483,11 @@ def _cannot_connect_now(exc: BaseException) -> Reason:
     return Reason.SERVER_SHUTDOWN if "shutting down" in str(exc) else Reason.SERVER_STARTING
 
 
+# SQLSTATE classes of a refused connection or session: connection exception, invalid
+# authorization, invalid catalog name, insufficient resources, operator intervention.
+CONNECTION_SQLSTATE_CLASSES: Final = ("08", "28", "3D", "53", "57")
+
+
 def _postgres_cause(exc: BaseException) -> str | None:
     """details.cause for asyncpg's own failures, in fixed words (its messages are looked at,
     never quoted: they may name hosts and users); the rest as every kind words them."""
@@ -492,14 +497,17 @@ def _postgres_cause(exc: BaseException) -> str | None:
     if isinstance(exc, asyncpg.ClientConfigurationError) and "root certificate" in text:
         return "no CA file: sslmode verify-ca or verify-full needs sslrootcert"
     found = cause_of(exc)
-    if found is None and isinstance(exc, ASYNCPG_ERRORS):
-        # InvalidPasswordError (28P01) -> "invalid password (28P01)"
-        name = type(exc).__name__.removesuffix("Error")
-        found = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", name).lower()
-        sqlstate = getattr(exc, "sqlstate", None)
-        if isinstance(sqlstate, str) and re.fullmatch(r"[0-9A-Z]{5}", sqlstate):
-            found = f"{found} ({sqlstate})"
-    return found
+    sqlstate = getattr(exc, "sqlstate", None)
+    if found is not None or not isinstance(exc, ASYNCPG_ERRORS):
+        return found
+    if isinstance(sqlstate, str) and not sqlstate.startswith(CONNECTION_SQLSTATE_CLASSES):
+        return None  # a query's own error (query_failed): not a connection failure
+    # InvalidPasswordError (28P01) -> "invalid password (28P01)"
+    name = type(exc).__name__.removesuffix("Error")
+    words = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", name).lower()
+    if isinstance(sqlstate, str) and re.fullmatch(r"[0-9A-Z]{5}", sqlstate):
+        return f"{words} ({sqlstate})"
+    return words
 
 
 POSTGRES: Final[Rules] = (
