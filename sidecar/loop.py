@@ -17,7 +17,7 @@ from typing import Final, Protocol
 import backoff
 import structlog
 
-from sidecar.checks import Check, Reachable
+from sidecar.checks import Check, Reachable, RoleWatcher
 from sidecar.checkspec import CheckSpec
 from sidecar.reasons import CheckFailed, Reason
 from sidecar.state import Board, CheckResult, CheckState, Transition, advance
@@ -39,6 +39,9 @@ UNREACHABLE: Final = frozenset(
         Reason.SERVER_SHUTDOWN,
     }
 )
+# The failures a session kept on the server can see end without a login: a failover or a
+# switchover gives the server the role asked.
+WRONG_ROLE: Final = frozenset({Reason.SESSION_ATTRS_MISMATCH, Reason.NOT_PRIMARY})
 
 
 class Clock(Protocol):
@@ -163,30 +166,40 @@ class CheckLoop:
         return self._clock.monotonic() - came_back_at < self._policy.backoff_max
 
     async def _wait(self, delay: float, result: CheckResult) -> bool:
-        """Sleep `delay`; after an unreachable dependency, end early when a probe finds it
-        listening again. True when it ended early."""
+        """Sleep `delay`; end early when a probe finds that the check may pass now (True)."""
         check = self._check
-        if result.reason not in UNREACHABLE or not isinstance(check, Reachable):
-            await self._sleep(delay)
-            return False
+        if result.reason in UNREACHABLE and isinstance(check, Reachable):
+            # A refusal says "nothing listens" already; after a timeout or a reset, a first
+            # probe that connects says the host listened all along (a hung server): nothing to
+            # learn from it.
+            seen_down = result.reason is Reason.CONNECTION_REFUSED
+            return await self._probe_until(delay, check.reachable, seen_down=seen_down)
+        if result.reason in WRONG_ROLE and isinstance(check, RoleWatcher):
+            return await self._probe_until(delay, check.role_matches, seen_down=True)
+        await self._sleep(delay)
+        return False
+
+    async def _probe_until(
+        self, delay: float, probe: Callable[[], Awaitable[bool]], *, seen_down: bool
+    ) -> bool:
+        """Probe every REACH_PROBE_SECONDS within `delay`: True as soon as a probe says yes
+        after one (or the failure itself) said no; a yes before any no ends the probing and the
+        delay is waited out."""
         clock = self._clock
         until = clock.monotonic() + delay
-        # A refusal says "nothing listens" already; after a timeout or a reset, a first probe
-        # that connects says the host listened all along (a hung server): nothing to learn.
-        seen_down = result.reason is Reason.CONNECTION_REFUSED
         while (left := until - clock.monotonic()) > 0:
             await self._sleep(min(REACH_PROBE_SECONDS, left))
             if until - clock.monotonic() <= 0:
                 return False
             try:
-                listening = await check.reachable()
+                yes = await probe()
             except Exception as exc:  # noqa: BLE001 -- a broken probe only costs the shortcut
                 self._log.debug("prober.reachable", listening=False, error_type=type(exc).__name__)
-                listening = False
-            if listening and seen_down:
+                yes = False
+            if yes and seen_down:
                 self._log.debug("prober.reachable", listening=True)
                 return True
-            if listening:
+            if yes:
                 await self._sleep(max(0.0, until - clock.monotonic()))
                 return False
             seen_down = True

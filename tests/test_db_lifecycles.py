@@ -412,3 +412,41 @@ async def test_wrong_password_in_the_file_is_retried_at_a_growing_delay(
         assert credentials.reloads["rejected"] == 1
     finally:
         await check.close()
+
+
+@pytest.mark.slow
+async def test_failover_is_followed_as_soon_as_the_standby_is_promoted(
+    pg_private: PostgresServer, make_replica: ReplicaFactory, make_fault_proxy: ProxyFactory
+) -> None:
+    """read-write over two hosts, the first gone (refused), the second a standby: checks fail
+    with session_attrs_mismatch while the backoff grows to 8 s; promoting the standby makes
+    the check pass within a few seconds, on the session it kept there (no new login)."""
+    replica = make_replica(pg_private)
+    gone = make_fault_proxy(pg_private.host, pg_private.port)
+    gone.refuse()
+    hosts = f"{gone.host}:{gone.port},{replica.host}:{replica.port}"
+    dsn = with_host(replica.dsn(), hosts) + "?target_session_attrs=read-write"
+    spec = PostgresSpec(
+        name="postgres",
+        policy=CheckPolicy(interval=1.0, timeout=2.0, backoff_max=30.0),
+        target=DatabaseTarget(dsn=dsn),
+    )
+    check = postgres_check(spec)
+    recorder = Recorder()
+    loop = CheckLoop(spec, check, Board(), observer=recorder, jitter=lambda ceiling: ceiling)
+    task = asyncio.create_task(loop.run())
+    try:
+        # The fourth failure in a row: the next check is due 8 s later.
+        await wait_until_async(lambda: len(recorder.results) >= 4, timeout=SLACK)
+        assert {r.reason for r in recorder.results} == {Reason.SESSION_ATTRS_MISMATCH}
+        watched_backends = replica.backend_pids()
+        await asyncio.to_thread(replica.promote)
+        promoted = time.monotonic()
+        await wait_until_async(lambda: recorder.results[-1].ok, timeout=SLACK)
+        assert time.monotonic() - promoted < 4.0
+        assert replica.backend_pids() == watched_backends
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await check.close()

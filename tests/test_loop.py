@@ -199,3 +199,30 @@ async def test_server_starting_after_coming_back_is_retried_each_probe_interval(
     prober, _, clock, _board, _recorder = make([], still)
     await drive(prober, clock, 3)
     assert clock.sleeps[:3] == [1.0, 2.0, 4.0]
+
+
+class RoleWatchedCheck(ScriptedCheck):
+    """A scripted check whose server's role is asked again from a script while it waits."""
+
+    def __init__(self, script: list[object], answers: list[bool]) -> None:
+        super().__init__(script)  # type: ignore[arg-type]
+        self.answers = answers
+        self.asked = 0
+
+    async def role_matches(self) -> bool:
+        answer = self.answers[min(self.asked, len(self.answers) - 1)]
+        self.asked += 1
+        return answer
+
+
+async def test_wrong_role_is_checked_again_as_soon_as_the_server_has_it() -> None:
+    """session_attrs_mismatch: the loop asks the server's role once a second while it waits,
+    and runs the check as soon as it matches (here 1 s into an 8 s delay)."""
+    wrong = Reason.SESSION_ATTRS_MISMATCH
+    check = RoleWatchedCheck([wrong, wrong, wrong, wrong, None], answers=[False] * 4 + [True])
+    prober, _, clock, _board, recorder = make([], check, interval=5.0)
+    await drive(prober, clock, 9)
+    # Delays 1 (no time to ask), 2 (asked once), 4 (asked three times), then 8 cut after 1 s.
+    assert clock.sleeps[:9] == [1.0] * 8 + [5.0]
+    assert check.asked == 5
+    assert recorder.results[4].ok

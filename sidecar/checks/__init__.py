@@ -33,6 +33,17 @@ class Reachable(Protocol):
         ...
 
 
+@runtime_checkable
+class RoleWatcher(Protocol):
+    """A check that, after failing because its server has the wrong role (a standby where a
+    primary is asked), can ask that server again without a login: the check loop asks while it
+    waits, to run the check the moment a failover has made the role right."""
+
+    async def role_matches(self) -> bool:
+        """True when the server has the role asked now; never raises."""
+        ...
+
+
 class CredentialsStatus(Protocol):
     """What a watched DSN file exposes for metrics (sidecar.credentials.DsnFile)."""
 

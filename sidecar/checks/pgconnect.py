@@ -63,6 +63,16 @@ class Session:
     opened_at: float
 
 
+class RoleMismatch(CheckFailed):
+    """No host has the role asked. `watch` is a session on one that answered (the first),
+    kept so that the check can ask again cheaply, without a login, while it waits to retry: a
+    standby promoted in a failover is seen within moments."""
+
+    def __init__(self, reason: Reason, watch: Session) -> None:
+        super().__init__(reason)
+        self.watch = watch
+
+
 @dataclass(eq=False, slots=True)
 class Connector:
     """Opens the connections of one check; remembers whether the server takes
@@ -92,41 +102,63 @@ class Connector:
                 session = await self._connect_judged(dsn, target, wanted)
             reason = wanted.verdict(session.facts) if session.facts is not None else None
             if reason is not None:
-                session.conn.terminate()
-                raise CheckFailed(reason)
+                raise RoleMismatch(reason, session)
             return session
+        return await self._walk(dsn, target, wanted, hosts, within)
+
+    async def _walk(
+        self,
+        dsn: str | None,
+        target: dict[str, Any],
+        wanted: Wanted,
+        hosts: list[Address],
+        within: float,
+    ) -> Session:
         # As libpq's connect_timeout: each host gets its own share, so one that accepts and
         # never answers cannot spend the whole budget before the next is tried.
         per_host = within / len(hosts)
+        # Hosts that answered but are not the one (yet): the first that will do (prefer-standby
+        # wants a standby), the first with the wrong role (to watch). Never left open.
         fallback: Session | None = None
-        mismatch: Reason | None = None
+        mismatch: RoleMismatch | None = None
+        chosen: Session | None = None
         failure: Exception | None = None
-        for host, port in hosts:
-            try:
-                async with asyncio.timeout(per_host):
-                    await _resolve(self.resolver, (host, port), per_host * RESOLVE_SHARE)
-                    found = await self._connect_judged(
-                        dsn, {**target, "host": host, "port": port}, wanted
-                    )
-            except Exception as exc:  # noqa: BLE001 -- the next host; the last failure decides
-                failure = exc
-                continue
-            facts = found.facts
-            reason = wanted.verdict(facts) if facts is not None else None
-            if reason is None and (facts is None or wanted.preferred(facts)):
-                if fallback is not None:
-                    fallback.conn.terminate()
-                return found
-            if reason is None and fallback is None:
-                fallback = found
-                continue
-            mismatch = mismatch or reason
-            found.conn.terminate()
-        if fallback is not None:
-            return fallback
+        done = False
+        try:
+            for host, port in hosts:
+                try:
+                    async with asyncio.timeout(per_host):
+                        await _resolve(self.resolver, (host, port), per_host * RESOLVE_SHARE)
+                        found = await self._connect_judged(
+                            dsn, {**target, "host": host, "port": port}, wanted
+                        )
+                except Exception as exc:  # noqa: BLE001 -- the next host; the last one decides
+                    failure = exc
+                    continue
+                facts = found.facts
+                reason = wanted.verdict(facts) if facts is not None else None
+                if reason is None and (facts is None or wanted.preferred(facts)):
+                    chosen = found
+                    break
+                if reason is None and fallback is None:
+                    fallback = found
+                elif reason is not None and mismatch is None:
+                    mismatch = RoleMismatch(reason, found)
+                else:
+                    found.conn.terminate()
+            chosen = chosen or fallback
+            done = True
+        finally:
+            # What is neither returned nor raised as the watch is closed, whatever happened.
+            keep = (chosen or (mismatch.watch if mismatch else None)) if done else None
+            for held in (fallback, mismatch.watch if mismatch else None):
+                if held is not None and held is not keep:
+                    held.conn.terminate()
+        if chosen is not None:
+            return chosen
         if mismatch is not None:
             # A host answered with the wrong role: more telling than another host's silence.
-            raise CheckFailed(mismatch)
+            raise mismatch
         assert failure is not None  # noqa: S101 -- two hosts or more were tried
         raise failure
 

@@ -13,6 +13,7 @@ the whole budget, and becomes the first choice as soon as the old one fails.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import re
@@ -37,6 +38,7 @@ from sidecar.checks.failures import (
 from sidecar.checks.pgconnect import (
     LIBPQ_ARGUMENTS,
     Connector,
+    RoleMismatch,
     Session,
     hosts_and_attrs,
 )
@@ -150,6 +152,9 @@ class PostgresCheck:
     _tried_candidate: bool = field(default=False, init=False)
     _tried_candidate_last: bool = field(default=False, init=False)
     _connector: Connector = field(init=False)
+    # After a role mismatch: the session on a host that answered with the wrong role, asked
+    # again while the check waits (`role_matches`), and used if it has the role now.
+    _watch: Session | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self._connector = Connector(self.resolver, self.spec.require_primary, self.monotonic)
@@ -175,6 +180,9 @@ class PostgresCheck:
 
     async def _run(self, deadline: float) -> None:
         candidate = self.credentials.poll() if self.credentials is not None else None
+        if self._session is None and self._watch is not None:
+            # Judged like a kept connection: no login when its server has the role by now.
+            self._session, self._watch = self._watch, None
         session = self._session
         if session is not None and (session.conn.is_closed() or self._too_old(session)):
             await self._retire()
@@ -202,8 +210,14 @@ class PostgresCheck:
             await self._run_gates(session.conn)
         if candidate is not None and not self._tried_candidate:
             await self._try_candidate(candidate, deadline)
+        self._forget_watch()
         if self.max_connection_age == 0:
             await self._retire()
+
+    def _forget_watch(self, replacement: Session | None = None) -> None:
+        watch, self._watch = self._watch, replacement
+        if watch is not None and watch is not replacement:
+            watch.conn.terminate()
 
     def _too_old(self, session: Session) -> bool:
         return self.monotonic() - session.opened_at >= self.max_connection_age
@@ -223,6 +237,8 @@ class PostgresCheck:
             reason = wanted.verdict(facts)
             if reason is not None:
                 if not wanted.several_hosts:
+                    self._session = None
+                    self._forget_watch(session)
                     raise CheckFailed(reason)
                 return False
             # prefer-standby: a standby that was promoted under us; any other host may be a
@@ -272,6 +288,12 @@ class PostgresCheck:
             try:
                 session = await self._open(dsn, remaining)
             except Exception as exc:  # noqa: BLE001 -- the other DSN; raised if none works
+                if isinstance(exc, RoleMismatch):
+                    if is_candidate:
+                        # Only the DSN in use is watched: a candidate's session is not ours.
+                        exc.watch.conn.terminate()
+                    else:
+                        self._forget_watch(exc.watch)
                 if is_candidate and dsn is not None and self.credentials is not None:
                     self.credentials.reject(dsn, _reason(exc))
                 if failure is None or is_candidate:
@@ -387,7 +409,22 @@ class PostgresCheck:
             session.conn.terminate()
 
     async def close(self) -> None:
+        self._forget_watch()
         await self._retire()
+
+    async def role_matches(self) -> bool:
+        """Whether the server the last run found with the wrong role has it now: one statement
+        on the session kept from that run, no login (sidecar.checks.pgconnect.RoleMismatch)."""
+        watch = self._watch
+        if watch is None:
+            return False
+        try:
+            async with asyncio.timeout(min(REACH_TIMEOUT_SECONDS, self.spec.policy.timeout)):
+                facts = Facts.from_status(await watch.conn.execute(FACTS_QUERY))
+        except Exception:  # noqa: BLE001 -- gone or stuck: nothing to watch any more
+            self._forget_watch()
+            return False
+        return watch.wanted.verdict(facts) is None and watch.wanted.preferred(facts)
 
     async def reachable(self) -> bool:
         """Whether a host of the DSN (or of a pending one) accepts a TCP connection now: a
