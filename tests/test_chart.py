@@ -279,6 +279,9 @@ INVALID_VALUES = {
         {"extraDatabaseSecrets": [{"name": "replica", "secretName": "replica-db"}]},
         "'key'",
     ),
+    # null drops a default; the sidecar's own probes have no pod-side default to fall back to.
+    "null-startup-probe": ({"sidecar": {"startupProbe": None}}, "'startupProbe'"),
+    "null-liveness-probe": ({"sidecar": {"livenessProbe": None}}, "'livenessProbe'"),
 }
 
 

@@ -269,6 +269,53 @@ def test_null_drops_a_security_context_default_for_the_pod_to_set() -> None:
     assert context["capabilities"] == {"drop": ["ALL"]}
 
 
+def default_paths(defaults: Obj, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every key of the library's defaults, at every depth, as a path of keys."""
+    paths = []
+    for key, value in defaults.items():
+        paths.append((*prefix, key))
+        if isinstance(value, dict):
+            paths.extend(default_paths(value, (*prefix, key)))
+    return paths
+
+
+def nulled(path: tuple[str, ...]) -> Obj:
+    """Values that set the key at `path` to null (a DSN Secret named, as every chart must)."""
+    values: Obj = {"database": {"existingSecret": "inventory-db"}}
+    here = values
+    for key in path[:-1]:
+        here = here.setdefault(key, {})
+    here[path[-1]] = None
+    return values
+
+
+LIBRARY_DEFAULTS: Obj = yaml.safe_load(
+    (LIBRARY / "templates" / "_defaults.tpl").read_text().split("-}}", 1)[1].rsplit("{{-", 1)[0]
+)
+
+
+@pytest.mark.parametrize("path", default_paths(LIBRARY_DEFAULTS), ids=".".join)
+def test_null_for_any_default_renders_a_valid_pod_or_fails_naming_the_key(
+    path: tuple[str, ...],
+) -> None:
+    """null removes a default: the pod is then strictly valid without it, or the render stops
+    with a line naming healthSidecar.<key> (never a template error, never a broken object)."""
+    name = "healthSidecar." + ".".join(path)
+    try:
+        objects = render(FOREIGN, {"healthSidecar": nulled(path)})
+    except helm.HelmError as error:
+        refusal = str(error)
+    else:
+        refusal = ""
+    if refusal:
+        assert f"{name}:" in refusal or f"{name}." in refusal, refusal
+        assert "nil pointer" not in refusal
+        return
+    for obj in objects:
+        for minor in KUBERNETES:
+            kubernetes_validate.validate(obj, minor, strict=True)
+
+
 def test_readiness_probe_goes_to_the_app_not_the_first_container() -> None:
     """The foreign pod's first container is a log shipper: it gets no readinessProbe, the app
     container named in the template does."""

@@ -17,7 +17,8 @@ unknown key is a typo. `#/$defs/...` refers to the check file schema's definitio
 {{- define "health-sidecar-lib.valuesSchema" -}}
 type: object
 additionalProperties: false
-required: [nativeSidecar, image, port, database, readinessProbe]
+# What the container cannot do without: a null here (which drops the default) is refused by name.
+required: [nativeSidecar, image, port, database, startupProbe, livenessProbe, readinessProbe]
 properties:
   nativeSidecar: {type: boolean}
   image:
@@ -117,6 +118,7 @@ properties:
   database:
     type: object
     additionalProperties: false
+    required: [existingSecretKey]
     properties:
       existingSecret: {type: string}
       existingSecretKey: {type: string, minLength: 1}
