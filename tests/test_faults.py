@@ -787,6 +787,10 @@ class PgBouncer:
             "max_client_conn = 20\n"
             "server_connect_timeout = 2\n"
             "server_login_retry = 1\n"
+            # A check that timed out while pgbouncer was still logging in leaves that server
+            # connection idle in the pool (two sessions for a while, on a busy machine); it
+            # goes within seconds, not the default ten minutes.
+            "server_idle_timeout = 3\n"
             f"logfile = {self.dir / 'pgbouncer.log'}\n"
         )
         prefix: list[str] = []
