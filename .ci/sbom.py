@@ -25,7 +25,7 @@ import sys
 import tarfile
 import tempfile
 from collections.abc import Mapping, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,17 +79,29 @@ def export_paths(
     try:
         archive = dest.parent / "rootfs.tar"
         subprocess.run([*cli, "export", "--output", str(archive), created], check=True, env=env)
-        prefixes = tuple(p.strip("/") + "/" for p in paths)
-        with tarfile.open(archive) as tar:
-            members = [
-                m
-                for m in tar.getmembers()
-                if (m.isfile() or m.isdir()) and (m.name.rstrip("/") + "/").startswith(prefixes)
-            ]
-            tar.extractall(dest, members=members, filter="data")
+        extract(archive, paths, dest)
         archive.unlink()
     finally:
         subprocess.run([*cli, "rm", "--force", created], check=False, capture_output=True, env=env)
+
+
+def extract(archive: Path, paths: Sequence[str], dest: Path) -> None:
+    """Extract the regular files and directories under `paths` from a filesystem tar archive."""
+    prefixes = tuple(p.strip("/") + "/" for p in paths)
+    with tarfile.open(archive) as tar:
+        members = [
+            m
+            for m in tar.getmembers()
+            if (m.isfile() or m.isdir())
+            and (m.name.rstrip("/") + "/").startswith(prefixes)
+            and ".." not in PurePosixPath(m.name).parts
+        ]
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(dest, members=members, filter="data")
+        else:
+            # Python before 3.11.4 (Debian 12's python3 is 3.11.2) has no extraction filters:
+            # the members are already only files and directories, relative, under sys.path.
+            tar.extractall(dest, members=members)  # noqa: S202
 
 
 def generate(rootfs: Path, image_path: Sequence[str], pyproject: Path, output: Path) -> None:

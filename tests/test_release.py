@@ -8,11 +8,13 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from support import missing_tool
 from support.ciscripts import CI, load
 
 REPO = CI.parent
@@ -198,3 +200,39 @@ def test_workflow_lint_fails_on_an_injectable_unpinned_workflow(tmp_path: Path) 
     assert run.returncode == 1
     assert "1 finding(s)" in run.stdout  # actionlint: the untrusted expression
     assert "unpinned-uses" in run.stdout + run.stderr  # zizmor
+
+
+# Debian 12's own interpreter (3.11.2: no tarfile extraction filters), which the README's
+# `python3 .ci/sbom.py IMAGE` meets on a fresh Debian 12 machine.
+SYSTEM_PYTHON = Path("/usr/bin/python3")
+
+
+def test_sbom_extracts_the_image_environment_under_debian_12s_python(tmp_path: Path) -> None:
+    """.ci/sbom.py copies the files under the image's sys.path out of an exported filesystem
+    with the system python3 of Debian 12 too, and nothing else (no link, no path outside)."""
+    if not SYSTEM_PYTHON.exists():
+        missing_tool(f"{SYSTEM_PYTHON} (Debian's python3)")
+    rootfs = tmp_path / "rootfs"
+    (rootfs / "opt" / "venv" / "lib").mkdir(parents=True)
+    (rootfs / "opt" / "venv" / "lib" / "mod.py").write_text("x = 1\n")
+    (rootfs / "etc").mkdir()
+    (rootfs / "etc" / "shadow").write_text("root:*:\n")
+    (rootfs / "opt" / "venv" / "lib" / "link").symlink_to("/etc/shadow")
+    archive = tmp_path / "rootfs.tar"
+    with tarfile.open(archive, "w") as tar:
+        for top in ("opt", "etc"):  # as `podman export` names them: relative, no "./"
+            tar.add(rootfs / top, arcname=top)
+    dest = tmp_path / "out"
+    dest.mkdir()
+    script = (
+        "import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); import sbom; "
+        "sbom.extract(Path(sys.argv[2]), ['/opt/venv'], Path(sys.argv[3]))"
+    )
+    subprocess.run(
+        [str(SYSTEM_PYTHON), "-c", script, str(CI), str(archive), str(dest)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    extracted = sorted(str(p.relative_to(dest)) for p in dest.rglob("*"))
+    assert extracted == ["opt", "opt/venv", "opt/venv/lib", "opt/venv/lib/mod.py"]
