@@ -4,9 +4,9 @@
 The package version (sidecar/__init__.py) is the reference; every other place that names the
 released version must say the same: both charts' `version` and `appVersion`, the app chart's
 pin of the library, the library's default image tag, the image's OCI label, the plain
-manifests, the README's install snippets, and a dated CHANGELOG.md section. With `--tag`, the
-git tag (v<version>) must match too. One line per disagreement on stderr, exit 1; exit 0 when
-all agree.
+manifests and the component's remote ref, the README's install snippets and commands, and a
+dated CHANGELOG.md section. With `--tag`, the git tag (v<version>) must match too. One line per
+disagreement on stderr, exit 1; exit 0 when all agree.
 
     python3 .ci/lockstep.py [--root DIR] [--tag v0.3.0] [--notes]
 
@@ -69,6 +69,16 @@ SITES = (
         "README.md", "the image in the workload snippet", rf"image: \S+/health-sidecar:{VERSION}$"
     ),
     Site("README.md", "the kustomize `newTag`", rf"newTag: {VERSION}$"),
+    Site(
+        "README.md",
+        "a version in an install command (helm --version, docker pull, cosign verify)",
+        rf"(?:health-sidecar(?:-lib)?:|--version ){VERSION}",
+    ),
+    Site(
+        "manifests/components/health-sidecar/kustomization.yaml",
+        "the remote ref in its usage comment",
+        rf"\?ref=v{VERSION}$",
+    ),
     Site(
         "README.md",
         "the library chart dependency's version",

@@ -76,6 +76,32 @@ def test_lockstep_refuses_a_release_where_one_place_differs(site: Any, tmp_path:
     assert version in (REPO / lockstep.REFERENCE.path).read_text()
 
 
+# A version a user types or reads off a command: an image or chart reference, helm's
+# --version, a remote kustomize ref.
+INSTALL_VERSION = re.compile(r"(?:health-sidecar(?:-lib)?:|--version |\?ref=v)(\d+\.\d+\.\d+)")
+
+
+@pytest.mark.parametrize(
+    "path", ["README.md", "manifests/components/health-sidecar/kustomization.yaml"]
+)
+def test_every_install_command_version_is_checked_by_lockstep(path: str) -> None:
+    """Each version in an install command (helm install --version, docker pull, cosign verify,
+    the component's remote ref) lies in a place lockstep compares, so a bump cannot miss it."""
+    text = (REPO / path).read_text()
+    covered = [
+        match.span(1)
+        for site in SITES
+        if site.path == path
+        for match in re.finditer(site.pattern, text, flags=re.MULTILINE)
+    ]
+    unchecked = [
+        f"line {text.count(chr(10), 0, match.start()) + 1}: {match.group(0)}"
+        for match in INSTALL_VERSION.finditer(text)
+        if not any(start <= match.start(1) < end for start, end in covered)
+    ]
+    assert unchecked == []
+
+
 def test_lockstep_refuses_a_tag_that_is_not_the_package_version() -> None:
     """`--tag v9.9.9` on a tree at another version exits 1 naming the tag; the right tag passes."""
     (version,) = lockstep.REFERENCE.versions(REPO)
