@@ -33,6 +33,12 @@ mirror() {
     found="$(cat /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '$1 == "URIs:" && $2 !~ /security/ {print $2; exit}')"
     [[ -n $found ]] || found="$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null \
         | awk '$1 == "deb" {for (i = 2; i <= NF; i++) if ($i ~ /:\/\//) {if ($i !~ /security/) {print $i; exit}; break}}')"
+    # Debian's cloud images name a file listing mirrors (mirror+file:), which apt reads and
+    # debootstrap cannot: take the first mirror it lists.
+    if [[ $found == mirror+file:* ]]; then
+        found="$(awk '$1 ~ /:\/\// {print $1; exit}' "${found#mirror+file://}" 2>/dev/null || true)"
+    fi
+    [[ $found == *://* && $found != mirror+* ]] || found=""
     echo "${found:-http://deb.debian.org/debian}"
 }
 

@@ -262,3 +262,77 @@ def test_sbom_extracts_the_image_environment_under_debian_12s_python(tmp_path: P
     )
     extracted = sorted(str(p.relative_to(dest)) for p in dest.rglob("*"))
     assert extracted == ["opt", "opt/venv", "opt/venv/lib", "opt/venv/lib/mod.py"]
+
+
+DEBIAN_SOURCES = "Types: deb\nURIs: {uri}\nSuites: bookworm bookworm-updates\nComponents: main\n\n"
+SECURITY_SOURCES = "Types: deb\nURIs: {uri}\nSuites: bookworm-security\nComponents: main\n"
+# The apt configurations a fresh Debian 12 comes with, and the mirror debootstrap must get.
+APT_CONFIGURATIONS = {
+    # The official container image: deb822, the mirror by URL.
+    "deb822": (
+        {
+            "sources.list.d/debian.sources": DEBIAN_SOURCES.format(
+                uri="http://deb.debian.org/debian"
+            )
+            + SECURITY_SOURCES.format(uri="http://deb.debian.org/debian-security")
+        },
+        "http://deb.debian.org/debian",
+    ),
+    # The cloud images (cloud.debian.org): deb822 naming a mirror list file, which apt reads
+    # and debootstrap cannot.
+    "cloud-mirror-list": (
+        {
+            "sources.list.d/debian.sources": DEBIAN_SOURCES.format(
+                uri="mirror+file:///etc/apt/mirrors/debian.list"
+            )
+            + SECURITY_SOURCES.format(uri="mirror+file:///etc/apt/mirrors/debian-security.list"),
+            "mirrors/debian.list": "# the closest first\nhttps://deb.debian.org/debian\n",
+            "mirrors/debian-security.list": "https://deb.debian.org/debian-security\n",
+        },
+        "https://deb.debian.org/debian",
+    ),
+    # The installer's: one-line sources.list.
+    "sources-list": (
+        {
+            "sources.list": "#deb cdrom:[Debian GNU/Linux 12]/ bookworm main\n"
+            "deb http://ftp.de.debian.org/debian/ bookworm main\n"
+            "deb http://security.debian.org/debian-security bookworm-security main\n"
+        },
+        "http://ftp.de.debian.org/debian/",
+    ),
+}
+
+
+@pytest.mark.parametrize("configuration", sorted(APT_CONFIGURATIONS))
+def test_offline_build_takes_the_debian_mirror_apt_uses(configuration: str, tmp_path: Path) -> None:
+    """.ci/build-image.sh gives debootstrap the Debian mirror of the machine's apt configuration,
+    as a fresh Debian 12 has it (run against that configuration in a mount namespace of its own)."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        missing_tool("root and unshare (util-linux), to mount an apt configuration privately")
+    files, expected = APT_CONFIGURATIONS[configuration]
+    apt = tmp_path / "apt"
+    (apt / "sources.list.d").mkdir(parents=True)
+    for name, text in files.items():
+        (apt / name).parent.mkdir(parents=True, exist_ok=True)
+        (apt / name).write_text(text)
+    script = (CI / "build-image.sh").read_text()
+    function = script[
+        script.index("mirror() {") : script.index("\n}\n", script.index("mirror() {")) + 3
+    ]
+    run = subprocess.run(
+        [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "bash",
+            "-c",
+            f'mount --bind "$1" /etc/apt && {function}\nmirror',
+            "mirror",
+            str(apt),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert run.stdout.strip() == expected
