@@ -450,3 +450,39 @@ async def test_failover_is_followed_as_soon_as_the_standby_is_promoted(
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await check.close()
+
+
+@pytest.mark.slow
+async def test_member_coming_back_with_the_role_is_taken_at_once(
+    pg_private: PostgresServer, make_replica: ReplicaFactory, make_fault_proxy: ProxyFactory
+) -> None:
+    """read-write over two hosts: the primary's path refuses, the standby answers with the
+    wrong role, and the backoff grows to 8 s; when the primary listens again, a probe sees it
+    and the check passes within a few seconds."""
+    replica = make_replica(pg_private)
+    primary_path = make_fault_proxy(pg_private.host, pg_private.port)
+    primary_path.refuse()
+    hosts = f"{primary_path.host}:{primary_path.port},{replica.host}:{replica.port}"
+    dsn = with_host(pg_private.dsn(), hosts) + "?target_session_attrs=read-write"
+    spec = PostgresSpec(
+        name="postgres",
+        policy=CheckPolicy(interval=1.0, timeout=2.0, backoff_max=30.0),
+        target=DatabaseTarget(dsn=dsn),
+    )
+    check = postgres_check(spec)
+    recorder = Recorder()
+    loop = CheckLoop(spec, check, Board(), observer=recorder, jitter=lambda ceiling: ceiling)
+    task = asyncio.create_task(loop.run())
+    try:
+        await wait_until_async(lambda: len(recorder.results) >= 4, timeout=SLACK)
+        assert {r.reason for r in recorder.results} == {Reason.SESSION_ATTRS_MISMATCH}
+        primary_path.forward()
+        back = time.monotonic()
+        await wait_until_async(lambda: recorder.results[-1].ok, timeout=SLACK)
+        assert time.monotonic() - back < 4.0
+        assert pg_private.sessions() == 1
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await check.close()

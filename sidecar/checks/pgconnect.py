@@ -66,11 +66,13 @@ class Session:
 class RoleMismatch(CheckFailed):
     """No host has the role asked. `watch` is a session on one that answered (the first),
     kept so that the check can ask again cheaply, without a login, while it waits to retry: a
-    standby promoted in a failover is seen within moments."""
+    standby promoted in a failover is seen within moments. `refused`: the hosts where nothing
+    listened, which a TCP connect can see come back (a member that rejoins)."""
 
-    def __init__(self, reason: Reason, watch: Session) -> None:
+    def __init__(self, reason: Reason, watch: Session, refused: tuple[Address, ...] = ()) -> None:
         super().__init__(reason)
         self.watch = watch
+        self.refused = refused
 
 
 @dataclass(eq=False, slots=True)
@@ -123,6 +125,7 @@ class Connector:
         mismatch: RoleMismatch | None = None
         chosen: Session | None = None
         failure: Exception | None = None
+        refused: list[Address] = []
         done = False
         try:
             for host, port in hosts:
@@ -134,6 +137,8 @@ class Connector:
                         )
                 except Exception as exc:  # noqa: BLE001 -- the next host; the last one decides
                     failure = exc
+                    if isinstance(exc, ConnectionRefusedError):
+                        refused.append((host, port))
                     continue
                 facts = found.facts
                 reason = wanted.verdict(facts) if facts is not None else None
@@ -158,6 +163,7 @@ class Connector:
             return chosen
         if mismatch is not None:
             # A host answered with the wrong role: more telling than another host's silence.
+            mismatch.refused = tuple(refused)
             raise mismatch
         assert failure is not None  # noqa: S101 -- two hosts or more were tried
         raise failure

@@ -155,6 +155,9 @@ class PostgresCheck:
     # After a role mismatch: the session on a host that answered with the wrong role, asked
     # again while the check waits (`role_matches`), and used if it has the role now.
     _watch: Session | None = field(default=None, init=False)
+    # ... and the hosts of that run where nothing listened: one that listens again may be the
+    # member with the role (a primary restarted, a standby rejoined).
+    _watch_refused: tuple[reach.Address, ...] = field(default=(), init=False)
 
     def __post_init__(self) -> None:
         self._connector = Connector(self.resolver, self.spec.require_primary, self.monotonic)
@@ -215,6 +218,7 @@ class PostgresCheck:
             await self._retire()
 
     def _forget_watch(self, replacement: Session | None = None) -> None:
+        self._watch_refused = ()
         watch, self._watch = self._watch, replacement
         if watch is not None and watch is not replacement:
             watch.conn.terminate()
@@ -294,6 +298,7 @@ class PostgresCheck:
                         exc.watch.conn.terminate()
                     else:
                         self._forget_watch(exc.watch)
+                        self._watch_refused = exc.refused
                 if is_candidate and dsn is not None and self.credentials is not None:
                     self.credentials.reject(dsn, _reason(exc))
                 if failure is None or is_candidate:
@@ -413,13 +418,17 @@ class PostgresCheck:
         await self._retire()
 
     async def role_matches(self) -> bool:
-        """Whether the server the last run found with the wrong role has it now: one statement
-        on the session kept from that run, no login (sidecar.checks.pgconnect.RoleMismatch)."""
+        """Whether the server the last run found with the wrong role has it now (one statement
+        on the session kept from that run, no login), or a host where nothing listened then
+        listens now (a connect) (sidecar.checks.pgconnect.RoleMismatch)."""
         watch = self._watch
         if watch is None:
             return False
+        within = min(REACH_TIMEOUT_SECONDS, self.spec.policy.timeout)
+        if self._watch_refused and await reach.accepts_any(self._watch_refused, within):
+            return True
         try:
-            async with asyncio.timeout(min(REACH_TIMEOUT_SECONDS, self.spec.policy.timeout)):
+            async with asyncio.timeout(within):
                 facts = Facts.from_status(await watch.conn.execute(FACTS_QUERY))
         except Exception:  # noqa: BLE001 -- gone or stuck: nothing to watch any more
             self._forget_watch()
