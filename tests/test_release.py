@@ -336,3 +336,38 @@ def test_offline_build_takes_the_debian_mirror_apt_uses(configuration: str, tmp_
         check=True,
     )
     assert run.stdout.strip() == expected
+
+
+def test_readme_install_commands_name_what_the_release_workflow_publishes() -> None:
+    """The README's image, chart OCI paths and cosign identity are those release.yml makes true
+    for this repository (github.com/<owner>/health-sidecar, from CHANGELOG.md's links)."""
+    readme = (REPO / "README.md").read_text()
+    repository = re.search(
+        r"https://github\.com/([^/]+)/([^/]+)/compare/", (REPO / "CHANGELOG.md").read_text()
+    )
+    assert repository is not None
+    owner, name = repository.groups()
+    steps = "\n".join(
+        step.get("run", "")
+        for job in workflow("release.yml")["jobs"].values()
+        for step in job["steps"]
+    )
+    on_github = steps.replace("${GITHUB_REPOSITORY_OWNER,,}", owner.lower())
+    (image,) = set(re.findall(r'IMAGE=(\S+?)"', on_github))
+    (charts,) = set(re.findall(r'registry="(\S+?)"', on_github))
+    assert f"docker pull {image}:" in readme
+    assert f"cosign verify {image}:" in readme
+    assert f"oci://{charts}/health-sidecar --version" in readme
+    assert f"repository: oci://{charts}\n" in readme
+    assert (
+        f"repository: {image}\n"
+        in (REPO / "charts" / "health-sidecar-lib" / "templates" / "_defaults.tpl").read_text()
+    )
+    (version,) = lockstep.REFERENCE.versions(REPO)
+    signer = f"https://github.com/{owner}/{name}/.github/workflows/release.yml@refs/tags/v{version}"
+    identities = re.findall(r"--certificate-identity-regexp '([^']+)'", readme)
+    assert identities
+    for identity in identities:
+        assert re.search(identity, signer), identity
+        assert not re.search(identity, signer.replace("release.yml", "ci.yml")), identity
+        assert not re.search(identity, signer.replace("refs/tags/", "refs/heads/")), identity
