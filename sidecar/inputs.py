@@ -10,7 +10,7 @@ import difflib
 import os
 import re
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Final
 from urllib.parse import parse_qs, unquote, unquote_plus, urlsplit
@@ -35,6 +35,39 @@ TLS_ENVIRONMENT: Final = {
     "PGSSLKEY": "sslkey",
     "PGSSLCRL": "sslcrl",
 }
+# libpq's target_session_attrs values (asyncpg takes the same ones; libpq compares them exactly).
+SESSION_ATTRS: Final = ("any", "primary", "standby", "prefer-standby", "read-write", "read-only")
+# libpq's client-side timing parameters, common in an app's own URL (psycopg's connect_timeout).
+# asyncpg does not know them and would send each to the server as a setting, which refuses the
+# session (42704); the check's own timeout and a new connection after a failure do their job.
+IGNORED_PARAMETERS: Final = frozenset(
+    (
+        "connect_timeout",
+        "keepalives",
+        "keepalives_idle",
+        "keepalives_interval",
+        "keepalives_count",
+        "tcp_user_timeout",
+        "fallback_application_name",
+    )
+)
+# libpq's other parameters that asyncpg does not know: each would go to the server as a setting
+# too, and dropping it would quietly accept a connection the DSN's author meant to refuse.
+UNSUPPORTED_PARAMETERS: Final = (
+    "hostaddr",
+    "channel_binding",
+    "require_auth",
+    "requirepeer",
+    "requiressl",
+    "gssencmode",
+    "gssdelegation",
+    "sslcompression",
+    "sslsni",
+    "sslcrldir",
+    "sslcertmode",
+    "replication",
+    "load_balance_hosts",
+)
 # A DSN file is a mounted Secret holding one line; anything bigger is a wrong mount.
 MAX_DSN_FILE_BYTES: Final = 64 * 1024
 
@@ -80,6 +113,17 @@ def split_driver(dsn: str) -> tuple[str, str | None]:
     return f"{match.group(1)}://{rest}", driver
 
 
+def without_ignored_parameters(dsn: str) -> str:
+    """The DSN without libpq's client-side timing parameters (IGNORED_PARAMETERS)."""
+    head, mark, query = dsn.partition("?")
+    if not mark:
+        return dsn
+    pairs = [
+        p for p in query.split("&") if unquote_plus(p.partition("=")[0]) not in IGNORED_PARAMETERS
+    ]
+    return f"{head}?{'&'.join(pairs)}" if pairs else head
+
+
 def dsn_problem(dsn: str) -> str | None:
     """Why this DSN is refused, without ever quoting it (it may hold a password)."""
     dsn, _driver = split_driver(dsn)
@@ -122,15 +166,20 @@ def _parameters_problem(query: str) -> str | None:
         values = {k: v[-1] for k, v in parse_qs(query, strict_parsing=True).items()}
     except ValueError:
         return "malformed query string (expected key=value pairs joined by &)"
-    if "sslmode" in values:
-        problem = sslmode_problem(values["sslmode"])
-        if problem:
-            return f"sslmode: {problem}"
-    for key in TLS_FILE_PARAMETERS:
+    judges: dict[str, Callable[[str], str | None]] = {
+        "sslmode": sslmode_problem,
+        "target_session_attrs": session_attrs_problem,
+    }
+    judges.update(dict.fromkeys(TLS_FILE_PARAMETERS, tls_file_problem))
+    for key in UNSUPPORTED_PARAMETERS:
         if key in values:
-            problem = tls_file_problem(values[key])
-            if problem:
-                return f"{key}: {problem}"
+            return (
+                f"{key}: a libpq parameter this sidecar's client (asyncpg) cannot honour; remove it"
+            )
+    for key, judge in judges.items():
+        problem = judge(values[key]) if key in values else None
+        if problem:
+            return f"{key}: {problem}"
     return None
 
 
@@ -142,6 +191,16 @@ def sslmode_problem(value: str) -> str | None:
     guess = difflib.get_close_matches(value.lower(), SSL_MODES, n=1)
     hint = f"; did you mean {guess[0]!r}?" if guess and shown else ""
     return f"{shown}is not one of {', '.join(SSL_MODES)}{hint}"
+
+
+def session_attrs_problem(value: str) -> str | None:
+    """Why `value` is no target_session_attrs (with a did-you-mean when one is close), or None."""
+    if value in SESSION_ATTRS:
+        return None
+    shown = f"{value!r} " if re.fullmatch(r"[A-Za-z_-]{1,20}", value) else ""
+    guess = difflib.get_close_matches(value.lower().replace("_", "-"), SESSION_ATTRS, n=1)
+    hint = f"; did you mean {guess[0]!r}?" if guess and shown else ""
+    return f"{shown}is not one of {', '.join(SESSION_ATTRS)}{hint}"
 
 
 def tls_file_problem(path: str) -> str | None:
@@ -161,6 +220,12 @@ def libpq_tls_problems(environ: Mapping[str, str]) -> list[str]:
         problem = sslmode_problem(mode)
         if problem:
             problems.append(f"PGSSLMODE: {problem}")
+    # Not TLS, but read by every postgres check alike, and as fatal when mistyped.
+    attrs = environ.get("PGTARGETSESSIONATTRS")
+    if attrs:
+        problem = session_attrs_problem(attrs)
+        if problem:
+            problems.append(f"PGTARGETSESSIONATTRS: {problem}")
     for variable in TLS_ENVIRONMENT:
         path = environ.get(variable)
         if path:

@@ -222,3 +222,51 @@ async def test_asyncpg_dialect_ssl_parameter_is_read_as_sslmode(
     assert failed.value.reason is Reason.TLS_ERROR
     plain = with_scheme(pg.dsn(), "postgresql+asyncpg") + "?ssl=disable"
     await make_postgres_check(plain).run()
+
+
+# ---- libpq parameters asyncpg does not know ----------------------------------------------------
+
+
+def test_libpq_timing_parameters_in_the_app_url_still_turn_ready(
+    pg: PostgresServer, tmp_path: Path
+) -> None:
+    """?connect_timeout=10&keepalives=1 (a psycopg app's URL) reaches no server as a setting:
+    the real sidecar turns ready, where the server used to refuse every session (42704)."""
+    dsn = with_scheme(pg.dsn(), "postgresql+psycopg2") + "?connect_timeout=10&keepalives=1"
+    with SidecarProcess({"SIDECAR_DATABASE_URL": dsn}, log_dir=tmp_path) as sidecar:
+        sidecar.wait_listening()
+        sidecar.wait_event("check.state_changed", timeout=20)
+        assert sidecar.get("/ready").status == 200
+        assert pg.password not in sidecar.log_text()
+
+
+@pytest.mark.parametrize("pair", ["channel_binding=require", "gssencmode=require", "hostaddr=::1"])
+def test_libpq_parameter_asyncpg_cannot_honour_exits_2_naming_it(pair: str) -> None:
+    """A libpq parameter that would change which connection is acceptable, and that asyncpg
+    would send to the server as a setting, is refused at start: exit 2, one line, its name."""
+    key = pair.partition("=")[0]
+    result = run_cli({"SIDECAR_DATABASE_URL": f"postgresql://app:{SECRET}@h/db?{pair}"})
+    assert result.returncode == 2, result
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"health-sidecar: bad setting: SIDECAR_DATABASE_URL: {key}: "), line
+    assert SECRET not in result.stderr
+
+
+def test_mistyped_target_session_attrs_exits_2_with_one_line() -> None:
+    """target_session_attrs=read_write is refused at start naming the key and a guess, instead of
+    a sidecar that never turns ready with a misleading tls_error."""
+    dsn = f"postgresql://app:{SECRET}@h/db?target_session_attrs=read_write"
+    result = run_cli({"SIDECAR_DATABASE_URL": dsn})
+    assert result.returncode == 2, result
+    assert result.stderr.splitlines() == [
+        "health-sidecar: bad setting: SIDECAR_DATABASE_URL: target_session_attrs: 'read_write' "
+        "is not one of any, primary, standby, prefer-standby, read-write, read-only; "
+        "did you mean 'read-write'?"
+    ]
+
+
+def test_bad_pgtargetsessionattrs_is_refused_naming_it() -> None:
+    """PGTARGETSESSIONATTRS is checked as the DSN's target_session_attrs is."""
+    (problem,) = problems_for({"PGHOST": "db", "PGTARGETSESSIONATTRS": "primry"})
+    assert problem.startswith("PGTARGETSESSIONATTRS: 'primry' is not one of")
+    assert "did you mean 'primary'?" in problem

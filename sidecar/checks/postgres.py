@@ -52,6 +52,7 @@ from sidecar.inputs import (
     dsn_problem,
     read_dsn_file,
     split_driver,
+    without_ignored_parameters,
 )
 from sidecar.kinds import Built, Key, Kind, Needs
 from sidecar.options import Value
@@ -324,8 +325,9 @@ class PostgresCheck:
             cause = f"file {'not found' if missing else 'not readable'}: {setting}"
             raise CheckFailed(Reason.TLS_ERROR, {"unreadable": setting, "cause": cause})
         target = self._target_kwargs(dsn)
-        # postgresql+asyncpg:// and the like: the same DSN to asyncpg once the driver is dropped.
-        dsn = _with_tls_files(dsn and split_driver(dsn)[0], self.spec)
+        # postgresql+asyncpg:// and the like: the same DSN to asyncpg once the driver is dropped
+        # (and libpq's timing parameters, which asyncpg would send to the server as settings).
+        dsn = _with_tls_files(dsn and without_ignored_parameters(split_driver(dsn)[0]), self.spec)
         return await self._connector.open(dsn, target, within)
 
     def _target_kwargs(self, dsn: str | None) -> dict[str, Any]:
