@@ -354,6 +354,38 @@ def test_typo_or_bad_value_at_any_depth_fails_naming_its_path(values: Obj, named
     assert named in render_error({"healthSidecar": values})
 
 
+# The container's own variables, each from one value (SIDECAR_DATABASE_URL: the DSN belongs in
+# the Secret): an extraEnv entry of the same name would win over it in the pod and leave the
+# ports, probes or files the chart set up pointing elsewhere.
+OWN_VARIABLES = {
+    "SIDECAR_PORT": "healthSidecar.port",
+    "SIDECAR_HOST": "SIDECAR_HOST",
+    "SIDECAR_DATABASE_URL_FILE": "healthSidecar.database.existingSecret",
+    "SIDECAR_DATABASE_URL": "healthSidecar.database.existingSecret",
+    "SIDECAR_CONFIG_FILE": "healthSidecar.checks",
+    "SIDECAR_CHECK_INTERVAL": "healthSidecar.checkInterval",
+    "SIDECAR_LOG_LEVEL": "healthSidecar.logLevel",
+}
+
+
+@pytest.mark.parametrize("variable", sorted(OWN_VARIABLES))
+def test_extra_env_cannot_override_a_variable_the_library_sets(variable: str) -> None:
+    """healthSidecar.extraEnv naming one of the container's own variables (SIDECAR_PORT=9000
+    would move the listener away from the probes' 8081) fails, naming the value to set, and
+    never quotes the value it was given."""
+    secret = "postgresql://app:Sup3r-s3cret-pw@db/app"
+    error = render_error(
+        {
+            "healthSidecar": {
+                "extraEnv": [{"name": "A", "value": "1"}, {"name": variable, "value": secret}]
+            }
+        }
+    )
+    assert f"healthSidecar.extraEnv[1]: {variable}" in error
+    assert OWN_VARIABLES[variable] in error
+    assert "Sup3r-s3cret-pw" not in error
+
+
 CHECK_REFUSALS = [
     ([{"name": "db", "kind": "postgress"}], "healthSidecar.checks[0].kind"),
     ([{"name": "db", "kind": "postgres", "url": "http://x/"}], "healthSidecar.checks[0].url"),

@@ -60,6 +60,27 @@ problem is one line naming healthSidecar.<key>; all of them are reported at once
 {{- if and $hs.checkDefaults (not $hs.checks) }}
 {{- fail "healthSidecar.checkDefaults: applies only to healthSidecar.checks, which is empty" }}
 {{- end }}
+{{- /* The container's own variables: an extraEnv entry of the same name comes later in env, so
+it would win in the pod, and the listener, probes or files would no longer agree. */}}
+{{- $own := dict
+  "SIDECAR_PORT" "set healthSidecar.port instead (the containerPort and every probe follow it)"
+  "SIDECAR_HOST" "the library sets SIDECAR_HOST to :: (every address of the pod)"
+  "SIDECAR_DATABASE_URL_FILE" "the DSN file is the Secret healthSidecar.database.existingSecret"
+  "SIDECAR_DATABASE_URL" "the DSN goes into the Secret healthSidecar.database.existingSecret, not the pod spec"
+  "SIDECAR_CONFIG_FILE" "the check file is made from healthSidecar.checks"
+  "SIDECAR_CHECK_INTERVAL" "set healthSidecar.checkInterval instead"
+  "SIDECAR_CHECK_TIMEOUT" "set healthSidecar.checkTimeout instead"
+  "SIDECAR_BACKOFF_MAX" "set healthSidecar.backoffMax instead"
+  "SIDECAR_FAILURE_THRESHOLD" "set healthSidecar.failureThreshold instead"
+  "SIDECAR_SUCCESS_THRESHOLD" "set healthSidecar.successThreshold instead"
+  "SIDECAR_DRAIN_SECONDS" "set healthSidecar.drainSeconds instead"
+  "SIDECAR_LOG_LEVEL" "set healthSidecar.logLevel instead"
+  "SIDECAR_LOG_FORMAT" "set healthSidecar.logFormat instead" }}
+{{- range $i, $env := $hs.extraEnv }}
+{{- with get $own (toString $env.name) }}
+{{- fail (printf "healthSidecar.extraEnv[%d]: %s is one of the container's own variables: %s" $i $env.name .) }}
+{{- end }}
+{{- end }}
 {{- range $field := list "checks" "extraDatabaseSecrets" "tlsSecrets" }}
 {{- $names := dict }}
 {{- range (index $hs $field) }}
