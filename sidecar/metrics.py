@@ -229,25 +229,13 @@ class Metrics(Collector):
 
     def _check_counters(self) -> Iterator[Metric]:
         # One copy of the table: each record in it is immutable, so the whole scrape sees
-        # each check at one moment (dict() copies in one step under the GIL).
+        # each check at one moment (dict() copies in one step under the GIL). Each family is
+        # yielded as soon as it is built: the encoder holds one family's samples at a time.
         per_check = dict(self._per_check)
         duration = HistogramMetricFamily(
             "health_sidecar_check_duration_seconds",
             "Time one check took, connect and query together, in seconds.",
             labels=["check"],
-        )
-        outcomes = CounterMetricFamily(
-            "health_sidecar_check", "Checks run, by outcome (pass or fail).", labels=_OUTCOME
-        )
-        failures = CounterMetricFamily(
-            "health_sidecar_check_failures",
-            "Failed checks by reason (timeout, connection_refused, auth_failed, ...).",
-            labels=_REASON,
-        )
-        transitions = CounterMetricFamily(
-            "health_sidecar_check_transitions",
-            "Changes of a check's state, by the state entered (passing or failing).",
-            labels=_TO,
         )
         for name, record in per_check.items():
             duration.add_metric(
@@ -255,16 +243,35 @@ class Metrics(Collector):
                 list(zip(_LE, itertools.accumulate(record.buckets), strict=True)),
                 record.duration_sum,
             )
+        yield duration
+        del duration
+        outcomes = CounterMetricFamily(
+            "health_sidecar_check", "Checks run, by outcome (pass or fail).", labels=_OUTCOME
+        )
+        for name, record in per_check.items():
             outcomes.add_metric([name, "pass"], record.passes)
             outcomes.add_metric([name, "fail"], record.fails)
+        yield outcomes
+        del outcomes
+        failures = CounterMetricFamily(
+            "health_sidecar_check_failures",
+            "Failed checks by reason (timeout, connection_refused, auth_failed, ...).",
+            labels=_REASON,
+        )
+        for name, record in per_check.items():
             failed = record.failures
             for reason in ALL_REASONS:
                 failures.add_metric([name, reason], failed.get(reason, 0))
+        yield failures
+        del failures
+        transitions = CounterMetricFamily(
+            "health_sidecar_check_transitions",
+            "Changes of a check's state, by the state entered (passing or failing).",
+            labels=_TO,
+        )
+        for name, record in per_check.items():
             transitions.add_metric([name, "passing"], record.to_passing)
             transitions.add_metric([name, "failing"], record.to_failing)
-        yield duration
-        yield outcomes
-        yield failures
         yield transitions
 
     def _credential_metrics(self) -> Iterator[Metric]:
