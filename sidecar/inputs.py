@@ -6,7 +6,6 @@ A reason is always worded so that it never quotes a DSN (it may hold a password)
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import stat
@@ -187,6 +186,9 @@ def sslmode_problem(value: str) -> str | None:
     """Why `value` is no sslmode (with a did-you-mean when one is close), or None."""
     if value in SSL_MODES:
         return None
+    # Imported here: only a bad sslmode pays for difflib (~0.2 MiB RSS), never a start.
+    import difflib  # noqa: PLC0415
+
     shown = f"{value!r} " if re.fullmatch(r"[A-Za-z_-]{1,20}", value) else ""
     guess = difflib.get_close_matches(value.lower(), SSL_MODES, n=1)
     hint = f"; did you mean {guess[0]!r}?" if guess and shown else ""
