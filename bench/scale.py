@@ -339,6 +339,10 @@ def section(meta: dict[str, Any], results: dict[str, list[dict[str, Any]]]) -> s
         "",
         "### /health while scrapers loop /metrics (p50 / p99 / max, ms)",
         "",
+        f"Probes every {PROBE_PERIOD_SECONDS * 1000:g} ms for {PHASE_SECONDS:g} s (at least"
+        f" {MIN_PROBES}), a fresh connection each: under 100 a phase, so p99 is the slowest"
+        " probe but one, or the slowest.",
+        "",
         "| checks | scrapers | base | this |",
         "|---|---|---|---|",
     ]
@@ -428,13 +432,23 @@ def write_section(path: Path, text: str) -> None:
     path.write_text(old)
 
 
+def rewrite(path: Path, out: Path) -> None:
+    """Write the RESULTS.md section again from a scale.json (no new run)."""
+    saved = json.loads(path.read_text())
+    write_section(out / "RESULTS.md", section(saved["meta"], saved["results"]))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--base", default=DEFAULT_BASE, help="the earlier commit")
     parser.add_argument("--this", default="HEAD", help="this tree's commit")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", type=Path, default=procs.REPO / "bench")
+    parser.add_argument("--from-json", type=Path, help="only rewrite the section from this file")
     args = parser.parse_args(argv)
+    if args.from_json is not None:
+        rewrite(args.from_json, args.out)
+        return 0
     started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="hs-scale-"))
     trees = {"base": export(args.base, work / "base"), "this": export(args.this, work / "this")}
