@@ -182,15 +182,19 @@ def _parameters_problem(query: str) -> str | None:
     return None
 
 
+def _close_matches(word: str, choices: tuple[str, ...]) -> list[str]:
+    # Imported here: only a bad value pays for difflib (~0.2 MiB RSS), never a start.
+    import difflib  # noqa: PLC0415
+
+    return difflib.get_close_matches(word, choices, n=1)
+
+
 def sslmode_problem(value: str) -> str | None:
     """Why `value` is no sslmode (with a did-you-mean when one is close), or None."""
     if value in SSL_MODES:
         return None
-    # Imported here: only a bad sslmode pays for difflib (~0.2 MiB RSS), never a start.
-    import difflib  # noqa: PLC0415
-
     shown = f"{value!r} " if re.fullmatch(r"[A-Za-z_-]{1,20}", value) else ""
-    guess = difflib.get_close_matches(value.lower(), SSL_MODES, n=1)
+    guess = _close_matches(value.lower(), SSL_MODES)
     hint = f"; did you mean {guess[0]!r}?" if guess and shown else ""
     return f"{shown}is not one of {', '.join(SSL_MODES)}{hint}"
 
@@ -200,7 +204,7 @@ def session_attrs_problem(value: str) -> str | None:
     if value in SESSION_ATTRS:
         return None
     shown = f"{value!r} " if re.fullmatch(r"[A-Za-z_-]{1,20}", value) else ""
-    guess = difflib.get_close_matches(value.lower().replace("_", "-"), SESSION_ATTRS, n=1)
+    guess = _close_matches(value.lower().replace("_", "-"), SESSION_ATTRS)
     hint = f"; did you mean {guess[0]!r}?" if guess and shown else ""
     return f"{shown}is not one of {', '.join(SESSION_ATTRS)}{hint}"
 
