@@ -144,6 +144,18 @@ def _database_target(
     def get(name: str) -> str | None:
         return (environ.get(name) or "").strip() or None
 
+    # Read before the DSN: asyncpg takes PGPORT as the default port even for a DSN that names
+    # its own, and fails on every connect when it is no number.
+    port: int | None = None
+    raw_port = get("PGPORT")
+    if raw_port is not None:
+        try:
+            port = int(raw_port, 10)
+        except ValueError:
+            port = -1
+        if not options.PORT.in_range(port):
+            problems.append(f"PGPORT: {options.PORT_RULE}, got {raw_port!r}")
+            port = None
     if url and url_file:
         problems.append(
             "SIDECAR_DATABASE_URL_FILE: set together with SIDECAR_DATABASE_URL; set only one"
@@ -163,16 +175,6 @@ def _database_target(
             return DatabaseTarget()
         return DatabaseTarget(dsn=dsn, source="SIDECAR_DATABASE_URL_FILE", file_path=url_file)
 
-    port: int | None = None
-    raw_port = get("PGPORT")
-    if raw_port is not None:
-        try:
-            port = int(raw_port, 10)
-        except ValueError:
-            port = -1
-        if not options.PORT.in_range(port):
-            problems.append(f"PGPORT: {options.PORT_RULE}, got {raw_port!r}")
-            port = None
     return DatabaseTarget(
         host=get("PGHOST"),
         port=port,

@@ -297,21 +297,21 @@ def expected(env: dict[str, Tagged]) -> tuple[set[str], set[str]]:
     for name in (*NUMBERS, *INTEGERS, *CHOICES, "SIDECAR_HOST"):
         if name in env:
             judge(name)
-    # The database target: the URL and the URL file exclude each other, and PGPORT is only
-    # read when neither is set; a variable that is not read is never named.
+    # The database target: the URL and the URL file exclude each other; PGPORT is judged
+    # whatever the DSN (asyncpg reads it as the default port even beside a DSN); a variable
+    # that is not read is never named.
+    if "PGPORT" in env:
+        judge("PGPORT")
     if present("SIDECAR_DATABASE_URL") and present("SIDECAR_DATABASE_URL_FILE"):
         must.add("SIDECAR_DATABASE_URL_FILE")
         must_not.add("SIDECAR_DATABASE_URL")
-        must_not.add("PGPORT")
     elif present("SIDECAR_DATABASE_URL"):
         judge("SIDECAR_DATABASE_URL")
-        must_not.update({"SIDECAR_DATABASE_URL_FILE", "PGPORT"})
+        must_not.add("SIDECAR_DATABASE_URL_FILE")
     elif present("SIDECAR_DATABASE_URL_FILE"):
         judge("SIDECAR_DATABASE_URL_FILE")
-        must_not.update({"SIDECAR_DATABASE_URL", "PGPORT"})
+        must_not.add("SIDECAR_DATABASE_URL")
     else:
-        if "PGPORT" in env:
-            judge("PGPORT")
         must_not.add("SIDECAR_DATABASE_URL_FILE")
         # No database at all: one line, under the first of the ways to give one.
         (must if not present("PGHOST") else must_not).add("SIDECAR_DATABASE_URL")

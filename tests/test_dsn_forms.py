@@ -270,3 +270,15 @@ def test_bad_pgtargetsessionattrs_is_refused_naming_it() -> None:
     (problem,) = problems_for({"PGHOST": "db", "PGTARGETSESSIONATTRS": "primry"})
     assert problem.startswith("PGTARGETSESSIONATTRS: 'primry' is not one of")
     assert "did you mean 'primary'?" in problem
+
+
+def test_bad_pgport_beside_a_dsn_exits_2_naming_it() -> None:
+    """asyncpg reads PGPORT even when the DSN names its port: a PGPORT that is no port is
+    refused at start, not a check that crashes on every run."""
+    result = run_cli(
+        {"SIDECAR_DATABASE_URL": f"postgresql://app:{SECRET}@h:5432/db", "PGPORT": "0x10"}
+    )
+    assert result.returncode == 2, result
+    assert result.stderr.splitlines() == [
+        "health-sidecar: bad setting: PGPORT: must be a port between 1 and 65535, got '0x10'"
+    ]
