@@ -261,6 +261,10 @@ INVALID_VALUES = {
         },
         "/checks/0/dsn",
     ),
+    "raw-slash-password-in-check-dsn": (
+        {"checks": [{"name": "db", "kind": "postgres", "dsn": "postgresql://u:p/w@db/app"}]},
+        "/checks/0/dsn",
+    ),
     "http-check-without-url": ({"checks": [{"name": "app", "kind": "http"}]}, "'url'"),
     "lag-without-allow-replica": (
         {"checks": [{"name": "db", "kind": "postgres", "max_replica_lag_seconds": 30}]},

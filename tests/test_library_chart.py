@@ -456,10 +456,15 @@ SECRET_BEARING = [
     {"kind": "postgres", "dsn": f"postgres://db/app?user=health&password={PASSWORD}"},
     {"kind": "postgres", "dsn": f"mysql://health:{PASSWORD}@db/app"},
     {"kind": "http", "url": f"https://probe:{PASSWORD}@app.example/livez"},
+    # A raw '/' in the password (base64 makes them): libpq reads no password, the loader
+    # refuses it at start; the text still holds the password.
+    {"kind": "postgres", "dsn": f"postgresql://health:{PASSWORD}/x@db:5432/app"},
 ]
 
 
-@pytest.mark.parametrize("check", SECRET_BEARING, ids=["userinfo", "query", "scheme", "url"])
+@pytest.mark.parametrize(
+    "check", SECRET_BEARING, ids=["userinfo", "query", "scheme", "url", "raw-slash"]
+)
 def test_inline_secret_in_a_check_is_refused_without_echo(check: Obj) -> None:
     """An inline dsn (or url) holding a password fails the render naming the key; the password
     appears nowhere in the message (a ConfigMap is not a Secret, and CI logs are read)."""

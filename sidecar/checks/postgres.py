@@ -746,6 +746,9 @@ KIND: Final[Kind[PostgresSpec]] = Kind(
                 "allOf": [
                     {"not": {"pattern": "^postgres(ql)?(\\+[A-Za-z0-9_]+)?://[^/?#@]*:[^/?#@]*@"}},
                     {"not": {"pattern": "[?&]password="}},
+                    # An '@' after the host list's end: a password with a raw '/', which
+                    # the loader refuses too (it must be percent-encoded).
+                    {"not": {"pattern": "^postgres(ql)?(\\+[A-Za-z0-9_]+)?://[^/?#]*/[^?#]*@"}},
                 ],
             },
         ),

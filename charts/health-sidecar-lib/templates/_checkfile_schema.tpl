@@ -139,6 +139,11 @@ and healthSidecar.checkDefaults (templates/_schema.tpl).
               "not": {
                 "pattern": "[?&]password="
               }
+            },
+            {
+              "not": {
+                "pattern": "^postgres(ql)?(\\+[A-Za-z0-9_]+)?://[^/?#]*/[^?#]*@"
+              }
             }
           ]
         },
