@@ -89,7 +89,11 @@ TOOLS: Final = ("patroni", "etcd")
 ETCD_START_SECONDS: Final = 30.0
 SETTLE_SECONDS: Final = 90.0
 STOP_SECONDS: Final = 30.0
-REST_TIMEOUT_SECONDS: Final = 1.0
+REST_TIMEOUT_SECONDS: Final = 2.0
+# A REST request that timed out is asked again (Patroni answers in milliseconds, but a loaded
+# machine can stall one now and then); a refused one is an answer: that Patroni is not running.
+REST_ATTEMPTS: Final = 2
+TIMED_OUT: Final = -1
 SWITCHOVER_REQUEST_SECONDS: Final = 60.0
 QUERY_TIMEOUT_SECONDS: Final = 30.0
 LOG_TAIL_CHARS: Final = 3000
@@ -178,7 +182,8 @@ def _http(
     body: dict[str, Any] | None = None,
     timeout: float = REST_TIMEOUT_SECONDS,
 ) -> tuple[int, bytes]:
-    """(status, body) of one request to 127.0.0.1:`port`; (0, b"") when nothing answered."""
+    """(status, body) of one request to 127.0.0.1:`port`; (TIMED_OUT, b"") when it timed out,
+    (0, b"") when it failed otherwise (refused, reset)."""
     conn = http.client.HTTPConnection(LOOPBACK, port, timeout=timeout)
     try:
         payload = None if body is None else json.dumps(body).encode()
@@ -186,6 +191,8 @@ def _http(
         conn.request(method, path, body=payload, headers=headers)
         response = conn.getresponse()
         return response.status, response.read()
+    except TimeoutError:
+        return TIMED_OUT, b""
     except (OSError, http.client.HTTPException):
         return 0, b""
     finally:
@@ -346,7 +353,11 @@ class Member:
 
     def rest(self, path: str, *, timeout: float = REST_TIMEOUT_SECONDS) -> int:
         """The status of GET `path` on this member's REST API; 0 when nothing answered."""
-        return _http(self.rest_port, path, timeout=timeout)[0]
+        for _ in range(REST_ATTEMPTS):
+            status = _http(self.rest_port, path, timeout=timeout)[0]
+            if status != TIMED_OUT:
+                return status
+        return 0
 
     def is_primary(self) -> bool:
         """Patroni's own answer: `/primary` is 200 (it holds the leader lock, PostgreSQL runs)."""
