@@ -29,7 +29,9 @@ all of them at the same moment, so the trees meet the same outages, interleaved 
   at 10 Hz (tests/support/windows.py).
 
 Writes lifecycle.json and the marked lifecycle section of RESULTS.md in `--out` (bench/ by
-default; other sections untouched).
+default; other sections of RESULTS.md untouched). A run of some `--sections` keeps the others'
+figures from the lifecycle.json already in `--out`, each with the commits and date it was
+measured at (`--sections ""` only rewrites the report).
 """
 
 from __future__ import annotations
@@ -351,9 +353,10 @@ def cell(stats: dict[str, Any] | None) -> str:
     return "; ".join(parts) or "-"
 
 
-def markdown(meta: dict[str, Any], figures: dict[str, Any]) -> str:
+def markdown(runs: dict[str, dict[str, Any]], figures: dict[str, Any]) -> str:
     rows = []
-    for outage in meta["outages"]:
+    outages = runs.get("recovery", {}).get("outages", [])
+    for outage in outages:
         key = f"recovery_{outage:g}s"
         rows.append((f"ready again after a {outage:g} s TCP-level outage (s)", key))
     rows += [
@@ -371,17 +374,28 @@ def markdown(meta: dict[str, Any], figures: dict[str, Any]) -> str:
             "failover_longest_wrong_s",
         ),
     ]
+    bases = sorted({run["base"] for run in runs.values()})
     lines = [
         BEGIN,
         "## Database lifecycles (`python -m bench.lifecycle`)",
         "",
-        f"Run of {meta['finished']} ({meta['minutes']:g} min): base `{meta['base']}` beside this"
-        f" tree `{meta['this']}`, {meta['sidecars']} sidecars of each side by side with the"
-        f" default settings; {meta['rounds']} outages of each length, {meta['ha_rounds']}"
-        f" switchovers and failovers, {meta['rate_seconds']:g} s per login-rate window."
+        "Both trees' sidecars side by side with the default settings, in one run per section."
         " Cells: median / max (n = samples).",
         "",
-        f"| figure | base `{meta['base']}` | this `{meta['this']}` |",
+    ]
+    for name, run in runs.items():
+        what = {
+            "recovery": f"{run.get('rounds')} outages of each length",
+            "logins": f"{run.get('rate_seconds', 0):g} s per mode",
+            "ha": f"{run.get('ha_rounds')} switchovers and failovers",
+        }[name]
+        lines.append(
+            f"- {name}: base `{run['base']}`, this `{run['this']}`, {run['sidecars']} sidecars"
+            f" of each, {what}; {run['finished']} ({run['minutes']:g} min)"
+        )
+    lines += [
+        "",
+        f"| figure | base `{', '.join(bases)}` | this tree |",
         "|---|---|---|",
     ]
     for label, key in rows:
@@ -432,7 +446,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=procs.REPO / "bench")
     args = parser.parse_args(argv)
     sections = set(args.sections.split(","))
-    started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="hs-lifecycle-"))
     this = short_rev(args.this)
     trees = {"base": export(args.base, work / "base"), "this": export(args.this, work / "this")}
@@ -442,6 +455,18 @@ def main(argv: list[str] | None = None) -> int:
         for row in rows:
             print(json.dumps(row), flush=True)
 
+    runs: dict[str, dict[str, Any]] = {}
+    common = {"base": args.base, "this": this, "sidecars": args.sidecars}
+
+    def done(name: str, since: float, **params: Any) -> None:
+        runs[name] = {
+            **common,
+            **params,
+            "python": sys.version.split()[0],
+            "finished": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "minutes": round((time.monotonic() - since) / 60, 1),
+        }
+
     try:
         if sections & {"recovery", "logins"}:
             db = Database()
@@ -449,11 +474,14 @@ def main(argv: list[str] | None = None) -> int:
                 db.start()
                 with sidecars_through_proxies(db, trees, args.sidecars, work) as sidecars:
                     if "logins" in sections:
+                        since = time.monotonic()
                         for mode in ("refused_login", "tcp_reset"):
                             rows = login_rate(db, sidecars, mode, args.rate_seconds)
                             results["logins"] += rows
                             note(rows)
+                        done("logins", since, rate_seconds=args.rate_seconds)
                     if "recovery" in sections:
+                        since = time.monotonic()
                         for round_no in range(args.rounds):
                             for outage in args.outages:
                                 rows = outage_round(sidecars, outage)
@@ -462,9 +490,11 @@ def main(argv: list[str] | None = None) -> int:
                                 # A pause of varying length: the next outage meets each
                                 # sidecar at another point of its check cycle.
                                 time.sleep(1.0 + (round_no % 5))
+                        done("recovery", since, rounds=args.rounds, outages=args.outages)
             finally:
                 db.stop()
         if "ha" in sections:
+            since = time.monotonic()
             cluster = PatroniCluster()
             ha_sidecars: list[Sidecar] = []
             try:
@@ -482,27 +512,24 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 procs.stop_many([s.proc for s in ha_sidecars])
                 cluster.stop()
+            done("ha", since, ha_rounds=args.ha_rounds)
     finally:
         procs.stop_all()
-    meta = {
-        "base": args.base,
-        "this": this,
-        "rounds": args.rounds,
-        "outages": args.outages,
-        "sidecars": args.sidecars,
-        "rate_seconds": args.rate_seconds,
-        "ha_rounds": args.ha_rounds,
-        "sections": sorted(sections),
-        "python": sys.version.split()[0],
-        "finished": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "minutes": round((time.monotonic() - started) / 60, 1),
-    }
+    # Sections not run this time are kept from the last report in --out, with their own runs.
+    report_path = args.out / "lifecycle.json"
+    if report_path.exists():
+        previous = json.loads(report_path.read_text())
+        for name, run in previous.get("runs", {}).items():
+            if name not in runs:
+                runs[name] = run
+                results[name] = previous.get(name, [])
+    runs = {name: runs[name] for name in ("recovery", "logins", "ha") if name in runs}
     figures = summary(results)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "lifecycle.json").write_text(
-        json.dumps({"meta": meta, "summary": figures, **results}, indent=2) + "\n"
+    report_path.write_text(
+        json.dumps({"runs": runs, "summary": figures, **results}, indent=2) + "\n"
     )
-    section = markdown(meta, figures)
+    section = markdown(runs, figures)
     write_section(args.out / "RESULTS.md", section)
     print(section)
     return 0
