@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import itertools
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +20,7 @@ from fakes import FakeClock, ScriptedCheck
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from sidecar_proc import SidecarProcess, timed_until
-from support import LOOPBACK
+from support import LOOPBACK, REPO, free_port
 
 from sidecar.app import START_SPACING_SECONDS, START_TOGETHER_AT_MOST, first_delay
 from sidecar.config import Settings
@@ -32,6 +36,11 @@ PROBES = 60
 PROBE_PERIOD_SECONDS = 0.1
 # A kubelet's probe timeout is 1 s; a quarter of it is generous for a cached answer.
 SLOW_PROBE_SECONDS = 0.25
+# A server with nothing to do (bench.bare_app) answers within this when the machine is not
+# starved; a probe of the sidecar is judged only when the control's, sent at the same moment,
+# came back within it. CI runs several test files at once on 2 cores, and a probe that waited
+# for a CPU says nothing about the sidecar.
+RESPONSIVE_SECONDS = 0.1
 
 
 class Listeners:
@@ -143,13 +152,53 @@ def listeners() -> Iterator[Listeners]:
         yield started
 
 
+@contextlib.contextmanager
+def control_server() -> Iterator[int]:
+    """bench.bare_app in a process of its own, answering /health with a fixed body: the
+    control probed beside the sidecar."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bench.bare_app", "--port", str(port)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        timed_until(lambda: control_get(port) is not None, timeout=30, message="the control")
+        yield port
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def control_get(port: int) -> int | None:
+    connection = http.client.HTTPConnection(LOOPBACK, port, timeout=10)
+    try:
+        connection.request("GET", "/health")
+        return connection.getresponse().status
+    except OSError:
+        return None
+    finally:
+        connection.close()
+
+
+def timed(call: Callable[[], object]) -> tuple[float, object]:
+    started = time.monotonic()
+    result = call()
+    return time.monotonic() - started, result
+
+
 def test_probes_stay_prompt_while_four_scrapers_loop_metrics_over_500_checks(
     tmp_path: Path, listeners: Listeners
 ) -> None:
-    """With 500 checks and 4 scrapers looping /metrics, no /health probe takes over 250 ms."""
+    """With 500 checks and 4 scrapers looping /metrics, no /health probe takes over 250 ms
+    (counted over probes sent while an idle control server answered promptly)."""
     config = check_file(tmp_path / "checks.yaml", listeners, CHECKS)
     env = {"SIDECAR_CONFIG_FILE": str(config), "SIDECAR_DRAIN_SECONDS": "0"}
-    with SidecarProcess(env, defaults={}, log_dir=tmp_path) as sidecar:
+    with (
+        control_server() as control,
+        SidecarProcess(env, defaults={}, log_dir=tmp_path) as sidecar,
+    ):
         sidecar.wait_listening()
 
         def all_checks_up() -> bool:
@@ -160,23 +209,32 @@ def test_probes_stay_prompt_while_four_scrapers_loop_metrics_over_500_checks(
             )
 
         timed_until(all_checks_up, timeout=60, interval=0.5, message="every check passed once")
-        elapsed: list[float] = []
-        statuses: list[int] = []
-        with Scrapers(sidecar, SCRAPERS) as scrapers:
-            # Probe only once the scrapers are at it, as kubelet would: a fresh connection each.
+        judged: list[float] = []
+        unjudged: list[float] = []
+        statuses: list[object] = []
+        with Scrapers(sidecar, SCRAPERS) as scrapers, ThreadPoolExecutor(2) as pool:
+            # Probe only once the scrapers are at it, as kubelet would: a fresh connection each,
+            # and the control's probe sent at the same moment.
             timed_until(lambda: len(scrapers.statuses) >= SCRAPERS, timeout=60, message="scrapes")
-            for _ in range(PROBES):
-                started = time.monotonic()
-                reply = sidecar.get("/health", timeout=10)
-                elapsed.append(time.monotonic() - started)
-                statuses.append(reply.status)
+            while len(judged) < PROBES and len(judged) + len(unjudged) < 5 * PROBES:
+                ours = pool.submit(timed, lambda: sidecar.get("/health", timeout=10).status)
+                theirs = pool.submit(timed, lambda: control_get(control))
+                (elapsed, status), (control_elapsed, _) = ours.result(), theirs.result()
+                statuses.append(status)
+                if control_elapsed <= RESPONSIVE_SECONDS:
+                    judged.append(elapsed)
+                else:
+                    unjudged.append(elapsed)
                 time.sleep(PROBE_PERIOD_SECONDS)
         scraped = len(scrapers.statuses)
         sidecar.assert_alive("after the scrapes")
-    slow = sorted(round(seconds, 3) for seconds in elapsed if seconds > SLOW_PROBE_SECONDS)
+    assert len(judged) >= PROBES // 2, (
+        f"the machine was too busy to judge: {len(unjudged)} probes had a slow control"
+    )
+    slow = sorted(round(seconds, 3) for seconds in judged if seconds > SLOW_PROBE_SECONDS)
     assert not slow, (
-        f"{len(slow)} of {PROBES} /health probes took over {SLOW_PROBE_SECONDS}s: {slow}; "
-        f"slowest {max(elapsed):.3f}s, {scraped} scrapes"
+        f"{len(slow)} of {len(judged)} /health probes took over {SLOW_PROBE_SECONDS}s: {slow}; "
+        f"slowest {max(judged):.3f}s, {scraped} scrapes, {len(unjudged)} not judged"
     )
     assert set(statuses) == {200}
     assert set(scrapers.statuses) == {200}
