@@ -20,6 +20,20 @@ DSN_SCHEMES: Final = ("postgresql", "postgres")
 _WITH_DRIVER: Final = re.compile(r"^(postgresql|postgres)\+([a-z0-9_]{1,32})$", re.IGNORECASE)
 # asyncpg's own ssl=true/false, as libpq modes (asyncpg's True verifies the certificate and name).
 _ASYNCPG_SSL: Final = {"ssl=true": "sslmode=verify-full", "ssl=false": "sslmode=disable"}
+# The query parameters SQLAlchemy's asyncpg dialect keeps (prepared_statement_cache_size=0 is the
+# usual one behind pgbouncer) or hands to asyncpg.connect as keyword arguments; asyncpg's DSN
+# parser would send each to the server as a setting, which refuses the session (42704).
+_ASYNCPG_ARGUMENTS: Final = frozenset(
+    (
+        "prepared_statement_cache_size",
+        "async_fallback",
+        "command_timeout",
+        "timeout",
+        "statement_cache_size",
+        "max_cached_statement_lifetime",
+        "max_cacheable_statement_size",
+    )
+)
 # What RFC 3986 allows in a scheme: a word like that is safe to quote in a refusal.
 _SCHEME: Final = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]{0,31}$")
 # libpq's sslmode values, weakest first (asyncpg takes the same ones).
@@ -95,7 +109,8 @@ def split_driver(dsn: str) -> tuple[str, str | None]:
 
     SQLAlchemy's asyncpg dialect hands `?ssl=` to asyncpg.connect, where libpq (and asyncpg's
     own DSN parser, which would send it to the server as a setting) says `?sslmode=`: renamed,
-    unless the URL says `sslmode` too."""
+    unless the URL says `sslmode` too. The dialect's own parameters and asyncpg.connect's keyword
+    arguments (_ASYNCPG_ARGUMENTS) are dropped: the check sets its own."""
     scheme, sep, rest = dsn.partition("://")
     match = _WITH_DRIVER.match(scheme) if sep else None
     if match is None:
@@ -103,12 +118,14 @@ def split_driver(dsn: str) -> tuple[str, str | None]:
     driver = match.group(2)
     head, mark, query = rest.partition("?")
     pairs = query.split("&") if mark else []
-    if driver.lower() == "asyncpg" and not any(p.startswith("sslmode=") for p in pairs):
-        pairs = [
-            _ASYNCPG_SSL.get(p, p.replace("ssl=", "sslmode=", 1)) if p.startswith("ssl=") else p
-            for p in pairs
-        ]
-        rest = f"{head}{mark}{'&'.join(pairs)}"
+    if driver.lower() == "asyncpg":
+        if not any(p.startswith("sslmode=") for p in pairs):
+            pairs = [
+                _ASYNCPG_SSL.get(p, p.replace("ssl=", "sslmode=", 1)) if p.startswith("ssl=") else p
+                for p in pairs
+            ]
+        pairs = [p for p in pairs if unquote_plus(p.partition("=")[0]) not in _ASYNCPG_ARGUMENTS]
+        rest = f"{head}{'?' if pairs else ''}{'&'.join(pairs)}"
     return f"{match.group(1)}://{rest}", driver
 
 

@@ -282,3 +282,17 @@ def test_bad_pgport_beside_a_dsn_exits_2_naming_it() -> None:
     assert result.stderr.splitlines() == [
         "health-sidecar: bad setting: PGPORT: must be a port between 1 and 65535, got '0x10'"
     ]
+
+
+def test_asyncpg_dialect_url_with_its_own_parameters_turns_ready(
+    pg: PostgresServer, tmp_path: Path
+) -> None:
+    """SQLAlchemy's asyncpg URL as written for pgbouncer (?prepared_statement_cache_size=0, and
+    asyncpg.connect's command_timeout) reaches no server as a setting: the real sidecar turns
+    ready, where the server used to refuse every session (42704)."""
+    dsn = with_scheme(pg.dsn(), "postgresql+asyncpg")
+    dsn += "?prepared_statement_cache_size=0&command_timeout=60"
+    with SidecarProcess({"SIDECAR_DATABASE_URL": dsn}, log_dir=tmp_path) as sidecar:
+        sidecar.wait_listening()
+        sidecar.wait_event("check.state_changed", timeout=20)
+        assert sidecar.get("/ready").status == 200
