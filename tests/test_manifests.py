@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -457,3 +458,42 @@ def test_base_pod_ignores_service_links_and_pins_sidecar_port() -> None:
     env = {e["name"]: e["value"] for e in spec["initContainers"][0]["env"]}
     assert env["SIDECAR_PORT"] == "8081"
     assert "SIDECAR_HOST" in env
+
+
+def test_k8s_tools_installs_a_kubectl_with_components_where_there_is_none(tmp_path: Path) -> None:
+    """On a fresh Debian 12 (CI's container: no kubectl; Debian's own is 1.20, too old for
+    components) .ci/k8s-tools.sh leaves a kubectl in the venv, which .ci/run puts on PATH, that
+    renders the component (run with the machine's kubectl hidden in a mount namespace)."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        missing_tool("root and unshare (util-linux), to hide the machine's kubectl")
+    venv_bin = Path(sys.prefix) / "bin"
+    path = os.pathsep.join(
+        p for p in os.environ.get("PATH", "").split(os.pathsep) if Path(p) != venv_bin
+    )
+    stand_in = tmp_path / "not-kubectl"  # a regular file without x bits: no command
+    stand_in.write_text("")
+    machine = shutil.which("kubectl", path=path)
+    hide = f'mount --bind {stand_in} "$(readlink -f {machine})" && ' if machine else ""
+    run = subprocess.run(
+        [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "bash",
+            "-c",
+            f'{hide}! kubectl version --client && VENV="$1" bash "$2" && "$3" kustomize "$4"',
+            "k8s-tools",
+            sys.prefix,
+            str(REPO / ".ci" / "k8s-tools.sh"),
+            str(venv_bin / "kubectl"),
+            str(MANIFESTS),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+        env={**os.environ, "PATH": path},
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "name: health-sidecar\n" in run.stdout
