@@ -94,8 +94,9 @@ def unprintable(text: str, *, spaces: bool = True) -> bool:
 def valid_host(host: str) -> bool:
     """False for whitespace, a control character, a slash, or a name the resolver cannot even
     encode (an empty or 64+ character label): binding or connecting to it would fail later, or
-    raise UnicodeError, a traceback instead of exit 2 (tests/test_config_properties.py)."""
-    if unprintable(host) or "/" in host:
+    raise UnicodeError, a traceback instead of exit 2 (tests/test_config_properties.py). Also
+    for brackets: `[::1]` is a URL's spelling of an address, which no resolver takes."""
+    if unprintable(host) or "/" in host or "[" in host or "]" in host:
         return False
     try:
         host.encode("idna")

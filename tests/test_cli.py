@@ -189,3 +189,13 @@ def test_probe_dials_ipv4_loopback_for_any_wildcard(listen: str, dial: str) -> N
     from sidecar.probe import connect_host  # noqa: PLC0415 -- the CLI's own module
 
     assert connect_host(listen) == dial
+
+
+def test_bracketed_ipv6_listen_address_exits_2_naming_the_host() -> None:
+    """--host [::1] (a URL's form) is refused at start with one line naming the flag, not a
+    listen failure (exit 1) after start: the address is written without brackets."""
+    result = run(["--host", "[::1]", "--port", str(free_port())])
+    assert result.returncode == 2, result
+    assert result.stderr.splitlines() == [
+        "health-sidecar: bad setting: SIDECAR_HOST (--host): not a host name or address: '[::1]'"
+    ]
