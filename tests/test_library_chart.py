@@ -386,6 +386,20 @@ def test_extra_env_cannot_override_a_variable_the_library_sets(variable: str) ->
     assert "Sup3r-s3cret-pw" not in error
 
 
+@pytest.mark.parametrize(
+    ("values", "named"),
+    [
+        ({"database": {"existingSecret": "My_DB"}}, "healthSidecar.database.existingSecret"),
+        ({"checksConfigMapName": "Shop Checks"}, "healthSidecar.checksConfigMapName"),
+    ],
+    ids=["secret", "configmap"],
+)
+def test_an_object_name_the_api_server_refuses_fails_the_render(values: Obj, named: str) -> None:
+    """A Secret or ConfigMap name that is no DNS subdomain (kubernetes-validate does not judge
+    names; the API server would refuse the pod at install) stops the render, naming the key."""
+    assert f"{named}:" in render_error({"healthSidecar": values})
+
+
 CHECK_REFUSALS = [
     ([{"name": "db", "kind": "postgress"}], "healthSidecar.checks[0].kind"),
     ([{"name": "db", "kind": "postgres", "url": "http://x/"}], "healthSidecar.checks[0].url"),

@@ -120,7 +120,8 @@ properties:
     additionalProperties: false
     required: [existingSecretKey]
     properties:
-      existingSecret: {type: string}
+      # "" is refused below with a message of its own.
+      existingSecret: {type: string, pattern: "^(|[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?)$"}
       existingSecretKey: {type: string, minLength: 1}
   checks: {type: array, items: {$ref: "#/$defs/check"}}
   checkDefaults: {$ref: "#/$defs/defaults"}
@@ -143,7 +144,8 @@ properties:
       properties:
         name: {$ref: "#/$defs/volumeName"}
         secretName: {$ref: "#/$defs/objectName"}
-  checksConfigMapName: {type: string}
+  # "" = "<release>-health-sidecar-checks"
+  checksConfigMapName: {type: string, pattern: "^(|[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?)$"}
 $defs:
   sidecarProbe:
     type: object
