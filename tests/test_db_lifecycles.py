@@ -178,6 +178,31 @@ async def test_session_terminated_under_the_check_is_replaced_not_reported(
         assert pg_private.backend_pids() != {backend}
 
 
+async def test_session_killed_in_the_middle_of_a_query_is_replaced_not_reported(
+    pg_private: PostgresServer, make_postgres_check: PostgresCheckFactory
+) -> None:
+    """The kept session terminated while its query runs (an immediate shutdown, an operator's
+    pg_terminate_backend): the error arrives before the client has marked the connection
+    closed, and the run still replaces the connection and passes."""
+    check = make_postgres_check(
+        pg_private.dsn(), query="SELECT pg_sleep(0.5)::text = ''", expect="true"
+    )
+    assert await outcome(check) is None
+    for _ in range(3):
+        (backend,) = pg_private.backend_pids()
+        run = asyncio.create_task(outcome(check))
+        await wait_until_async(
+            lambda: pg_private.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'"
+                " AND application_name = 'health-sidecar'"
+            ),
+            message="the check's query running",
+        )
+        assert pg_private.terminate() == 1
+        assert await run is None
+        assert pg_private.backend_pids() - {backend}
+
+
 class Recorder:
     """A ResultObserver keeping every result the prober produced."""
 

@@ -69,6 +69,16 @@ ATTEMPT_MARGIN_SHARE: Final = 0.05
 # Bound of a reachability probe (a TCP connect), and never more than the check's timeout.
 REACH_TIMEOUT_SECONDS: Final = 1.0
 ASYNCPG_ERRORS: Final = (asyncpg.PostgresError, asyncpg.InterfaceError)
+# What a kept session raises when its server ended it: the next run on a new connection tells
+# whether the server is really gone (a query's own failure, a gate's verdict, is not here).
+SESSION_LOST: Final = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.CannotConnectNowError,
+)
 # `found` of unexpected_result shows what the query returned; keep ?verbose bodies small.
 FOUND_MAX_CHARS: Final = 64
 
@@ -197,11 +207,13 @@ class PostgresCheck:
                 passed = await self._check_kept(session)
             except CheckFailed:
                 raise
-            except Exception:
-                if not session.conn.is_closed():
+            except Exception as exc:
+                if not (session.conn.is_closed() or isinstance(exc, SESSION_LOST)):
                     raise
                 # Closed by the server (idle_session_timeout, pg_terminate_backend, a pooler
-                # restart) between runs or during this one: replaced below, not reported.
+                # restart, a restart of the server) between runs or during this one: replaced
+                # below, not reported. The error can arrive before asyncpg has seen the socket
+                # close (an immediate shutdown sends its FATAL first), so its kind counts too.
             if not passed:
                 await self._retire()
         if not passed:
