@@ -400,6 +400,21 @@ def test_an_object_name_the_api_server_refuses_fails_the_render(values: Obj, nam
     assert f"{named}:" in render_error({"healthSidecar": values})
 
 
+@pytest.mark.parametrize("tag", [2, 20240101, 1_000_000_007])
+def test_a_whole_number_image_tag_renders_as_its_digits(tag: int) -> None:
+    """An unquoted date-style tag (20240101: a float64 to Helm) is the image's tag as written,
+    not 2.0240101e+07."""
+    sidecar = sidecar_of(pod_spec(render(FOREIGN, {"healthSidecar": {"image": {"tag": tag}}})))
+    assert sidecar["image"] == f"ghcr.io/glucolens/health-sidecar:{tag}"
+
+
+def test_a_fractional_image_tag_is_refused_as_ambiguous() -> None:
+    """tag: 1.10 reaches Helm as the number 1.1: refused by name (quote it), never rendered as
+    another tag."""
+    error = render_error({"healthSidecar": {"image": {"tag": 1.10}}})
+    assert "healthSidecar.image.tag:" in error
+
+
 CHECK_REFUSALS = [
     ([{"name": "db", "kind": "postgress"}], "healthSidecar.checks[0].kind"),
     ([{"name": "db", "kind": "postgres", "url": "http://x/"}], "healthSidecar.checks[0].url"),

@@ -27,8 +27,9 @@ properties:
     required: [repository, pullPolicy]
     properties:
       repository: {type: string, minLength: 1}
-      # A number too (--set healthSidecar.image.tag=2 gives one); rendered as text.
-      tag: {type: [string, number]}
+      # A whole number too (--set healthSidecar.image.tag=2, an unquoted 20240101), rendered as
+      # its digits; not a fraction: 1.10 reaches the templates as 1.1, another tag.
+      tag: {type: [string, integer]}
       digest: {type: string, pattern: "^(|sha256:[a-f0-9]{64})$"}
       pullPolicy: {enum: [Always, IfNotPresent, Never]}
   port: {type: integer, minimum: 1, maximum: 65535}

@@ -140,7 +140,8 @@ checksum/health-sidecar-checks: {{ include "health-sidecar.checkFile" . | sha256
 {{- if .digest }}
 {{- printf "%s@%s" .repository .digest }}
 {{- else }}
-{{- printf "%s:%s" .repository (toString .tag) }}
+{{- /* A values file's numbers are float64 to Helm: 20240101 would print as 2.0240101e+07. */}}
+{{- printf "%s:%v" .repository (kindIs "float64" .tag | ternary (int64 .tag) .tag) }}
 {{- end }}
 {{- end }}
 
