@@ -575,6 +575,12 @@ REFUSALS: list[tuple[str, Doc, str]] = [
         " (db): dsn: scheme 'mysql' is not supported; use postgresql:// or postgres://",
     ),
     (
+        "dsn with a percent-encoded password key",
+        {**PG, "dsn": f"postgresql://app@db/x?%70assword={SECRET}"},
+        " (db): dsn: holds a password, and a ConfigMap is not a Secret: put the DSN in a "
+        "mounted Secret and name that file with dsn_file",
+    ),
+    (
         "dsn a number",
         {**PG, "dsn": 5432},
         " (db): dsn: must be a postgresql:// URL as text, got a number",
@@ -708,6 +714,7 @@ def test_all_problems_are_reported_at_once() -> None:
     [
         ({**PG, "dsn": f"postgresql://app:{SECRET}@db/x"}, "dsn"),
         ({**PG, "dsn": f"postgresql://app@db/x?sslmode=require&password={SECRET}"}, "dsn"),
+        ({**PG, "dsn": f"postgresql://app@db/x?sslmode=require&pass%77ord={SECRET}"}, "dsn"),
         ({**PG, "dsn": f"mysql://app:{SECRET}@db/x"}, "dsn"),
         ({**PG, "dsn": f"postgresql://app:{SECRET}@db:port/x"}, "dsn"),
         ({**PG, "dsn_file": f"postgresql://app:{SECRET}@db/x"}, "dsn_file"),

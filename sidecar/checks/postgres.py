@@ -758,6 +758,9 @@ KIND: Final[Kind[PostgresSpec]] = Kind(
                 "allOf": [
                     {"not": {"pattern": "^postgres(ql)?(\\+[A-Za-z0-9_]+)?://[^/?#@]*:[^/?#@]*@"}},
                     {"not": {"pattern": "[?&]password="}},
+                    # A percent-encoded query key (`%70assword=`): no parameter needs one, and
+                    # a pattern cannot decode it to see a password.
+                    {"not": {"pattern": "[?&][^=&#]*%[^=&#]*="}},
                     # An '@' after the host list's end: a password with a raw '/', which
                     # the loader refuses too (it must be percent-encoded).
                     {"not": {"pattern": "^postgres(ql)?(\\+[A-Za-z0-9_]+)?://[^/?#]*/[^?#]*@"}},

@@ -142,6 +142,11 @@ and healthSidecar.checkDefaults (templates/_schema.tpl).
             },
             {
               "not": {
+                "pattern": "[?&][^=&#]*%[^=&#]*="
+              }
+            },
+            {
+              "not": {
                 "pattern": "^postgres(ql)?(\\+[A-Za-z0-9_]+)?://[^/?#]*/[^?#]*@"
               }
             }
