@@ -50,6 +50,15 @@ TLS_ENVIRONMENT: Final = {
 }
 # libpq's target_session_attrs values (asyncpg takes the same ones; libpq compares them exactly).
 SESSION_ATTRS: Final = ("any", "primary", "standby", "prefer-standby", "read-write", "read-only")
+# asyncpg's other parameters with a fixed set of values, and the variables it reads them from
+# when the DSN does not say: a value outside the set fails every connect (as tls_error).
+_TLS_VERSIONS: Final = ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")
+CHOICE_PARAMETERS: Final = {
+    "ssl_min_protocol_version": ("PGSSLMINPROTOCOLVERSION", _TLS_VERSIONS),
+    "ssl_max_protocol_version": ("PGSSLMAXPROTOCOLVERSION", _TLS_VERSIONS),
+    "sslnegotiation": ("PGSSLNEGOTIATION", ("postgres", "direct")),
+    "gsslib": ("PGGSSLIB", ("gssapi", "sspi")),
+}
 # libpq's client-side timing parameters, common in an app's own URL (psycopg's connect_timeout).
 # asyncpg does not know them and would send each to the server as a setting, which refuses the
 # session (42704); the check's own timeout and a new connection after a failure do their job.
@@ -188,6 +197,9 @@ def _parameters_problem(query: str) -> str | None:
         "target_session_attrs": session_attrs_problem,
     }
     judges.update(dict.fromkeys(TLS_FILE_PARAMETERS, tls_file_problem))
+    for key, (_variable, choices) in CHOICE_PARAMETERS.items():
+        if key in values and values[key] not in choices:
+            return f"{key}: {choice_problem(values[key], choices)}"
     for key in UNSUPPORTED_PARAMETERS:
         if key in values:
             return (
@@ -217,6 +229,12 @@ def sslmode_problem(value: str) -> str | None:
     return f"{shown}is not one of {', '.join(SSL_MODES)}{hint}"
 
 
+def choice_problem(value: str, choices: tuple[str, ...]) -> str:
+    """Why `value` is none of `choices`, quoting it only when it looks like a word."""
+    shown = f"{value!r} " if re.fullmatch(r"[A-Za-z0-9_.-]{1,20}", value) else ""
+    return f"{shown}is not one of {', '.join(choices)}"
+
+
 def session_attrs_problem(value: str) -> str | None:
     """Why `value` is no target_session_attrs (with a did-you-mean when one is close), or None."""
     if value in SESSION_ATTRS:
@@ -244,6 +262,10 @@ def libpq_tls_problems(environ: Mapping[str, str]) -> list[str]:
         problem = sslmode_problem(mode)
         if problem:
             problems.append(f"PGSSLMODE: {problem}")
+    for variable, choices in CHOICE_PARAMETERS.values():
+        value = environ.get(variable)
+        if value and value not in choices:
+            problems.append(f"{variable}: {choice_problem(value, choices)}")
     # Not TLS, but read by every postgres check alike, and as fatal when mistyped.
     attrs = environ.get("PGTARGETSESSIONATTRS")
     if attrs:

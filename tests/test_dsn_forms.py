@@ -296,3 +296,26 @@ def test_asyncpg_dialect_url_with_its_own_parameters_turns_ready(
         sidecar.wait_listening()
         sidecar.wait_event("check.state_changed", timeout=20)
         assert sidecar.get("/ready").status == 200
+
+
+@pytest.mark.parametrize(
+    ("key", "variable", "value"),
+    [
+        ("ssl_min_protocol_version", "PGSSLMINPROTOCOLVERSION", "TLSv1_2"),
+        ("ssl_max_protocol_version", "PGSSLMAXPROTOCOLVERSION", "tls1.3"),
+        ("sslnegotiation", "PGSSLNEGOTIATION", "directly"),
+        ("gsslib", "PGGSSLIB", "kerberos"),
+    ],
+)
+def test_bad_tls_choice_is_refused_at_start_in_dsn_and_environment(
+    key: str, variable: str, value: str
+) -> None:
+    """A value asyncpg refuses for a TLS or GSS parameter exits 2 naming the key (DSN) or the
+    variable, instead of a sidecar that never turns ready with tls_error."""
+    result = run_cli({"SIDECAR_DATABASE_URL": f"postgresql://app:{SECRET}@h/db?{key}={value}"})
+    assert result.returncode == 2, result
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"health-sidecar: bad setting: SIDECAR_DATABASE_URL: {key}: "), line
+    assert SECRET not in result.stderr
+    (problem,) = problems_for({"PGHOST": "db", variable: value})
+    assert problem.startswith(f"{variable}: "), problem
