@@ -363,10 +363,10 @@ def dsn_passwords(dsn: str) -> list[str]:
     if parts.password:
         found.append(parts.password)
         found.append(unquote(parts.password))
-    # libpq also accepts the password as a query parameter; asyncpg decodes keys and values
-    # (`%70assword` is `password`, `+` a space).
+    # libpq also accepts the password as a query parameter, and the client key's passphrase
+    # (sslpassword); asyncpg decodes keys and values (`%70assword` is `password`, `+` a space).
     for pair in parts.query.split("&"):
         key, _, value = pair.partition("=")
-        if unquote_plus(key) == "password" and value:
+        if unquote_plus(key) in ("password", "sslpassword") and value:
             found.extend((value, unquote(value), unquote_plus(value)))
     return list(dict.fromkeys(p for p in found if p))

@@ -319,3 +319,16 @@ def test_bad_tls_choice_is_refused_at_start_in_dsn_and_environment(
     assert SECRET not in result.stderr
     (problem,) = problems_for({"PGHOST": "db", variable: value})
     assert problem.startswith(f"{variable}: "), problem
+
+
+def test_inline_dsn_with_a_key_passphrase_is_refused_unquoted(tmp_path: Path) -> None:
+    """?sslpassword= (the client key's passphrase) is a secret too: an inline dsn holding it is
+    refused as one holding a password, and the refusal never quotes it."""
+    checks = tmp_path / "checks.yaml"
+    checks.write_text(
+        "checks:\n"
+        f"  - {{name: db, kind: postgres, dsn: 'postgresql://app@h/db?sslpassword={SECRET}'}}\n"
+    )
+    (problem,) = problems_for({"SIDECAR_CONFIG_FILE": str(checks)})
+    assert "(db): dsn: holds a password, and a ConfigMap is not a Secret" in problem
+    assert SECRET not in problem
