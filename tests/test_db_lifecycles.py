@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Final
 
+import backoff
 import pytest
 from support import wait_until_async
 from support.faultproxy import ProxyFactory
@@ -216,11 +217,15 @@ class Recorder:
 
 
 @contextlib.asynccontextmanager
-async def probing(spec: PostgresSpec) -> AsyncIterator[tuple[PostgresCheck, Recorder]]:
-    """The real CheckLoop running a PostgresCheck of `spec` until the block ends."""
+async def probing(
+    spec: PostgresSpec, *, jitter: Callable[[float], float] = backoff.full_jitter
+) -> AsyncIterator[tuple[PostgresCheck, Recorder]]:
+    """The real CheckLoop running a PostgresCheck of `spec` until the block ends (`jitter`:
+    the backoff's draw, backoff's full jitter unless given)."""
     check = postgres_check(spec)
     recorder = Recorder()
-    task = asyncio.create_task(CheckLoop(spec, check, Board(), observer=recorder).run())
+    loop = CheckLoop(spec, check, Board(), observer=recorder, jitter=jitter)
+    task = asyncio.create_task(loop.run())
     try:
         yield check, recorder
     finally:
@@ -439,6 +444,19 @@ async def test_wrong_password_in_the_file_is_retried_at_a_growing_delay(
         await check.close()
 
 
+def backing_off_to_8s(dsn: str) -> PostgresSpec:
+    """A check every second whose backoff, without jitter, reaches 8 s at the fourth failure."""
+    return PostgresSpec(
+        name="postgres",
+        policy=CheckPolicy(interval=1.0, timeout=2.0, backoff_max=30.0),
+        target=DatabaseTarget(dsn=dsn),
+    )
+
+
+def no_jitter(ceiling: float) -> float:
+    return ceiling
+
+
 @pytest.mark.slow
 async def test_failover_is_followed_as_soon_as_the_standby_is_promoted(
     pg_private: PostgresServer, make_replica: ReplicaFactory, make_fault_proxy: ProxyFactory
@@ -451,16 +469,7 @@ async def test_failover_is_followed_as_soon_as_the_standby_is_promoted(
     gone.refuse()
     hosts = f"{gone.host}:{gone.port},{replica.host}:{replica.port}"
     dsn = with_host(replica.dsn(), hosts) + "?target_session_attrs=read-write"
-    spec = PostgresSpec(
-        name="postgres",
-        policy=CheckPolicy(interval=1.0, timeout=2.0, backoff_max=30.0),
-        target=DatabaseTarget(dsn=dsn),
-    )
-    check = postgres_check(spec)
-    recorder = Recorder()
-    loop = CheckLoop(spec, check, Board(), observer=recorder, jitter=lambda ceiling: ceiling)
-    task = asyncio.create_task(loop.run())
-    try:
+    async with probing(backing_off_to_8s(dsn), jitter=no_jitter) as (_, recorder):
         # The fourth failure in a row: the next check is due 8 s later.
         await wait_until_async(lambda: len(recorder.results) >= 4, timeout=SLACK)
         assert {r.reason for r in recorder.results} == {Reason.SESSION_ATTRS_MISMATCH}
@@ -470,11 +479,6 @@ async def test_failover_is_followed_as_soon_as_the_standby_is_promoted(
         await wait_until_async(lambda: recorder.results[-1].ok, timeout=SLACK)
         assert time.monotonic() - promoted < 4.0
         assert replica.backend_pids() == watched_backends
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await check.close()
 
 
 @pytest.mark.slow
@@ -489,16 +493,7 @@ async def test_member_coming_back_with_the_role_is_taken_at_once(
     primary_path.refuse()
     hosts = f"{primary_path.host}:{primary_path.port},{replica.host}:{replica.port}"
     dsn = with_host(pg_private.dsn(), hosts) + "?target_session_attrs=read-write"
-    spec = PostgresSpec(
-        name="postgres",
-        policy=CheckPolicy(interval=1.0, timeout=2.0, backoff_max=30.0),
-        target=DatabaseTarget(dsn=dsn),
-    )
-    check = postgres_check(spec)
-    recorder = Recorder()
-    loop = CheckLoop(spec, check, Board(), observer=recorder, jitter=lambda ceiling: ceiling)
-    task = asyncio.create_task(loop.run())
-    try:
+    async with probing(backing_off_to_8s(dsn), jitter=no_jitter) as (_, recorder):
         await wait_until_async(lambda: len(recorder.results) >= 4, timeout=SLACK)
         assert {r.reason for r in recorder.results} == {Reason.SESSION_ATTRS_MISMATCH}
         primary_path.forward()
@@ -506,8 +501,3 @@ async def test_member_coming_back_with_the_role_is_taken_at_once(
         await wait_until_async(lambda: recorder.results[-1].ok, timeout=SLACK)
         assert time.monotonic() - back < 4.0
         assert pg_private.sessions() == 1
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await check.close()
