@@ -52,6 +52,7 @@ from .pg import (
     SUPERUSER_PASSWORD,
     PostgresSetupError,
     _children,
+    _give_to_os_user,
     _os_user,
     _process_alive,
     _run_in_thread,
@@ -119,14 +120,8 @@ def _shm_parent() -> str | None:
 def _make_dir(prefix: str, parent: str | None = None) -> Path:
     # /tmp, not pytest's tmp_path (0700 root): the postgres user must reach it.
     path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent or "/tmp"))
-    _chown(path)
+    _give_to_os_user(path)
     return path
-
-
-def _chown(path: Path) -> None:
-    user = _os_user()
-    if user is not None:
-        os.chown(path, user.pw_uid, user.pw_gid)
 
 
 def _spawn(
@@ -138,7 +133,7 @@ def _spawn(
     if user is not None:
         switch = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
     with log.open("ab") as out:
-        _chown(log)
+        _give_to_os_user(log)
         return subprocess.Popen(
             list(command),
             stdin=subprocess.DEVNULL,
@@ -289,7 +284,7 @@ class Member:
         # JSON is YAML: Patroni reads it as its configuration file.
         self.config_path.write_text(json.dumps(self._config(self), indent=2) + "\n")
         self.config_path.chmod(0o600)
-        _chown(self.config_path)
+        _give_to_os_user(self.config_path)
         env = {
             **_subprocess_env(),
             "HOME": str(self.directory),
@@ -616,7 +611,7 @@ class PatroniCluster:
         assert self.base_dir is not None
         directory = self.base_dir / name
         directory.mkdir()
-        _chown(directory)
+        _give_to_os_user(directory)
         return directory
 
     def _config(self, member: Member) -> dict[str, Any]:
