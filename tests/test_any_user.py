@@ -165,3 +165,25 @@ def test_warning_about_a_shared_password_file_is_a_json_line(
         assert warned["level"] == "warning"
         assert sidecar.stderr() == ""
         assert sidecar.non_json_lines() == []
+
+
+def test_socket_directory_the_uid_may_not_enter_says_so(
+    pg: PostgresServer, shared_dir: Path
+) -> None:
+    """A Unix-socket DSN whose directory (the server's 0700 data directory) the random UID may
+    not enter: network_error with a cause naming the directory's permission, not a refusal to
+    retry fast forever, and no traceback."""
+    env = {"SIDECAR_DATABASE_URL": pg.socket_dsn()}
+    with AsRandomUser(env, log_dir=shared_dir) as sidecar:
+        sidecar.wait_listening()
+        changed = sidecar.wait_event("check.state_changed", timeout=SLACK, to="failing")
+        assert (changed["reason"], changed["details"]) == (
+            "network_error",
+            {"cause": "permission denied: socket directory"},
+        )
+        [check] = sidecar.get("/ready?verbose").json()["checks"]["postgres"]
+        assert check["output"] == "network_error"
+        assert check["details"] == {"cause": "permission denied: socket directory"}
+        assert not sidecar.events("check.crashed")
+        assert sidecar.non_json_lines() == []
+        assert "Traceback" not in sidecar.log_text()

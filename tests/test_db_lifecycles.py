@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -17,7 +19,8 @@ from typing import Final
 
 import backoff
 import pytest
-from support import wait_until_async
+from sidecar_proc import SidecarStarter
+from support import wait_until, wait_until_async
 from support.faultproxy import ProxyFactory
 from support.pg import PostgresCheckFactory, PostgresServer, ReplicaFactory, postgres_check
 
@@ -296,6 +299,51 @@ async def test_recovery_after_a_refused_outage_does_not_wait_for_the_backoff(
         await check.close()
 
 
+# A retry delay at least this long before the stopped server comes back: the backoff would keep
+# /ready at 503 for most of it; the probes make it 200 within RECOVERED_WITHIN.
+LONG_DELAY: Final = 10.0
+RECOVERED_WITHIN: Final = 5.0
+
+
+@pytest.mark.slow
+def test_stopped_server_on_a_unix_socket_is_ready_again_without_waiting_for_the_backoff(
+    pg_private: PostgresServer, start_sidecar: SidecarStarter
+) -> None:
+    """A Unix-socket DSN: the stopped server leaves no socket file, which is connection_refused
+    (nothing listens), so the first probe that finds the socket again brings /ready back, even
+    when that is the first probe after a failure (a network_error waited out the delay then)."""
+    server = pg_private
+    env = {
+        "SIDECAR_DATABASE_URL": server.socket_dsn(),
+        "SIDECAR_CHECK_INTERVAL": "1",
+        "SIDECAR_CHECK_TIMEOUT": "2",
+        "SIDECAR_BACKOFF_MAX": "60",
+    }
+    sidecar = start_sidecar(env)
+    server.stop()
+    failing = sidecar.wait_event("check.state_changed", timeout=SLACK, to="failing")
+    assert (failing["reason"], failing["details"]) == (
+        "connection_refused",
+        {"cause": "no server socket in its directory"},
+    )
+
+    def long_delay() -> bool:
+        delays = [e["delay_seconds"] for e in sidecar.events("prober.backing_off")]
+        return bool(delays) and delays[-1] >= LONG_DELAY
+
+    # Full jitter: the delays are random, a long one comes within a few failures.
+    wait_until(long_delay, timeout=120, interval=0.02, message="a retry delay of 10 s or more")
+    # The server back before the sidecar's first probe of that delay (a second after the
+    # failure): the sidecar is held still while it starts, so no probe can see it gone first.
+    os.kill(sidecar.pid, signal.SIGSTOP)
+    try:
+        server.start()
+    finally:
+        os.kill(sidecar.pid, signal.SIGCONT)
+    elapsed = sidecar.wait_status("/ready", 200, within=LONG_DELAY + SLACK)
+    assert elapsed < RECOVERED_WITHIN, sidecar.tail()
+
+
 # ---- rotation: the whole budget, no wedge, a growing retry delay ------------------------------
 
 ROLE: Final = "rotor"
@@ -501,3 +549,28 @@ async def test_member_coming_back_with_the_role_is_taken_at_once(
         await wait_until_async(lambda: recorder.results[-1].ok, timeout=SLACK)
         assert time.monotonic() - back < 4.0
         assert pg_private.sessions() == 1
+
+
+@pytest.mark.slow
+async def test_primary_on_a_unix_socket_coming_back_is_taken_at_once(
+    pg_private: PostgresServer, make_replica: ReplicaFactory
+) -> None:
+    """read-write over the stopped primary's Unix socket and the standby's TCP address, each
+    with its own port: the missing socket counts as refused, so when the primary starts again
+    a probe sees its socket and the check passes within a few seconds, over that socket."""
+    primary = pg_private
+    replica = make_replica(primary)
+    dsn = (
+        primary.socket_dsn().split("?", 1)[0]
+        + f"?host={primary.socket_dir},{replica.host}&port={primary.port},{replica.port}"
+        + "&target_session_attrs=read-write"
+    )
+    await asyncio.to_thread(primary.stop)
+    async with probing(backing_off_to_8s(dsn), jitter=no_jitter) as (_, recorder):
+        await wait_until_async(lambda: len(recorder.results) >= 4, timeout=SLACK)
+        assert {r.reason for r in recorder.results} == {Reason.SESSION_ATTRS_MISMATCH}
+        await asyncio.to_thread(primary.start)
+        back = time.monotonic()
+        await wait_until_async(lambda: recorder.results[-1].ok, timeout=SLACK)
+        assert time.monotonic() - back < 4.0
+        assert primary.sessions() == 1

@@ -4,6 +4,7 @@ in ?verbose and in the state-change log; never a host, a user, a DSN or a passwo
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from support import free_port
 from support.pg import PostgresCheckFactory, PostgresServer, TlsFiles, make_ca
 
 from sidecar.checks.failures import cause_of
+from sidecar.checks.pgconnect import NoServerSocket, unix_socket_failure
 from sidecar.reasons import CheckFailed, Reason
 
 RUN_BOUND = 5.0
@@ -129,3 +131,61 @@ def test_cause_shows_in_verbose_and_in_the_state_change_log(
         body = sidecar.get("/ready?verbose").json()
         assert body["checks"]["postgres"][0]["details"] == {"cause": "server does not support TLS"}
         assert pg.password not in sidecar.log_text()
+
+
+async def test_unix_socket_with_no_server_behind_it_is_refused_and_says_why(
+    pg_private: PostgresServer, make_postgres_check: PostgresCheckFactory, tmp_path: Path
+) -> None:
+    """A Unix-socket DSN: the stopped server's socket file gone, its directory gone, or a
+    stale socket file a killed server left: each is connection_refused (nothing listens), with
+    fixed words saying which."""
+    dsn = pg_private.socket_dsn()
+    pg_private.stop()
+    assert await failure_of(make_postgres_check(dsn)) == (
+        Reason.CONNECTION_REFUSED,
+        {"cause": "no server socket in its directory"},
+    )
+    elsewhere = dsn.replace(str(pg_private.socket_dir), str(tmp_path / "no-such-dir"))
+    assert await failure_of(make_postgres_check(elsewhere)) == (
+        Reason.CONNECTION_REFUSED,
+        {"cause": "socket directory not found"},
+    )
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(pg_private.socket_path))  # bound, never listening: what SIGKILL leaves
+    stale.close()
+    assert await failure_of(make_postgres_check(dsn)) == (
+        Reason.CONNECTION_REFUSED,
+        {"cause": "connection refused"},
+    )
+
+
+def test_file_error_beside_a_live_unix_socket_stays_what_it_was(pg: PostgresServer) -> None:
+    """A FileNotFoundError or PermissionError while the server's socket is there and usable
+    (asyncpg failing to load a TLS file raises the same bare errors) is not read as a missing
+    or forbidden socket; with the socket gone, the same error is NoServerSocket."""
+    socket_path = str(pg.socket_path)
+    for error in (FileNotFoundError(2, "x"), PermissionError(13, "x")):
+        assert unix_socket_failure((socket_path, None), error) is error
+        assert unix_socket_failure((pg.host, pg.port), error) is error
+    gone = str(pg.socket_dir / ".s.PGSQL.1")
+    assert isinstance(unix_socket_failure((gone, None), FileNotFoundError(2, "x")), NoServerSocket)
+
+
+async def test_unix_socket_host_among_several_with_their_own_ports_is_used(
+    pg_private: PostgresServer, make_postgres_check: PostgresCheckFactory
+) -> None:
+    """`host=SOCKET_DIR,127.0.0.1&port=P1,P2`: the socket host is tried with its own port (asyncpg
+    alone refuses a port list beside one host), and the check passes over the socket."""
+    nothing = free_port()
+    dsn = (
+        pg_private.socket_dsn().split("?", 1)[0]
+        + f"?host={pg_private.socket_dir},{pg_private.host}&port={pg_private.port},{nothing}"
+    )
+    check = make_postgres_check(dsn)
+    async with asyncio.timeout(RUN_BOUND):
+        await check.run()
+    [row] = pg_private.fetch(
+        "SELECT client_addr IS NULL AS over_socket FROM pg_stat_activity "
+        "WHERE application_name = 'health-sidecar'"
+    )
+    assert row["over_socket"] is True

@@ -9,7 +9,9 @@ than by asyncpg, so that the check can judge it again, the same way, on every la
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -31,6 +33,8 @@ if TYPE_CHECKING:
 Address: TypeAlias = tuple[str, int | None]
 
 APPLICATION_NAME: Final = "health-sidecar"
+# How libpq (and asyncpg) name a server's Unix socket in its directory: `.s.PGSQL.<port>`.
+SOCKET_MARKER: Final = ".s.PGSQL."
 # Keeps the sidecar's own session from being closed by a server or role setting meant for idle
 # apps. Only a help: a server or pooler that refuses the startup parameter (pgbouncer, servers
 # before 14) gets a connection without it, and a closed kept connection is replaced anyway.
@@ -61,6 +65,25 @@ class Session:
     wanted: Wanted
     facts: Facts | None
     opened_at: float
+
+
+class NoServerSocket(ConnectionRefusedError):
+    """A Unix-socket connect that found no socket file: nothing listens there, as a refused TCP
+    connect says. A server that stops removes its socket, so ENOENT is how a stopped local
+    server answers; it gets the fast recovery of a refusal (sidecar.loop, REACH_PROBE_SECONDS)."""
+
+    def __init__(self, cause: str) -> None:
+        super().__init__(errno.ECONNREFUSED, cause)
+        self.cause = cause
+
+
+class SocketForbidden(PermissionError):
+    """A Unix-socket connect this process may not make (EACCES): a socket directory it may not
+    enter, or a socket it may not write to. Not a refusal: retrying fast cannot change it."""
+
+    def __init__(self, cause: str) -> None:
+        super().__init__(errno.EACCES, cause)
+        self.cause = cause
 
 
 class RoleMismatch(CheckFailed):
@@ -101,7 +124,9 @@ class Connector:
             async with asyncio.timeout(within):
                 if hosts:
                     await _resolve(self.resolver, hosts[0], within * RESOLVE_SHARE)
-                session = await self._connect_judged(dsn, target, wanted)
+                session = await self._connect_judged(
+                    dsn, target, wanted, hosts[0] if hosts else None
+                )
             reason = wanted.verdict(session.facts) if session.facts is not None else None
             if reason is not None:
                 raise RoleMismatch(reason, session)
@@ -133,7 +158,10 @@ class Connector:
                     async with asyncio.timeout(per_host):
                         await _resolve(self.resolver, (host, port), per_host * RESOLVE_SHARE)
                         found = await self._connect_judged(
-                            dsn, {**target, "host": host, "port": port}, wanted
+                            dsn,
+                            {**target, "host": host, "port": port or socket_port(host)},
+                            wanted,
+                            (host, port),
                         )
                 except Exception as exc:  # noqa: BLE001 -- the next host; the last one decides
                     failure = exc
@@ -169,10 +197,17 @@ class Connector:
         raise failure
 
     async def _connect_judged(
-        self, dsn: str | None, target: dict[str, Any], wanted: Wanted
+        self, dsn: str | None, target: dict[str, Any], wanted: Wanted, address: Address | None
     ) -> Session:
-        """A connection and, when the DSN asks for a role, what its server is."""
-        conn = await self._connect_one(dsn, target)
+        """A connection to `address` (None: whatever asyncpg makes of the DSN) and, when the
+        DSN asks for a role, what its server is."""
+        try:
+            conn = await self._connect_one(dsn, target)
+        except OSError as exc:
+            meant = unix_socket_failure(address, exc)
+            if meant is exc:
+                raise
+            raise meant from exc
         facts: Facts | None = None
         if wanted.asks:
             try:
@@ -208,6 +243,42 @@ async def connect(dsn: str | None, target: dict[str, Any], settings: dict[str, s
         **target,
     )
     return conn
+
+
+def socket_port(path: str) -> int | None:
+    """The port a Unix socket's path names (`/run/postgresql/.s.PGSQL.5433`: 5433), as one
+    host's port to pass with it: with no port, asyncpg would take the DSN's port list, whose
+    length is that of the host list, and refuse it for one host ("could not match 2 port
+    numbers to 1 hosts"). It is also the port libpq matches in .pgpass for a socket."""
+    _, marker, port = path.rpartition(SOCKET_MARKER)
+    return int(port) if marker and port.isdigit() else None
+
+
+def unix_socket_failure(address: Address | None, exc: OSError) -> OSError:
+    """What a failed connect to `address` means when it is a Unix socket: NoServerSocket when
+    the socket file is not there, SocketForbidden for EACCES on the socket or its directory;
+    else `exc` itself.
+
+    The error alone cannot tell: a TLS file asyncpg fails to load (sslrootcert, ...) raises the
+    same bare FileNotFoundError or PermissionError, with no file name, before any connect. So
+    the socket path itself is looked at: a file error while the socket is there and usable stays
+    what it was. (A stale socket file, no server behind it, already gives ECONNREFUSED.)
+    """
+    if address is None or address[1] is not None or not address[0].startswith("/"):
+        return exc
+    path = address[0]
+    directory = os.path.dirname(path)
+    if isinstance(exc, FileNotFoundError) and not os.path.lexists(path):
+        if os.path.isdir(directory):
+            return NoServerSocket("no server socket in its directory")
+        if not os.path.lexists(directory):
+            return NoServerSocket("socket directory not found")
+    if isinstance(exc, PermissionError):
+        if not os.access(directory, os.X_OK):
+            return SocketForbidden("permission denied: socket directory")
+        if not os.access(path, os.W_OK):
+            return SocketForbidden("permission denied: server socket")
+    return exc
 
 
 def hosts_and_attrs(

@@ -38,8 +38,10 @@ from sidecar.checks.failures import (
 from sidecar.checks.pgconnect import (
     LIBPQ_ARGUMENTS,
     Connector,
+    NoServerSocket,
     RoleMismatch,
     Session,
+    SocketForbidden,
     hosts_and_attrs,
 )
 from sidecar.checks.pgrole import FACTS_QUERY, Facts
@@ -330,7 +332,7 @@ class PostgresCheck:
 
     async def _open(self, dsn: str | None, within: float) -> Session:
         # Checked at start, but a mounted Secret can go away later; asyncpg would then report a
-        # bare FileNotFoundError, indistinguishable from a missing Unix socket.
+        # bare FileNotFoundError, which says neither which file nor that it is about TLS.
         unreadable = _unreadable_tls_file(self.spec, dsn)
         if unreadable is not None:
             setting, missing = unreadable
@@ -556,7 +558,8 @@ def _postgres_cause(exc: BaseException) -> str | None:
         return "server does not support TLS"
     if isinstance(exc, asyncpg.ClientConfigurationError) and "root certificate" in text:
         return "no CA file: sslmode verify-ca or verify-full needs sslrootcert"
-    found = cause_of(exc)
+    # A Unix socket's failures carry their own words (sidecar.checks.pgconnect).
+    found = exc.cause if isinstance(exc, NoServerSocket | SocketForbidden) else cause_of(exc)
     sqlstate = getattr(exc, "sqlstate", None)
     if found is not None or not isinstance(exc, ASYNCPG_ERRORS):
         return found

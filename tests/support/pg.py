@@ -641,6 +641,20 @@ class PostgresServer:
             f"{quote(database, safe='')}"
         )
 
+    def socket_dsn(self, user: str = SUPERUSER, database: str = "postgres") -> str:
+        """`postgresql://user:pass@/db?host=SOCKET_DIR&port=PORT`: this server over its Unix
+        socket (the directory as libpq's `host`, the port naming the socket file)."""
+        tcp = self.dsn(user, database=database)
+        return (
+            tcp.replace(f"@{self.host}:{self.port}/", "@/", 1)
+            + f"?host={quote(str(self.socket_dir), safe='/')}&port={self.port}"
+        )
+
+    @property
+    def socket_path(self) -> Path:
+        """The server's Unix socket file (there only while it runs)."""
+        return self.socket_dir / f".s.PGSQL.{self.port}"
+
     # ---- SQL helpers (synchronous; usable from sync and async tests) -------------------------
 
     def execute(
