@@ -79,11 +79,25 @@ def _fail(problems: Sequence[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    _hold_standard_descriptors()
     args = list(sys.argv[1:] if argv is None else argv)
     env = dict(os.environ if environ is None else environ)
     if args[:1] == ["probe"]:
         return _probe(args[1:], env)
     return _serve(args, env)
+
+
+def _hold_standard_descriptors() -> None:
+    """Put /dev/null on descriptor 0, 1 or 2 if the process was started without it (`<&-`,
+    `>&-`). Else the next socket gets that number, and libuv (uvloop) aborts the process when
+    it closes a descriptor under 3: SIGABRT at exit instead of 0 (tests/test_surroundings.py).
+    Python has already set sys.stdout (or stdin, stderr) to None: logs go to stderr then."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            # The lowest free number: `fd` itself, as the ones below it are open by now.
+            os.open(os.devnull, os.O_RDWR)
 
 
 def _serve(args: list[str], env: dict[str, str]) -> int:

@@ -10,7 +10,6 @@ import os
 import re
 import stat
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Final
 from urllib.parse import parse_qs, unquote, unquote_plus, urlsplit
 
@@ -282,11 +281,19 @@ def libpq_tls_problems(environ: Mapping[str, str]) -> list[str]:
 
 
 def read_head(path: str, size: int) -> bytes:
-    """At most `size` bytes of a file; ValueError says why there are none, as the rest of a
-    sentence that begins with the file's name ("does not exist", "is a directory, ...")."""
+    """At most `size` bytes of a regular file; ValueError says why there are none, as the rest
+    of a sentence that begins with the file's name ("does not exist", "is a directory, ...").
+
+    Opened without blocking, and a named pipe is refused: a plain open() of one waits for a
+    writer forever, which hung the start with no line, or, for a DSN file swapped for one while
+    running, the event loop and every probe with it (tests/test_surroundings.py). A device is
+    read (`/dev/null` is an empty file, as libpq reads it).
+    """
     try:
-        with Path(path).open("rb") as handle:
-            return handle.read(size)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as handle:
+            kind = stat.S_IFMT(os.fstat(fd).st_mode)
+            data = None if kind in _NOT_FILES else handle.read(size)
     except FileNotFoundError:
         raise ValueError("does not exist") from None
     except IsADirectoryError:
@@ -297,6 +304,16 @@ def read_head(path: str, size: int) -> bytes:
         raise ValueError(f"cannot be read ({exc.strerror or type(exc).__name__})") from None
     except ValueError:  # a NUL in the path: open() refuses it before asking the system
         raise ValueError("is not a valid path") from None
+    if data is None:
+        raise ValueError(f"is {_NOT_FILES[kind]}, not a file")
+    return data
+
+
+# What read_head refuses to read, by the name it gives them.
+_NOT_FILES: Final = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFIFO: "a named pipe (FIFO)",
+}
 
 
 def _access_hint(path: str) -> str:
@@ -331,7 +348,9 @@ def read_text_file(path: str, limit: int, *, encoding: str = "utf-8") -> str:
 def read_dsn_file(path: str) -> str:
     """Read a DSN from a mounted Secret file; ValueError says why it is unusable."""
     try:
-        dsn = read_text_file(path, MAX_DSN_FILE_BYTES).strip()
+        # utf-8-sig: an editor's byte order mark is invisible in the file, and was refused as
+        # an unsupported scheme.
+        dsn = read_text_file(path, MAX_DSN_FILE_BYTES, encoding="utf-8-sig").strip()
     except ValueError as exc:
         raise ValueError(f"file {path!r} {exc}") from None
     if not dsn:

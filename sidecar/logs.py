@@ -347,6 +347,16 @@ def _not_a_client_parse_error(record: logging.LogRecord) -> bool:
     return not isinstance(exc, HttpProcessingError)
 
 
+def _standard_output() -> TextIO:
+    """stdout; stderr when the process was started with stdout closed (`>&-`, a supervisor
+    that gives it none), where Python leaves sys.stdout None; else nowhere. A closed stdout
+    must not keep the sidecar from answering probes (tests/test_surroundings.py)."""
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            return stream
+    return open(os.devnull, "w")  # lives as long as the process
+
+
 @dataclass(frozen=True, slots=True)
 class Pipeline:
     """What `configure()` built: its redactor, and the writer it put before stdout (if any)."""
@@ -383,7 +393,7 @@ def configure(
     Without `stream`, lines go to stdout through a PipeWriter, so a stalled log pipe cannot
     block the event loop; a given `stream` (a file, a buffer) is written synchronously.
     """
-    writer = PipeWriter(sys.stdout) if stream is None else None
+    writer = PipeWriter(_standard_output()) if stream is None else None
     # TextIO by duck typing: structlog and StreamHandler only call write, flush and isatty.
     sink: Any = writer or stream
     numeric_level = logging.getLevelNamesMapping()[level.upper()]

@@ -116,6 +116,7 @@ class SidecarProcess:
         defaults: Mapping[str, str] = DEFAULT_ENV,
         name: str = "sidecar",
         unread_stdout: bool = False,
+        closed_fds: Sequence[int] = (),
     ) -> None:
         self.port = port or free_port()
         self.host = LOOPBACK
@@ -127,6 +128,8 @@ class SidecarProcess:
         # True: stdout is a pipe nobody reads until `read_stdout_pipe()` (a stalled log
         # pipeline); `events()` then sees nothing and waits fall back to the port.
         self.unread_stdout = unread_stdout
+        # Standard descriptors the process starts without (`<&-`, `>&-`): 0, 1 or 2.
+        self.closed_fds = tuple(closed_fds)
         self.env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "PYTHONUNBUFFERED": "1",
@@ -141,9 +144,13 @@ class SidecarProcess:
     # ---- lifecycle ---------------------------------------------------------------------------
 
     def command(self) -> list[str]:
+        # The shell closes the descriptors and execs: the PID is the sidecar's.
+        closes = " ".join(f"{fd}<&-" for fd in self.closed_fds)
+        closing = ["sh", "-c", f'exec "$@" {closes}', "sh"] if closes else []
         if self.fault_file is None:
-            return [sys.executable, "-m", "sidecar", *self.args]
+            return [*closing, sys.executable, "-m", "sidecar", *self.args]
         return [
+            *closing,
             sys.executable,
             str(Path(__file__)),
             "--fault-file",

@@ -169,6 +169,15 @@ def test_dsn_file_is_read_and_stripped(tmp_path: Path) -> None:
     assert s.database.source == "SIDECAR_DATABASE_URL_FILE"
 
 
+def test_dsn_file_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    """A DSN file saved by a Windows editor (a byte order mark, CRLF) gives the same DSN; the
+    invisible mark was refused as an unsupported scheme."""
+    dsn_file = tmp_path / "dsn"
+    dsn_file.write_bytes(b"\xef\xbb\xbfpostgresql://u:p%40ss@h:5433/db\r\n")
+    s = Settings.from_environ({"SIDECAR_DATABASE_URL_FILE": str(dsn_file)})
+    assert s.database.dsn == "postgresql://u:p%40ss@h:5433/db"
+
+
 @pytest.mark.parametrize(
     ("content", "expected"),
     [

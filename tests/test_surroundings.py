@@ -22,7 +22,7 @@ from typing import Any, Final
 
 import pytest
 from sidecar_proc import Measurements, Sampler, SidecarProcess
-from support import missing_tool, wait_until
+from support import SLACK, missing_tool, wait_until
 from support.faultproxy import FaultProxy, ProxyFactory
 from support.once import LISTEN_QUEUES, exclusive
 from support.pg import PostgresServer
@@ -241,6 +241,80 @@ def test_hup_and_usr1_are_logged_and_ignored(
         assert sidecar.status("/health") == 200
         assert sidecar.stop() == 0
     assert sidecar.events("sidecar.stopped")
+
+
+# ---- files that are no files; no stdout ------------------------------------------------------
+
+# Never connected to: the process must refuse its settings before any check starts.
+NO_DATABASE: Final = "postgresql://health@127.0.0.1:1/app"
+
+
+@pytest.mark.parametrize(
+    ("variable", "name"),
+    [
+        ("SIDECAR_DATABASE_URL_FILE", "dsn"),
+        ("SIDECAR_CONFIG_FILE", "checks.yaml"),
+        ("PGSSLROOTCERT", "root.crt"),
+    ],
+)
+def test_a_named_pipe_for_a_file_exits_2_naming_the_variable(
+    tmp_path: Path, variable: str, name: str
+) -> None:
+    """A FIFO where a file belongs (DSN, check file, TLS file): exit 2 with one line naming the
+    variable and what the path is, instead of waiting forever for a writer with no line."""
+    fifo = tmp_path / name
+    os.mkfifo(fifo)
+    env = {variable: str(fifo)}
+    if variable != "SIDECAR_DATABASE_URL_FILE":
+        env["SIDECAR_DATABASE_URL"] = NO_DATABASE
+    with SidecarProcess(env, log_dir=tmp_path) as sidecar:
+        assert sidecar.wait_exit(30) == 2
+    [line] = sidecar.stderr().splitlines()
+    assert line.startswith(f"health-sidecar: bad setting: {variable}: "), line
+    assert f"{str(fifo)!r} is a named pipe (FIFO), not a file" in line
+    assert sidecar.stdout() == ""
+
+
+def test_a_dsn_file_swapped_for_a_named_pipe_keeps_probes_answering(
+    pg: PostgresServer, tmp_path: Path
+) -> None:
+    """The DSN file replaced by a FIFO while running: one credentials.reload_failed saying so,
+    the check goes on with the last good DSN and probes keep answering (the read used to wait
+    for a writer on the event loop: every probe hung and SIGTERM did nothing)."""
+    dsn_file = tmp_path / "dsn"
+    dsn_file.write_text(pg.dsn() + "\n")
+    with SidecarProcess({"SIDECAR_DATABASE_URL_FILE": str(dsn_file)}, log_dir=tmp_path) as sidecar:
+        sidecar.wait_listening()
+        sidecar.wait_status("/ready", 200)
+        dsn_file.unlink()
+        os.mkfifo(dsn_file)
+        failed = sidecar.wait_event("credentials.reload_failed", timeout=SLACK)
+        assert "named pipe" in failed["problem"], failed
+        done = len(sidecar.events("check.completed", ok=True))
+        sidecar.wait_event("check.completed", timeout=SLACK, after=done + 1, ok=True)
+        assert sidecar.status("/health") == 200
+        assert sidecar.status("/ready") == 200
+        assert sidecar.stop() == 0
+    assert len(sidecar.events("credentials.reload_failed")) == 1
+    assert "Traceback" not in sidecar.log_text()
+
+
+@pytest.mark.parametrize("fd", [0, 1], ids=["stdin", "stdout"])
+def test_a_closed_standard_descriptor_neither_crashes_nor_aborts(
+    pg: PostgresServer, tmp_path: Path, fd: int
+) -> None:
+    """Started without stdin or stdout (`<&-`, `>&-`): it serves, SIGTERM exits 0, the JSON
+    lines go to stdout, or to stderr when stdout is closed. It used to die at start with a
+    traceback (stdout), or abort at exit in libuv, whose socket had been given fd 0."""
+    sidecar = SidecarProcess({"SIDECAR_DATABASE_URL": pg.dsn()}, log_dir=tmp_path, closed_fds=[fd])
+    with sidecar:
+        sidecar.wait_status("/ready", 200, within=30)
+        assert sidecar.stop() == 0
+    lines = sidecar.stderr() if fd == 1 else sidecar.stdout()
+    events = [json.loads(line)["event"] for line in lines.splitlines()]
+    assert "sidecar.listening" in events
+    assert events[-1] == "sidecar.stopped"
+    assert "Traceback" not in sidecar.log_text()
 
 
 # ---- name resolution -----------------------------------------------------------------------
