@@ -15,6 +15,11 @@ few scrapers looping /metrics could make a kubelet time out a healthy sidecar. H
 
 Collection in a thread is safe: prometheus-client guards its metrics with locks, and our own
 collector reads immutable snapshots (sidecar.metrics).
+
+What to render is negotiated here, by RFC 9110's rules (12.4.2, 12.5.1, 12.5.3), before
+prometheus-client is asked: its own negotiation takes the first media range it knows and any
+`gzip` in Accept-Encoding, weights ignored, so `gzip;q=0` ("not acceptable") got gzip and
+`application/openmetrics-text;q=0` got OpenMetrics.
 """
 
 from __future__ import annotations
@@ -30,7 +35,9 @@ from dataclasses import dataclass
 from typing import Final
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder, gzip_accepted
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encoder
+
+from sidecar.negotiation import name_of, ranked, weighted
 
 # A slow render is reused at most this long: a scrape never sees a body older than this.
 MAX_REUSE_SECONDS: Final = 1.0
@@ -42,6 +49,11 @@ RENDER_SWITCH_INTERVAL_SECONDS: Final = 0.001
 GZIP_LEVEL: Final = 6
 
 Key = tuple[str, tuple[str, ...] | None, bool]
+
+# Media ranges that the classic text format (prometheus-client's default) satisfies.
+TEXT_RANGES: Final = frozenset({"text/plain", "text/*", "*/*"})
+# RFC 9110 8.4.1.3: x-gzip is gzip.
+GZIP_CODINGS: Final = ("gzip", "x-gzip")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,13 +93,15 @@ class Exposition:
     async def render(
         self, accept: str, names: Sequence[str] | None = None, accept_encoding: str = ""
     ) -> Body:
-        """The body for this Accept header (OpenMetrics or text, prometheus-client's own
-        negotiation), restricted to the families `names` (the `name[]` filter) if given."""
+        """The body for these Accept and Accept-Encoding headers (the format and coding the
+        scraper weights highest among those it accepts), restricted to the families `names`
+        (the `name[]` filter) if given."""
+        accept = preferred_media(accept)
         _, content_type = choose_encoder(accept)
         key: Key = (
             content_type,
             None if names is None else tuple(sorted(set(names))),
-            gzip_accepted(accept_encoding),
+            gzip_preferred(accept_encoding),
         )
         now = self._timer()
         self._forget_stale(now)
@@ -154,3 +168,30 @@ class Exposition:
         if gzipped:
             data = gzip.compress(data, compresslevel=GZIP_LEVEL)
         return Body(data, content_type, gzipped), self._timer() - started
+
+
+def preferred_media(accept: str) -> str:
+    """The one media range of an Accept header to hand to prometheus-client's choose_encoder:
+    the highest-weighted one it can serve (ties: the first listed), "" (its default, text) for
+    none. A range with q=0 is refused (RFC 9110 12.4.2), and so is one with a version
+    prometheus-client cannot make (OpenMetrics 0.0.1) or cannot read."""
+    for media, _ in ranked(accept):
+        try:
+            _, content_type = choose_encoder(media)
+        except (TypeError, ValueError):
+            continue  # `version=abc`: prometheus-client compares it as a number
+        if content_type != CONTENT_TYPE_PLAIN_0_0_4 or name_of(media) in TEXT_RANGES:
+            return media
+    return ""
+
+
+def gzip_preferred(accept_encoding: str) -> bool:
+    """Whether to gzip for this Accept-Encoding (RFC 9110 12.5.3): gzip (or x-gzip; else `*`)
+    listed with q > 0, and not below identity (else `*`) when that is listed; an unlisted
+    identity is the last resort. No header, an empty one, or only other codings: identity."""
+    weights: dict[str, float] = {}
+    for coding, weight in weighted(accept_encoding):
+        weights.setdefault(name_of(coding), weight)  # a repeated coding: the first
+    gzip_weight = next((weights[c] for c in GZIP_CODINGS if c in weights), weights.get("*", 0.0))
+    identity = weights.get("identity", weights.get("*", 0.0))
+    return gzip_weight > 0 and gzip_weight >= identity

@@ -11,6 +11,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from sidecar.checkspec import NAME_PATTERN
 from sidecar.exposition import Body, Exposition
 from sidecar.metrics import Counts
+from sidecar.negotiation import name_of, weighted
 from sidecar.render import CONTENT_TYPE, PLAIN, TEXT_CONTENT_TYPE, Query, Rendered, encode
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -68,19 +69,8 @@ def prefers_text(accept: str) -> bool:
     Ties go to health+json (our default, and what a bare `*/*` gets).
     """
     best_text = best_json = 0.0
-    for part in accept.split(","):
-        media, _, params = part.strip().partition(";")
-        media = media.strip().lower()
-        quality = 1.0
-        for param in params.split(";"):
-            key, _, value = param.strip().partition("=")
-            if key.strip().lower() == "q":
-                try:
-                    quality = float(value)
-                except ValueError:
-                    quality = 0.0
-        if not 0.0 <= quality <= 1.0:
-            quality = 0.0
+    for element, quality in weighted(accept):
+        media = name_of(element)
         if media in _TEXT_TYPES:
             best_text = max(best_text, quality)
         elif media in _JSON_TYPES:

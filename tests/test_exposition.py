@@ -6,15 +6,20 @@ import asyncio
 import gzip
 import threading
 from collections.abc import Iterator
+from typing import Final
 
 import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from sidecar_proc import SidecarStarter
+from support import free_port
 
 from sidecar.exposition import MAX_REUSE_SECONDS, Exposition
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
+# A database where nothing listens: /metrics answers all the same.
+NOTHING_LISTENS: Final = f"postgresql://sidecar@127.0.0.1:{free_port()}/postgres"
 
 
 class Timer:
@@ -155,3 +160,98 @@ async def test_a_scrape_that_gives_up_does_not_cancel_the_shared_render() -> Non
     assert b"demo_value 1.0" in (await second).data
     assert collector.renders == 1
     exposition.close()
+
+
+async def test_scrapes_share_a_render_by_what_was_decided_not_by_how_it_was_asked() -> None:
+    """`gzip` and `GZIP ;q=0.8` share one gzipped render; `gzip;q=0` does not get it. An Accept
+    that refuses OpenMetrics (q=0) shares the text render."""
+    exposition, collector, _ = make()
+    collector.gate.clear()
+    zipped, zipped_too, refused, text, text_too = (
+        asyncio.create_task(exposition.render("", None, "gzip")),
+        asyncio.create_task(exposition.render("", None, "GZIP ;q=0.8")),
+        asyncio.create_task(exposition.render("", None, "gzip;q=0")),
+        asyncio.create_task(exposition.render("")),
+        asyncio.create_task(exposition.render("application/openmetrics-text;q=0")),
+    )
+    await asyncio.sleep(0.05)
+    collector.gate.set()
+    assert (await zipped) is (await zipped_too)
+    assert (await zipped).gzipped
+    assert not (await refused).gzipped
+    assert (await text_too) is (await text)
+    assert (await text).content_type.startswith("text/plain")
+    # One render per distinct body: gzipped text, plain text.
+    assert collector.renders == 2
+    exposition.close()
+
+
+# Accept-Encoding as scrapers send it, and whether the body comes back gzipped (RFC 9110 12.5.3).
+ENCODINGS: Final = (
+    ("gzip", True),
+    ("gzip, deflate, br", True),
+    ("GZip", True),
+    ("x-gzip", True),
+    ("*", True),
+    ("gzip;q=0.001", True),
+    ("identity;q=0, gzip;q=0.1", True),
+    ("gzip;q=0", False),
+    ("gzip ; q=0.000", False),
+    ("gzip;q=0, *", False),
+    ("*;q=0", False),
+    ("gzip;q=0.5, identity", False),
+    ("identity", False),
+    ("deflate", False),
+    ("", False),
+)
+OPENMETRICS_CONTENT: Final = "application/openmetrics-text; version=1.0.0"
+PROMETHEUS_3_ACCEPT: Final = (
+    "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.5,"
+    "application/openmetrics-text;version=0.0.1;q=0.4,"
+    "text/plain;version=1.0.0;escaping=allow-utf-8;q=0.3,"
+    "text/plain;version=0.0.4;q=0.2,*/*;q=0.1"
+)
+# Accept as scrapers send it, and the Content-Type the body comes with (its start).
+MEDIA: Final = (
+    (PROMETHEUS_3_ACCEPT, OPENMETRICS_CONTENT),
+    ("Application/OpenMetrics-Text; Version=1.0.0", OPENMETRICS_CONTENT),
+    ("text/plain;version=0.0.4;q=0.9, application/openmetrics-text;q=0.5", "text/plain"),
+    ("application/openmetrics-text;q=0", "text/plain; version=0.0.4"),
+    ("application/openmetrics-text;q=0, text/plain;version=1.0.0", "text/plain; version=1.0.0"),
+    ("application/openmetrics-text;version=0.0.1, */*;q=0.1", "text/plain; version=0.0.4"),
+    ("application/openmetrics-text;version=abc", "text/plain; version=0.0.4"),
+    ("", "text/plain; version=0.0.4"),
+)
+
+
+def test_metrics_are_gzipped_only_where_the_scraper_accepts_gzip(
+    start_sidecar: SidecarStarter,
+) -> None:
+    """The real process: a body is gzipped (and says so) only for an Accept-Encoding that
+    accepts gzip with a weight above 0 and no lower than identity's; `gzip;q=0` gets text."""
+    sidecar = start_sidecar({"SIDECAR_DATABASE_URL": NOTHING_LISTENS}, ready=False)
+    seen = {}
+    for accept_encoding, gzipped in ENCODINGS:
+        reply = sidecar.get("/metrics", headers={"Accept-Encoding": accept_encoding})
+        assert reply.status == 200
+        body = gzip.decompress(reply.body) if gzipped else reply.body
+        assert b"# TYPE health_sidecar_ready gauge" in body, accept_encoding
+        seen[accept_encoding] = reply.headers.get("content-encoding")
+    assert seen == {a: "gzip" if gzipped else None for a, gzipped in ENCODINGS}
+
+
+def test_openmetrics_is_sent_only_where_the_scraper_weights_it_highest(
+    start_sidecar: SidecarStarter,
+) -> None:
+    """The real process: the format the Accept header weights highest among those it can have
+    (q=0 is "not acceptable"), Prometheus 3's own header included; an unreadable version is
+    passed over, not a server error."""
+    sidecar = start_sidecar({"SIDECAR_DATABASE_URL": NOTHING_LISTENS}, ready=False)
+    seen = {}
+    for accept, _ in MEDIA:
+        reply = sidecar.get("/metrics", headers={"Accept": accept})
+        assert reply.status == 200, (accept, reply.body)
+        seen[accept] = reply.headers["content-type"]
+        ends = reply.body.rstrip().endswith(b"# EOF")
+        assert ends is seen[accept].startswith("application/openmetrics-text"), accept
+    assert {a: seen[a][: len(start)] for a, start in MEDIA} == dict(MEDIA)

@@ -12,6 +12,7 @@ LEAVES = (
     "sidecar.checks",
     "sidecar.resolver",
     "sidecar.pghome",
+    "sidecar.negotiation",
 )
 
 # Every module of sidecar/ and the sidecar modules it may import (at the top, lazily, or for
@@ -20,7 +21,7 @@ LEAVES = (
 _CHECK_KIND = ("sidecar.checks.failures", "sidecar.checkspec", "sidecar.fields", "sidecar.kinds")
 ALLOWED: dict[str, set[str]] = {
     # Leaves: the version, input reading, reasons, the Check protocol, the resolver pool, the
-    # exec probe (standard library only), the log pipeline.
+    # exec probe (standard library only), the log pipeline, Accept-style headers' weights.
     "sidecar": set(),
     "sidecar.inputs": set(),
     "sidecar.reasons": set(),
@@ -29,6 +30,7 @@ ALLOWED: dict[str, set[str]] = {
     "sidecar.probe": set(),
     "sidecar.logs": set(),
     "sidecar.pghome": set(),
+    "sidecar.negotiation": set(),
     # Declarations: settings, what every check has, typed reads of the check file.
     "sidecar.options": {"sidecar.inputs"},
     "sidecar.checkspec": {"sidecar.inputs", "sidecar.options"},
@@ -98,12 +100,13 @@ ALLOWED: dict[str, set[str]] = {
         "sidecar.kinds",
         "sidecar.state",
     },
-    # The /metrics renderer: prometheus-client in a worker thread, nothing of ours.
-    "sidecar.exposition": set(),
+    # The /metrics renderer: prometheus-client in a worker thread, and the headers' weights.
+    "sidecar.exposition": {"sidecar.negotiation"},
     "sidecar.handlers": {
         "sidecar.checkspec",
         "sidecar.exposition",
         "sidecar.metrics",
+        "sidecar.negotiation",
         "sidecar.render",
     },
     # Wiring: the app factory, the server, the command.
