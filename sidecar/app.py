@@ -195,7 +195,7 @@ def _watch(board: Board, name: str) -> Callable[[asyncio.Task[None]], None]:
     def done(task: asyncio.Task[None]) -> None:
         if task.cancelled():
             return
-        board.loop_stopped = True
+        board.mark_loop_stopped()
         exc = task.exception()
         log.error(
             "prober.stopped",

@@ -267,7 +267,7 @@ async def serve(app: web.Application, settings: Settings) -> None:
             database=settings.database.source if settings.uses_environment_database else None,
         )
         received = await signals.get()
-        app[BOARD].draining = True
+        app[BOARD].start_draining()
         log.info("sidecar.draining", signal=received, drain_seconds=settings.drain_seconds)
         try:
             # A second signal cuts the drain short: the operator means it.

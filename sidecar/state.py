@@ -131,18 +131,34 @@ def state_word(state: CheckState) -> str:
 class Board:
     """The one mutable holder: the latest snapshot per check, plus lifecycle flags.
 
-    Written only from the event loop thread, by the check loops (states) and the server
-    (draining); each write is a single reference assignment.
+    Written only from the event loop thread, and only through its methods: by the check loops
+    (`publish`), the server (`start_draining`) and the app's supervisor (`mark_loop_stopped`);
+    each write is a single reference assignment. The flags only ever turn on.
     """
 
     # The latest state of each check, by name.
     states: dict[str, CheckState] = field(default_factory=dict)
-    draining: bool = False
-    # Set by the app's supervisor when a check loop has ended for good.
-    loop_stopped: bool = False
+    _draining: bool = field(default=False, init=False)
+    _loop_stopped: bool = field(default=False, init=False)
+
+    @property
+    def draining(self) -> bool:
+        """The server got its stop signal: /ready answers 503 from now on."""
+        return self._draining
+
+    @property
+    def loop_stopped(self) -> bool:
+        """A check loop has ended for good: /health answers 503 from now on."""
+        return self._loop_stopped
 
     def publish(self, state: CheckState) -> None:
         # A fresh dict per publish keeps readers iterating over a consistent mapping.
         states = dict(self.states)
         states[state.name] = state
         self.states = states
+
+    def start_draining(self) -> None:
+        self._draining = True
+
+    def mark_loop_stopped(self) -> None:
+        self._loop_stopped = True

@@ -182,7 +182,7 @@ async def test_draining_makes_ready_fail_at_once(aiohttp_client: Any) -> None:
     """Setting the board to draining turns /ready 503 ('draining'); /health stays 200."""
     client, _, _ = await start(aiohttp_client, [None])
     await wait_for_status(client, "/ready", 200)
-    client.app[BOARD].draining = True
+    client.app[BOARD].start_draining()
     response = await client.get("/ready")
     assert response.status == 503
     assert (await response.json(content_type=None))["output"] == "draining"
@@ -352,5 +352,5 @@ def test_cached_pass_expires_exactly_at_the_freshness_bound() -> None:
     assert views.ready(20.001)[0] == 503
     assert views.health(15 + 1 + STALL_GRACE_SECONDS)[0] == 200
     assert views.health(15 + 1 + STALL_GRACE_SECONDS + 0.001)[0] == 503
-    board.draining = True
+    board.start_draining()
     assert views.ready(11.0)[0] == 503

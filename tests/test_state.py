@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 from fakes import check_state
 
 from sidecar.reasons import Reason
-from sidecar.state import CheckResult, CheckState, advance
+from sidecar.state import Board, CheckResult, CheckState, advance
 
 OK = None
 DOWN = Reason.CONNECTION_REFUSED
@@ -80,3 +81,17 @@ def test_last_success_time_survives_failures() -> None:
     """last_success_at keeps the wall time of the latest pass while failing."""
     states = run([OK, OK, DOWN])
     assert states[-1].last_success_at == 1e9 + 2
+
+
+def test_board_lifecycle_flags_turn_on_only_through_its_methods() -> None:
+    """draining and loop_stopped start off, turn on through the board's own methods, stay on,
+    and cannot be assigned from outside (every state change goes through the board)."""
+    board = Board()
+    assert (board.draining, board.loop_stopped) == (False, False)
+    for flag in ("draining", "loop_stopped"):
+        with pytest.raises(AttributeError):
+            setattr(board, flag, True)
+    board.start_draining()
+    board.mark_loop_stopped()
+    board.start_draining()
+    assert (board.draining, board.loop_stopped) == (True, True)

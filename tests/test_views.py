@@ -298,7 +298,7 @@ def test_readiness_with_everything_excluded_is_ready() -> None:
     board.publish(_state("primary", critical=True, ok=False))
     assert not readiness(board, now=11.0).ok
     assert readiness(board, now=11.0, exclude={"primary"}).ok
-    board.draining = True
+    board.start_draining()
     assert not readiness(board, now=11.0, exclude={"primary"}).ok
 
 
