@@ -37,6 +37,10 @@ BOARD: Final = web.AppKey("board", Board)
 # its own schedule).
 START_TOGETHER_AT_MOST: Final = 16
 START_SPACING_SECONDS: Final = 0.01
+# With this many checks or fewer, /metrics renders on the event loop, in under 2 ms (0.8 ms for
+# one check, 0.3 ms more for each other, on the bench's machine), and no render thread is started
+# (sidecar.exposition). More render in a worker thread: 500 checks take 0.2 s of CPU a render.
+RENDER_ON_LOOP_AT_MOST: Final = 4
 COUNTS: Final = web.AppKey("counts", Counts)
 # The resolver pool: the checks' name lookups, and the loop's default executor (server.serve).
 RESOLVER: Final = web.AppKey("resolver", DaemonExecutor)
@@ -104,7 +108,7 @@ def create_app(
     app[BOARD] = board
     app[COUNTS] = counts
     app[RESOLVER] = resolver
-    exposition = Exposition(registry)
+    exposition = Exposition(registry, on_loop=len(checks) <= RENDER_ON_LOOP_AT_MOST)
     _add_routes(app, answers, counts, exposition, clock, names)
     loops = [
         CheckLoop(

@@ -6,7 +6,10 @@ few scrapers looping /metrics could make a kubelet time out a healthy sidecar. H
 
 - the render (collect and encode, then gzip when asked) runs in one worker thread, never on the
   loop; the loop only waits for it. The thread still takes the GIL, but in switch-interval slices
-  (5 ms), so a probe waits a few slices at worst instead of the whole render;
+  (5 ms), so a probe waits a few slices at worst instead of the whole render. Except for a
+  registry the app knows to be small (`on_loop`, a few checks): its render takes a millisecond
+  or two, no longer than a probe waits for a worker's slice, and then no thread is started
+  (a thread's stack and state are about 0.1 MiB of RSS);
 - one render at a time (one worker): that is the bound on concurrent renders;
 - scrapes asking for the same body (format, `name[]` filter, gzip) while it renders wait for that
   render; and a finished body is reused for as long as it took to render (at most
@@ -80,10 +83,13 @@ class Exposition:
         registry: CollectorRegistry,
         *,
         executor: concurrent.futures.Executor | None = None,
+        on_loop: bool = False,
         timer: Callable[[], float] = time.monotonic,
     ) -> None:
         self._registry = registry
+        self._on_loop = on_loop
         # One worker: renders queue rather than run side by side, each fighting for the GIL.
+        # Its thread starts at the first render it is given, so never with `on_loop`.
         self._executor = executor or concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="metrics-render"
         )
@@ -126,7 +132,15 @@ class Exposition:
 
     def _start(self, loop: asyncio.AbstractEventLoop, entry: _Entry, accept: str, key: Key) -> None:
         _, names, gzipped = key
-        running = loop.run_in_executor(self._executor, self._render, accept, names, gzipped)
+        running: asyncio.Future[tuple[Body, float]]
+        if self._on_loop:
+            running = loop.create_future()
+            try:
+                running.set_result(self._render(accept, names, gzipped))
+            except Exception as exc:  # noqa: BLE001 -- handed to the scrapes, as the worker's are
+                running.set_exception(exc)
+        else:
+            running = loop.run_in_executor(self._executor, self._render, accept, names, gzipped)
 
         def done(finished: asyncio.Future[tuple[Body, float]]) -> None:
             if finished.cancelled():
@@ -147,7 +161,7 @@ class Exposition:
     def _render(
         self, accept: str, names: tuple[str, ...] | None, gzipped: bool
     ) -> tuple[Body, float]:
-        """In the worker thread: (the body, seconds the render took)."""
+        """In the worker thread (or on the loop, `on_loop`): (the body, seconds it took)."""
         started = self._timer()
         encoder, content_type = choose_encoder(accept)
         registry = self._registry if names is None else self._registry.restricted_registry(names)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
-from collections.abc import Awaitable, Callable
+import threading
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -12,10 +14,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from fakes import FakeClock, ScriptedCheck, check_state
 from prometheus_client import CollectorRegistry
+from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
 from support import wait_until_async
 
-from sidecar.app import BOARD, create_app
+from sidecar.app import BOARD, RENDER_ON_LOOP_AT_MOST, create_app
 from sidecar.config import Settings
 from sidecar.handlers import QUERY_PARAMETERS
 from sidecar.health import STALL_GRACE_SECONDS
@@ -283,6 +287,43 @@ async def test_metrics_expose_the_contract(aiohttp_client: Any) -> None:
         samples[("health_sidecar_http_requests_total", (("code", "200"), ("handler", "health")))]
         == 1.0
     )
+
+
+@pytest.mark.parametrize("checks", [1, RENDER_ON_LOOP_AT_MOST, RENDER_ON_LOOP_AT_MOST + 1])
+async def test_metrics_render_on_the_loop_only_for_a_few_checks(
+    aiohttp_client: Any, checks: int
+) -> None:
+    """Up to RENDER_ON_LOOP_AT_MOST checks, /metrics is collected in the loop's thread (no render
+    thread); with more, in a worker thread, never on the loop."""
+    registry = CollectorRegistry()
+    threads = ThreadNoting(registry)
+    spec = FAST.check_specs[0]
+    pairs = [
+        (dataclasses.replace(spec, name=f"c{index}"), ScriptedCheck([True]))  # type: ignore[list-item]
+        for index in range(checks)
+    ]
+    client: Client = await aiohttp_client(
+        create_app(FAST, specs_and_checks=pairs, registry=registry)
+    )
+    assert (await client.get("/metrics")).status == 200
+    on_loop = threading.current_thread().name in threads.seen
+    assert on_loop is (checks <= RENDER_ON_LOOP_AT_MOST)
+    assert len(threads.seen) == 1
+
+
+class ThreadNoting(Collector):
+    """Notes the thread each collection runs in; collects nothing."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.seen: set[str] = set()
+        registry.register(self)
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        self.seen.add(threading.current_thread().name)
+        return iter(())
 
 
 async def test_metrics_negotiate_openmetrics(aiohttp_client: Any) -> None:

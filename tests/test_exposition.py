@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import gzip
 import threading
 from collections.abc import Iterator
-from typing import Final
+from typing import Any, Final
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -75,6 +76,30 @@ async def test_render_runs_in_a_worker_thread_not_on_the_event_loop() -> None:
     assert b"demo_value 1.0" in body.data
     assert threading.current_thread().name not in collector.threads
     assert collector.threads == {"metrics-render_0"}
+    exposition.close()
+
+
+async def test_a_small_registry_renders_on_the_loop_in_no_thread() -> None:
+    """With `on_loop`, the collection runs in the loop's own thread and no worker is handed any
+    render; a failed render still fails its scrape and is not reused."""
+    registry = CollectorRegistry()
+    timer = Timer()
+
+    class NoThreads(concurrent.futures.ThreadPoolExecutor):
+        def submit(self, *args: Any, **kwargs: Any) -> Any:
+            raise AssertionError("a render was handed to the worker")
+
+    exposition = Exposition(registry, executor=NoThreads(), on_loop=True, timer=timer)
+    collector = Counting(registry, timer)
+    body = await exposition.render("")
+    assert b"demo_value 1.0" in body.data
+    assert collector.threads == {threading.current_thread().name}
+    collector.fail = True
+    timer.now += 2 * MAX_REUSE_SECONDS
+    with pytest.raises(RuntimeError, match="collector broke"):
+        await exposition.render("")
+    collector.fail = False
+    assert b"demo_value 3.0" in (await exposition.render("")).data
     exposition.close()
 
 
