@@ -50,7 +50,7 @@ class Sidecar:
 
     def __init__(self, dsn: str, registry: CollectorRegistry) -> None:
         self.dsn = dsn
-        self.passing = False
+        self.passing: bool | None = None  # None until the first check ends
         self.started = False
         self.draining = False
         self.up = Gauge("sidecar_check_up", "1 when the last check passed", registry=registry)
@@ -98,7 +98,7 @@ def routes(sidecar: Sidecar, registry: CollectorRegistry) -> list[web.RouteDef]:
         return answer(True)
 
     async def ready(_: web.Request) -> web.Response:
-        return answer(sidecar.passing and not sidecar.draining)
+        return answer(bool(sidecar.passing) and not sidecar.draining)
 
     async def startup(_: web.Request) -> web.Response:
         return answer(sidecar.started)
