@@ -530,6 +530,34 @@ async def test_failover_is_followed_as_soon_as_the_standby_is_promoted(
 
 
 @pytest.mark.slow
+async def test_failover_to_any_of_several_standbys_is_followed_at_once(
+    pg_private: PostgresServer, make_replica: ReplicaFactory, make_fault_proxy: ProxyFactory
+) -> None:
+    """read-write over three hosts (Patroni's shape), the primary gone, two standbys: each
+    standby's session is watched, so promoting the second one (not the first that answered)
+    makes the check pass within a few seconds, on the session it kept there (no new login)."""
+    first, second = make_replica(pg_private), make_replica(pg_private)
+    gone = make_fault_proxy(pg_private.host, pg_private.port)
+    gone.refuse()
+    hosts = ",".join(f"{s.host}:{s.port}" for s in (gone, first, second))
+    dsn = with_host(first.dsn(), hosts) + "?target_session_attrs=read-write"
+    async with probing(backing_off_to_8s(dsn), jitter=no_jitter) as (_, recorder):
+        # The fourth failure in a row: the next check is due 8 s later.
+        await wait_until_async(lambda: len(recorder.results) >= 4, timeout=SLACK)
+        assert {r.reason for r in recorder.results} == {Reason.SESSION_ATTRS_MISMATCH}
+        # The sessions of earlier runs, let go, leave the server a moment after.
+        await wait_until_async(lambda: len(second.backend_pids()) == 1, timeout=SLACK)
+        watched_backends = second.backend_pids()
+        await asyncio.to_thread(second.promote)
+        promoted = time.monotonic()
+        await wait_until_async(lambda: recorder.results[-1].ok, timeout=SLACK)
+        assert time.monotonic() - promoted < 4.0
+        assert second.backend_pids() == watched_backends
+        # The other standby's watch is let go.
+        await wait_until_async(lambda: first.sessions() == 0, timeout=SLACK)
+
+
+@pytest.mark.slow
 async def test_member_coming_back_with_the_role_is_taken_at_once(
     pg_private: PostgresServer, make_replica: ReplicaFactory, make_fault_proxy: ProxyFactory
 ) -> None:

@@ -87,14 +87,17 @@ class SocketForbidden(PermissionError):
 
 
 class RoleMismatch(CheckFailed):
-    """No host has the role asked. `watch` is a session on one that answered (the first),
-    kept so that the check can ask again cheaply, without a login, while it waits to retry: a
-    standby promoted in a failover is seen within moments. `refused`: the hosts where nothing
-    listened, which a TCP connect can see come back (a member that rejoins)."""
+    """No host has the role asked. `watches`: a session on each host that answered with the
+    wrong role, in host order, kept so that the check can ask them again cheaply, without a
+    login, while it waits to retry: whichever standby a failover promotes is seen within
+    moments. `refused`: the hosts where nothing listened, which a TCP connect can see come
+    back (a member that rejoins)."""
 
-    def __init__(self, reason: Reason, watch: Session, refused: tuple[Address, ...] = ()) -> None:
+    def __init__(
+        self, reason: Reason, watches: tuple[Session, ...], refused: tuple[Address, ...] = ()
+    ) -> None:
         super().__init__(reason)
-        self.watch = watch
+        self.watches = watches
         self.refused = refused
 
 
@@ -129,7 +132,7 @@ class Connector:
                 )
             reason = wanted.verdict(session.facts) if session.facts is not None else None
             if reason is not None:
-                raise RoleMismatch(reason, session)
+                raise RoleMismatch(reason, (session,))
             return session
         return await self._walk(dsn, target, wanted, hosts, within)
 
@@ -145,9 +148,9 @@ class Connector:
         # never answers cannot spend the whole budget before the next is tried.
         per_host = within / len(hosts)
         # Hosts that answered but are not the one (yet): the first that will do (prefer-standby
-        # wants a standby), the first with the wrong role (to watch). Never left open.
+        # wants a standby), every one with the wrong role (to watch). Never left open.
         fallback: Session | None = None
-        mismatch: RoleMismatch | None = None
+        wrong: list[tuple[Session, Reason]] = []
         chosen: Session | None = None
         failure: Exception | None = None
         refused: list[Address] = []
@@ -173,26 +176,26 @@ class Connector:
                 if reason is None and (facts is None or wanted.preferred(facts)):
                     chosen = found
                     break
-                if reason is None and fallback is None:
+                if reason is not None:
+                    wrong.append((found, reason))
+                elif fallback is None:
                     fallback = found
-                elif reason is not None and mismatch is None:
-                    mismatch = RoleMismatch(reason, found)
                 else:
                     found.conn.terminate()
             chosen = chosen or fallback
             done = True
         finally:
-            # What is neither returned nor raised as the watch is closed, whatever happened.
-            keep = (chosen or (mismatch.watch if mismatch else None)) if done else None
-            for held in (fallback, mismatch.watch if mismatch else None):
-                if held is not None and held is not keep:
+            # What is neither returned nor raised as watches is closed, whatever happened.
+            kept = [chosen] if chosen is not None else [held for held, _ in wrong]
+            for held in (fallback, *(held for held, _ in wrong)):
+                if held is not None and not (done and any(held is k for k in kept)):
                     held.conn.terminate()
         if chosen is not None:
             return chosen
-        if mismatch is not None:
+        if wrong:
             # A host answered with the wrong role: more telling than another host's silence.
-            mismatch.refused = tuple(refused)
-            raise mismatch
+            watches = tuple(held for held, _ in wrong)
+            raise RoleMismatch(wrong[0][1], watches, tuple(refused))
         assert failure is not None  # noqa: S101 -- two hosts or more were tried
         raise failure
 

@@ -165,9 +165,10 @@ class PostgresCheck:
     _tried_candidate: bool = field(default=False, init=False)
     _tried_candidate_last: bool = field(default=False, init=False)
     _connector: Connector = field(init=False)
-    # After a role mismatch: the session on a host that answered with the wrong role, asked
-    # again while the check waits (`role_matches`), and used if it has the role now.
-    _watch: Session | None = field(default=None, init=False)
+    # After a role mismatch: a session on each host that answered with the wrong role, asked
+    # again while the check waits (`role_matches`); the first is used by the next run (the one
+    # found with the role now, if any).
+    _watches: tuple[Session, ...] = field(default=(), init=False)
     # ... and the hosts of that run where nothing listened: one that listens again may be the
     # member with the role (a primary restarted, a standby rejoined).
     _watch_refused: tuple[reach.Address, ...] = field(default=(), init=False)
@@ -196,9 +197,11 @@ class PostgresCheck:
 
     async def _run(self, deadline: float) -> None:
         candidate = self.credentials.poll() if self.credentials is not None else None
-        if self._session is None and self._watch is not None:
-            # Judged like a kept connection: no login when its server has the role by now.
-            self._session, self._watch = self._watch, None
+        if self._session is None and self._watches:
+            # Judged like a kept connection: no login when its server has the role by now. The
+            # others are let go: if it has not, the run asks every host again.
+            self._session = self._watches[0]
+            self._forget_watch(keep=self._watch_refused)
         session = self._session
         if session is not None and (session.conn.is_closed() or self._too_old(session)):
             await self._retire()
@@ -232,11 +235,16 @@ class PostgresCheck:
         if self.max_connection_age == 0:
             await self._retire()
 
-    def _forget_watch(self, replacement: Session | None = None) -> None:
-        self._watch_refused = ()
-        watch, self._watch = self._watch, replacement
-        if watch is not None and watch is not replacement:
-            watch.conn.terminate()
+    def _forget_watch(
+        self, replacement: tuple[Session, ...] = (), keep: tuple[reach.Address, ...] = ()
+    ) -> None:
+        """Watch `replacement` (and `keep`'s refused hosts) instead; every other watched
+        session, but the one in use as the kept session, is closed."""
+        self._watch_refused = keep
+        watches, self._watches = self._watches, replacement
+        for watch in watches:
+            if not any(watch is held for held in (*replacement, self._session)):
+                watch.conn.terminate()
 
     def _too_old(self, session: Session) -> bool:
         return self.monotonic() - session.opened_at >= self.max_connection_age
@@ -257,7 +265,7 @@ class PostgresCheck:
             if reason is not None:
                 if not wanted.several_hosts:
                     self._session = None
-                    self._forget_watch(session)
+                    self._forget_watch((session,))
                     raise CheckFailed(reason)
                 return False
             # prefer-standby: a standby that was promoted under us; any other host may be a
@@ -310,10 +318,10 @@ class PostgresCheck:
                 if isinstance(exc, RoleMismatch):
                     if is_candidate:
                         # Only the DSN in use is watched: a candidate's session is not ours.
-                        exc.watch.conn.terminate()
+                        for watch in exc.watches:
+                            watch.conn.terminate()
                     else:
-                        self._forget_watch(exc.watch)
-                        self._watch_refused = exc.refused
+                        self._forget_watch(exc.watches, exc.refused)
                 if is_candidate and dsn is not None and self.credentials is not None:
                     self.credentials.reject(dsn, _reason(exc))
                 if failure is None or is_candidate:
@@ -434,22 +442,28 @@ class PostgresCheck:
         await self._retire()
 
     async def role_matches(self) -> bool:
-        """Whether the server the last run found with the wrong role has it now (one statement
-        on the session kept from that run, no login), or a host where nothing listened then
+        """Whether a server the last run found with the wrong role has it now (one statement
+        on each session kept from that run, no login), or a host where nothing listened then
         listens now (a connect) (sidecar.checks.pgconnect.RoleMismatch)."""
-        watch = self._watch
-        if watch is None:
+        watches = self._watches
+        if not watches:
             return False
         within = min(REACH_TIMEOUT_SECONDS, self.spec.policy.timeout)
         if self._watch_refused and await reach.accepts_any(self._watch_refused, within):
             return True
-        try:
-            async with asyncio.timeout(within):
-                facts = Facts.from_status(await watch.conn.execute(FACTS_QUERY))
-        except Exception:  # noqa: BLE001 -- gone or stuck: nothing to watch any more
+        answers = await asyncio.gather(*(_has_role_now(watch, within) for watch in watches))
+        alive = [
+            watch for watch, answer in zip(watches, answers, strict=True) if answer is not None
+        ]
+        if not alive:  # all gone or stuck: nothing to watch any more
             self._forget_watch()
             return False
-        return watch.wanted.verdict(facts) is None and watch.wanted.preferred(facts)
+        matching = [watch for watch, answer in zip(watches, answers, strict=True) if answer]
+        # The one with the role goes first: the next run uses it, without a login.
+        first = matching[:1]
+        rest = [watch for watch in alive if not any(watch is held for held in first)]
+        self._forget_watch((*first, *rest), self._watch_refused)
+        return bool(matching)
 
     async def reachable(self) -> bool:
         """Whether a host of the DSN (or of a pending one) accepts a TCP connection now: a
@@ -461,6 +475,17 @@ class PostgresCheck:
             addresses.extend(host for host in hosts if host not in addresses)
         within = min(REACH_TIMEOUT_SECONDS, self.spec.policy.timeout)
         return await reach.accepts_any(addresses, within)
+
+
+async def _has_role_now(watch: Session, within: float) -> bool | None:
+    """Whether a watched session's server has the role its DSN asks for now; None when the
+    session is gone or does not answer within `within` seconds."""
+    try:
+        async with asyncio.timeout(within):
+            facts = Facts.from_status(await watch.conn.execute(FACTS_QUERY))
+    except Exception:  # noqa: BLE001 -- gone or stuck: not to be watched any more
+        return None
+    return watch.wanted.verdict(facts) is None and watch.wanted.preferred(facts)
 
 
 def _reason(exc: BaseException) -> Reason:
