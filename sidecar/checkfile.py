@@ -191,8 +191,7 @@ def _read_document(path: str, problems: list[str]) -> object:
         )
         return None
     try:
-        # utf-8-sig: an editor's byte order mark is not a syntax error.
-        text = read_text_file(path, MAX_CHECK_FILE_BYTES, encoding="utf-8-sig")
+        text = read_text_file(path, MAX_CHECK_FILE_BYTES)
     except ValueError as exc:
         problems.append(f"{ORIGIN}: file {path!r} {exc}")
         return None

@@ -334,13 +334,16 @@ def _access_hint(path: str) -> str:
     )
 
 
-def read_text_file(path: str, limit: int, *, encoding: str = "utf-8") -> str:
-    """A small text file's content; ValueError says why there is none (see read_head)."""
+def read_text_file(path: str, limit: int) -> str:
+    """A small UTF-8 text file's content, without a leading byte order mark (an editor's: it is
+    invisible in the file, and made a DSN an unsupported scheme, a check file a syntax error);
+    ValueError says why there is none (see read_head)."""
     data = read_head(path, limit + 1)
     if len(data) > limit:
         raise ValueError(f"is larger than {limit} bytes")
     try:
-        return data.decode(encoding)
+        # What the utf-8-sig codec does, without loading a codec module for it.
+        return data.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError:
         raise ValueError("is not UTF-8 text") from None
 
@@ -348,9 +351,7 @@ def read_text_file(path: str, limit: int, *, encoding: str = "utf-8") -> str:
 def read_dsn_file(path: str) -> str:
     """Read a DSN from a mounted Secret file; ValueError says why it is unusable."""
     try:
-        # utf-8-sig: an editor's byte order mark is invisible in the file, and was refused as
-        # an unsupported scheme.
-        dsn = read_text_file(path, MAX_DSN_FILE_BYTES, encoding="utf-8-sig").strip()
+        dsn = read_text_file(path, MAX_DSN_FILE_BYTES).strip()
     except ValueError as exc:
         raise ValueError(f"file {path!r} {exc}") from None
     if not dsn:
