@@ -159,6 +159,18 @@ async def test_unix_socket_with_no_server_behind_it_is_refused_and_says_why(
     )
 
 
+async def test_missing_tls_file_over_a_unix_socket_stays_a_tls_error(
+    pg: PostgresServer, make_postgres_check: PostgresCheckFactory, tmp_path: Path
+) -> None:
+    """A Unix-socket DSN naming an sslrootcert that is gone: still tls_error naming the key,
+    not a missing socket (both are a bare ENOENT to asyncpg)."""
+    dsn = f"{pg.socket_dsn()}&sslmode=verify-full&sslrootcert={tmp_path / 'gone.crt'}"
+    assert await failure_of(make_postgres_check(dsn)) == (
+        Reason.TLS_ERROR,
+        {"unreadable": "sslrootcert", "cause": "file not found: sslrootcert"},
+    )
+
+
 def test_file_error_beside_a_live_unix_socket_stays_what_it_was(pg: PostgresServer) -> None:
     """A FileNotFoundError or PermissionError while the server's socket is there and usable
     (asyncpg failing to load a TLS file raises the same bare errors) is not read as a missing
