@@ -149,6 +149,12 @@ def without_ignored_parameters(dsn: str) -> str:
     return f"{head}?{'&'.join(pairs)}" if pairs else head
 
 
+_MALFORMED_URL: Final = (
+    "malformed URL (bad port or brackets; a '/', '?' or '#' in the password must be "
+    "percent-encoded)"
+)
+
+
 def dsn_problem(dsn: str) -> str | None:
     """Why this DSN is refused, without ever quoting it (it may hold a password)."""
     dsn, _driver = split_driver(dsn)
@@ -166,24 +172,24 @@ def dsn_problem(dsn: str) -> str | None:
         # libpq (and asyncpg) take a list of hosts, `h1:5432,h2:5432`, for failover: each
         # must be a host with an optional numeric port.
         hosts = parts.netloc.rpartition("@")[2]
-        for spec in hosts.split(","):
-            _ = urlsplit(f"//{spec}").port  # ValueError on a port that is not a number
+        # ValueError on a port that is not a number, or over 65535; 0 is no port either.
+        ports_ok = 0 not in [urlsplit(f"//{spec}").port for spec in hosts.split(",")]
     except ValueError:
-        return (
-            "malformed URL (bad port or brackets; a '/', '?' or '#' in the password must be "
-            "percent-encoded)"
-        )
+        ports_ok = False
+    if not ports_ok:
+        return _MALFORMED_URL
     # libpq and asyncpg end the user and password at the first '@' (Python's parser at the
     # last), and the host list at the first '/': with a raw '@' or '/' in the password each
     # reads a different host, database and password. Refused rather than guessed.
     if parts.netloc.count("@") > 1 or "@" in parts.path:
         return "an '@' or '/' in the user name or password must be percent-encoded (%40, %2F)"
-    return _parameters_problem(parts.query)
+    return _parameters_problem(parts.query, authority_hosts=bool(hosts))
 
 
-def _parameters_problem(query: str) -> str | None:
-    """Why the DSN's query parameters are refused: a malformed query, a bad sslmode, a TLS
-    file that cannot be read. The value of a parameter is quoted only when it is no secret."""
+def _parameters_problem(query: str, *, authority_hosts: bool = False) -> str | None:
+    """Why the DSN's query parameters are refused: a malformed query, a bad sslmode or port, a
+    TLS file that cannot be read, a host or port said twice. The value of a parameter is quoted
+    only when it is no secret."""
     if not query:
         return None
     try:
@@ -208,7 +214,28 @@ def _parameters_problem(query: str) -> str | None:
         problem = judge(values[key]) if key in values else None
         if problem:
             return f"{key}: {problem}"
+    return _host_and_port_problem(values, authority_hosts=authority_hosts)
+
+
+def _host_and_port_problem(values: Mapping[str, str], *, authority_hosts: bool) -> str | None:
+    """Why the query's `host=` or `port=` is refused, or None."""
+    for key in ("host", "port"):
+        # libpq takes the query's `host=`/`port=` over the URL's `@host:port`; asyncpg ignores
+        # them then: the check would quietly reach another server than the app's libpq does.
+        if key in values and authority_hosts:
+            return (
+                f"{key}: ?{key}= beside a host after the '@' is used by libpq but ignored by "
+                "this sidecar's client (asyncpg); write host:port after the '@' only, or no "
+                "host there (postgresql://user@/db?host=...&port=...)"
+            )
+    if "port" in values and not all(_is_port(p) for p in values["port"].split(",")):
+        # asyncpg would raise on every check (a crash each time), or dial a port that is none.
+        return "port: must be a port between 1 and 65535, or one per host joined by ','"
     return None
+
+
+def _is_port(text: str) -> bool:
+    return text.isascii() and text.isdigit() and 1 <= int(text) <= 65535
 
 
 def _close_matches(word: str, choices: tuple[str, ...]) -> list[str]:

@@ -284,6 +284,51 @@ def test_bad_pgport_beside_a_dsn_exits_2_naming_it() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    "query", ["port=abc", "port=70000", "port=5432,0", "port=5432,", "port=%D9%A8"]
+)
+def test_a_query_port_that_is_no_port_exits_2_naming_it(query: str) -> None:
+    """`?port=` that is no port (one per host) is refused at start like PGPORT, instead of a
+    check that crashes on every run (abc) or dials a port that cannot exist (70000)."""
+    dsn = f"postgresql://app:{SECRET}@/db?host=h1,h2&{query}"
+    result = run_cli({"SIDECAR_DATABASE_URL": dsn})
+    assert result.returncode == 2, result
+    assert result.stderr.splitlines() == [
+        "health-sidecar: bad setting: SIDECAR_DATABASE_URL: port: must be a port between 1 "
+        "and 65535, or one per host joined by ','"
+    ]
+
+
+@pytest.mark.parametrize("key", ["host", "port"])
+def test_query_host_or_port_beside_a_url_host_exits_2_naming_it(
+    pg: PostgresServer, key: str
+) -> None:
+    """`postgresql://u@h/db?port=P` (or `?host=`): libpq connects to the query's, asyncpg
+    silently to the URL's, so the check probed another server than the app's. Refused at
+    start, naming the key; the hostless form with the same host and port turns ready."""
+    wrong = {"host": f"@nowhere.invalid:{pg.port}/", "port": f"@{pg.host}/"}[key]
+    right = {"host": pg.host, "port": str(pg.port)}[key]
+    dsn = pg.dsn().replace(f"@{pg.host}:{pg.port}/", wrong) + f"?{key}={right}"
+    result = run_cli({"SIDECAR_DATABASE_URL": dsn})
+    assert result.returncode == 2, result
+    [line] = result.stderr.splitlines()
+    assert line.startswith(
+        f"health-sidecar: bad setting: SIDECAR_DATABASE_URL: {key}: ?{key}= beside a host"
+    ), line
+    assert pg.password not in result.stderr
+    hostless = pg.dsn().replace(f"@{pg.host}:{pg.port}/", "@/") + (
+        f"?host={pg.host}&port={pg.port}"
+    )
+    with SidecarProcess({"SIDECAR_DATABASE_URL": hostless}) as sidecar:
+        sidecar.wait_status("/ready", 200)
+
+
+def test_port_zero_after_the_host_is_malformed() -> None:
+    """`h:0` is no port: refused at start like `h:99999`, not a connection_refused forever."""
+    (problem,) = problems_for({"SIDECAR_DATABASE_URL": f"postgresql://app:{SECRET}@h:0/db"})
+    assert problem.startswith("SIDECAR_DATABASE_URL: malformed URL (bad port")
+
+
 def test_asyncpg_dialect_url_with_its_own_parameters_turns_ready(
     pg: PostgresServer, tmp_path: Path
 ) -> None:
