@@ -16,6 +16,7 @@ Imports only the leaf `inputs`.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -30,6 +31,8 @@ _SERVICE_LINK_NAME: Final = re.compile(
     r"^[A-Z0-9_]+_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT|PORT_[0-9]+_[A-Z]+(_[A-Z]+)*)$"
 )
 _SERVICE_LINK_VALUE: Final = re.compile(r"^(tcp|udp|sctp)://", re.IGNORECASE)
+# Characters of a refused value quoted in its line; the rest is cut.
+SHOWN_CHARS: Final = 80
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -90,7 +93,7 @@ class Setting(Value):
         """(value, None), or (None, the problem without the variable's name)."""
         if self.env in SERVICE_LINK_TARGETS and _SERVICE_LINK_VALUE.match(raw):
             return None, (
-                f"{raw!r} looks like a Kubernetes service link (from a Service named "
+                f"{shown(raw)} looks like a Kubernetes service link (from a Service named "
                 f"'sidecar' in the namespace); set {self.env} on the container explicitly, "
                 "or set enableServiceLinks: false on the pod"
             )
@@ -98,22 +101,30 @@ class Setting(Value):
             return self._number(raw)
         if self.type == "choice":
             if raw.lower() not in self.choices:
-                return None, f"must be one of {', '.join(self.choices)}, got {raw!r}"
+                return None, f"must be one of {', '.join(self.choices)}, got {shown(raw)}"
             return raw.lower(), None
         if self.type == "host" and not valid_host(raw):
-            return None, f"not a host name or address: {raw!r}"
+            return None, f"not a host name or address: {shown(raw)}"
         return raw, None
 
     def _number(self, raw: str) -> tuple[float | int | None, str | None]:
-        value: float | int
-        try:
-            value = int(raw, 10) if self.type == "whole" else float(raw)
-        except ValueError:
+        value: float | int | None = None
+        # Python's own number syntax is wider than a setting's: `8_081`, Arabic-Indic or
+        # fullwidth digits would be taken as numbers.
+        if raw.isascii() and "_" not in raw:
+            with contextlib.suppress(ValueError):
+                value = int(raw, 10) if self.type == "whole" else float(raw)
+        if value is None:
             what = "a whole number" if self.type == "whole" else "a number"
-            return None, f"not {what}: {raw!r}"
+            return None, f"not {what}: {shown(raw)}"
         if not self.in_range(value):
-            return None, f"{self.rule}, got {raw!r}"
+            return None, f"{self.rule}, got {shown(raw)}"
         return value, None
+
+
+def shown(raw: str) -> str:
+    """A refused value as its line quotes it: cut, so that a pasted file is not the line."""
+    return repr(raw) if len(raw) <= SHOWN_CHARS else repr(raw[:SHOWN_CHARS]) + "..."
 
 
 # One line of declaration per setting, as a table: the columns line up on purpose.

@@ -120,6 +120,28 @@ def test_bad_value_is_refused_naming_the_variable(name: str, value: str) -> None
     assert problems[0].startswith(f"{name}: ")
 
 
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("SIDECAR_PORT", "8_081"),
+        ("SIDECAR_PORT", "\u0668\u0660\u0668\u0661"),  # 8081 in Arabic-Indic digits
+        ("SIDECAR_CHECK_INTERVAL", "\uff11"),  # a fullwidth 1
+        ("SIDECAR_FAILURE_THRESHOLD", "1_0"),
+    ],
+)
+def test_python_only_number_spellings_are_refused(name: str, value: str) -> None:
+    """Underscores and non-ASCII digits, which Python's int() and float() take, are no number
+    to anyone else reading the manifest: refused, not read as 8081 or 10."""
+    (problem,) = problems_for({name: value})
+    assert problem.startswith(f"{name}: not a "), problem
+
+
+def test_a_huge_refused_value_is_quoted_cut() -> None:
+    """A refused value is quoted in its line at most 80 characters long, then '...'."""
+    (problem,) = problems_for({"SIDECAR_HOST": "h" * 100_000})
+    assert problem == f"SIDECAR_HOST: not a host name or address: {'h' * 80!r}..."
+
+
 def test_all_problems_are_reported_at_once() -> None:
     """Three bad settings give three problems, not the first one only."""
     problems = problems_for(
