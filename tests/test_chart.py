@@ -283,6 +283,16 @@ INVALID_VALUES = {
         {"extraDatabaseSecrets": [{"name": "replica", "secretName": "replica-db"}]},
         "'key'",
     ),
+    # A newline in a name written unquoted would add keys of its own to the pod spec.
+    "service-account-newline": (
+        {"serviceAccountName": "sa\nhostNetwork: true"},
+        "serviceAccountName",
+    ),
+    "priority-class-newline": ({"priorityClassName": "pc\nhostPID: true"}, "priorityClassName"),
+    "secret-key-newline": (
+        {"database": {"existingSecretKey": "url\n  optional: true"}},
+        "existingSecretKey",
+    ),
     # null drops a default; the sidecar's own probes have no pod-side default to fall back to.
     "null-startup-probe": ({"sidecar": {"startupProbe": None}}, "'startupProbe'"),
     "null-liveness-probe": ({"sidecar": {"livenessProbe": None}}, "'livenessProbe'"),

@@ -391,12 +391,17 @@ def test_extra_env_cannot_override_a_variable_the_library_sets(variable: str) ->
     [
         ({"database": {"existingSecret": "My_DB"}}, "healthSidecar.database.existingSecret"),
         ({"checksConfigMapName": "Shop Checks"}, "healthSidecar.checksConfigMapName"),
+        (
+            {"database": {"existingSecret": "db", "existingSecretKey": "url\n  optional: true"}},
+            "healthSidecar.database.existingSecretKey",
+        ),
     ],
-    ids=["secret", "configmap"],
+    ids=["secret", "configmap", "secret-key"],
 )
 def test_an_object_name_the_api_server_refuses_fails_the_render(values: Obj, named: str) -> None:
-    """A Secret or ConfigMap name that is no DNS subdomain (kubernetes-validate does not judge
-    names; the API server would refuse the pod at install) stops the render, naming the key."""
+    """A Secret or ConfigMap name that is no DNS subdomain, or a Secret key the API server
+    refuses (a newline in it, written unquoted, added keys of its own to the pod spec), stops
+    the render, naming the key (kubernetes-validate does not judge names)."""
     assert f"{named}:" in render_error({"healthSidecar": values})
 
 

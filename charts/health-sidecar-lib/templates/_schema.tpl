@@ -123,7 +123,9 @@ properties:
     properties:
       # "" is refused below with a message of its own.
       existingSecret: {type: string, pattern: "^(|[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?)$"}
-      existingSecretKey: {type: string, minLength: 1}
+      # A Secret's key, as the API server allows it: a newline here would write keys of its
+      # own into the pod spec.
+      existingSecretKey: {type: string, pattern: "^[-._a-zA-Z0-9]{1,253}$"}
   checks: {type: array, items: {$ref: "#/$defs/check"}}
   checkDefaults: {$ref: "#/$defs/defaults"}
   extraDatabaseSecrets:
