@@ -395,13 +395,18 @@ def test_extra_env_cannot_override_a_variable_the_library_sets(variable: str) ->
             {"database": {"existingSecret": "db", "existingSecretKey": "url\n  optional: true"}},
             "healthSidecar.database.existingSecretKey",
         ),
+        (
+            {"database": {"existingSecret": "db"}, "resources": {"limits": {"memory": "lots"}}},
+            "healthSidecar.resources.limits.memory",
+        ),
     ],
-    ids=["secret", "configmap", "secret-key"],
+    ids=["secret", "configmap", "secret-key", "quantity"],
 )
 def test_an_object_name_the_api_server_refuses_fails_the_render(values: Obj, named: str) -> None:
-    """A Secret or ConfigMap name that is no DNS subdomain, or a Secret key the API server
-    refuses (a newline in it, written unquoted, added keys of its own to the pod spec), stops
-    the render, naming the key (kubernetes-validate does not judge names)."""
+    """A Secret or ConfigMap name that is no DNS subdomain, a Secret key the API server refuses
+    (a newline in it, written unquoted, added keys of its own to the pod spec), or a resource
+    amount that is no quantity, stops the render naming the key (kubernetes-validate judges
+    neither names nor quantities; the API server would refuse the pod at install)."""
     assert f"{named}:" in render_error({"healthSidecar": values})
 
 

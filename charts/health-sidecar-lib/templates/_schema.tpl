@@ -160,7 +160,9 @@ $defs:
   resourceList:
     type: object
     propertyNames: {pattern: "^(cpu|memory|ephemeral-storage|hugepages-.+|.+/.+)$"}
-    additionalProperties: {type: [string, number]}
+    # A quantity (as the app chart's values.schema.json has it): kubernetes-validate takes any
+    # string here, the API server refuses the pod at install.
+    additionalProperties: {type: [string, number], pattern: "^[0-9.]+[a-zA-Z]*$"}
   # A directory under /etc/health-sidecar/{db,tls}/ and part of a volume name (db-<name>).
   volumeName: {type: string, pattern: "^[a-z0-9]([a-z0-9-]{0,48}[a-z0-9])?$"}
   objectName: {type: string, pattern: "^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"}
