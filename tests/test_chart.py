@@ -293,6 +293,10 @@ INVALID_VALUES = {
         {"database": {"existingSecretKey": "url\n  optional: true"}},
         "existingSecretKey",
     ),
+    "probe-path-newline": (
+        {"app": {"startupProbe": {"type": "httpGet", "path": "/livez#\n  scheme: HTTPS"}}},
+        "path",
+    ),
     # null drops a default; the sidecar's own probes have no pod-side default to fall back to.
     "null-startup-probe": ({"sidecar": {"startupProbe": None}}, "'startupProbe'"),
     "null-liveness-probe": ({"sidecar": {"livenessProbe": None}}, "'livenessProbe'"),
@@ -891,6 +895,36 @@ def test_pods_ignore_service_links_and_pin_sidecar_port_and_host() -> None:
         env = env_of(sidecar_container(spec))
         assert env["SIDECAR_PORT"] == "8181"
         assert env["SIDECAR_HOST"] == "::"  # the pod's address, for kubelet
+
+
+def test_null_tmp_size_limit_renders_an_unlimited_valid_emptydir() -> None:
+    """app.tmpSizeLimit: null drops the limit (it rendered `sizeLimit: null`, no valid pod)."""
+    deployment = one(render(merged(BASE, {"app": {"tmpSizeLimit": None}})), "Deployment")
+    kubernetes_validate.validate(deployment, "1.29", strict=True)
+    volumes = deployment["spec"]["template"]["spec"]["volumes"]
+    assert next(v for v in volumes if v["name"] == "tmp")["emptyDir"] == {}
+
+
+def test_numbers_of_a_million_and_more_render_as_digits() -> None:
+    """Whole numbers Helm holds as float64 are written as digits, not 1e+06, which no
+    Kubernetes integer field takes."""
+    million = 1_000_000
+    probe = {"initialDelaySeconds": million, "periodSeconds": million}
+    values = merged(
+        BASE,
+        {
+            "replicaCount": million,
+            "revisionHistoryLimit": million,
+            "terminationGracePeriodSeconds": million,
+            "app": {"startupProbe": probe, "livenessProbe": probe},
+        },
+    )
+    deployment = one(render(values), "Deployment")
+    kubernetes_validate.validate(deployment, "1.29", strict=True)
+    assert deployment["spec"]["replicas"] == million
+    assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == million
+    app = app_container(deployment["spec"]["template"]["spec"])
+    assert app["livenessProbe"]["periodSeconds"] == million
 
 
 def test_sidecar_reads_its_files_in_a_pod_without_fs_group_under_a_random_uid() -> None:

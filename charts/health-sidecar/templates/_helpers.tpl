@@ -136,16 +136,17 @@ app's own that does not touch the database. Called with (dict "probe" ... "port"
 {{- define "health-sidecar.appProbe" -}}
 {{- if eq .probe.type "httpGet" -}}
 httpGet:
-  path: {{ .probe.path }}
+  path: {{ .probe.path | quote }}
   port: http
 {{- else -}}
 tcpSocket:
   port: http
 {{- end }}
-initialDelaySeconds: {{ .probe.initialDelaySeconds }}
-periodSeconds: {{ .probe.periodSeconds }}
-timeoutSeconds: {{ .probe.timeoutSeconds }}
-failureThreshold: {{ .probe.failureThreshold }}
+{{- /* int64: Helm holds numbers as float64, which print as 1e+06 from a million up. */}}
+initialDelaySeconds: {{ .probe.initialDelaySeconds | int64 }}
+periodSeconds: {{ .probe.periodSeconds | int64 }}
+timeoutSeconds: {{ .probe.timeoutSeconds | int64 }}
+failureThreshold: {{ .probe.failureThreshold | int64 }}
 successThreshold: 1
 {{- end }}
 
