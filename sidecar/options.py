@@ -178,6 +178,8 @@ PORT: Final = BY_FIELD["port"]
 PORT_RULE: Final = f"must be a port between {PORT.minimum:g} and {PORT.maximum:g}"
 # The per-check timings: the check file's `defaults:` keys and each check's own.
 PER_CHECK: Final = tuple(setting for setting in SETTINGS if setting.file_key)
+# Edits to SIDECAR that still count as a slip of our prefix (SIDCAR, SIDEACR), not another word.
+PREFIX_SLIPS: Final = 2
 # Kubernetes service links can only collide with these two (`<SERVICE>_HOST` is not one).
 SERVICE_LINK_TARGETS: Final = ("SIDECAR_PORT", "SIDECAR_HOST")
 
@@ -197,7 +199,12 @@ def unknown_variables(environ: Iterable[str]) -> list[tuple[str, str | None]]:
     known = [setting.env for setting in SETTINGS]
     found: list[tuple[str, str | None]] = []
     for name in sorted(environ):
-        if not name.startswith("SIDECAR_") or name in known or _SERVICE_LINK_NAME.match(name):
+        if not name.startswith("SIDECAR_"):
+            meant = _prefix_typo(name, known)
+            if meant is not None:
+                found.append((name, meant))
+            continue
+        if name in known or _SERVICE_LINK_NAME.match(name):
             continue
         # Imported here: only a start with an unknown name pays for difflib (~0.2 MiB RSS).
         import difflib  # noqa: PLC0415
@@ -206,6 +213,35 @@ def unknown_variables(environ: Iterable[str]) -> list[tuple[str, str | None]]:
         guess = difflib.get_close_matches(name[8:], [env[8:] for env in known], n=1)
         found.append((name, f"SIDECAR_{guess[0]}" if guess else None))
     return found
+
+
+def _prefix_typo(name: str, known: list[str]) -> str | None:
+    """The setting `name` was meant as, when only its prefix is off: another case
+    (`sidecar_port`), a slip in SIDECAR (`SIDCAR_PORT`, `SIDECARPORT`, `SIDECAR-PORT`), or more
+    in front (`HEALTH_SIDECAR_PORT`). Else None: a name that merely ends like one of ours
+    (`POSTGRES_PORT`) is someone else's. One string comparison per setting for most names."""
+    upper = name.upper().replace("-", "_").replace(".", "_")
+    for env in known:
+        tail = env.removeprefix("SIDECAR_")
+        if not upper.endswith(tail):
+            continue
+        head = upper.removesuffix(tail).rstrip("_")
+        if head.endswith("SIDECAR") or _edits(head, "SIDECAR") <= PREFIX_SLIPS:
+            return env
+    return None
+
+
+def _edits(a: str, b: str) -> int:
+    """Levenshtein distance: single-character insertions, deletions and substitutions."""
+    previous = list(range(len(b) + 1))
+    for i, char in enumerate(a, 1):
+        current = [i]
+        for j, other in enumerate(b, 1):
+            current.append(
+                min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (char != other))
+            )
+        previous = current
+    return previous[-1]
 
 
 def values(environ: Mapping[str, str]) -> tuple[dict[str, Any], list[str]]:

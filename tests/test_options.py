@@ -137,6 +137,34 @@ def test_unknown_variables_warn_with_a_guess_and_service_links_are_quiet() -> No
     Settings.from_environ({"PGHOST": "db", **environ})
 
 
+def test_a_slip_in_the_prefix_warns_too_and_look_alikes_stay_quiet() -> None:
+    """A setting whose SIDECAR_ prefix is off (case, a letter, the underscore, more in front)
+    was silently ignored: it warns with the setting meant. Other names ending like ours
+    (POSTGRES_PORT, DATABASE_URL, service links) stay quiet."""
+    environ = dict.fromkeys(
+        [
+            "sidecar_port",
+            "SIDCAR_CHECK_INTERVAL",
+            "SIDECARPORT",
+            "SIDECAR-LOG-LEVEL",
+            "HEALTH_SIDECAR_DRAIN_SECONDS",
+            "POSTGRES_PORT",
+            "DATABASE_URL",
+            "APP_HOST",
+            "HOST",
+            "SIDECAR_SERVICE_PORT",
+        ],
+        "1",
+    )
+    assert options.unknown_variables(environ) == [
+        ("HEALTH_SIDECAR_DRAIN_SECONDS", "SIDECAR_DRAIN_SECONDS"),
+        ("SIDCAR_CHECK_INTERVAL", "SIDECAR_CHECK_INTERVAL"),
+        ("SIDECAR-LOG-LEVEL", "SIDECAR_LOG_LEVEL"),
+        ("SIDECARPORT", "SIDECAR_PORT"),
+        ("sidecar_port", "SIDECAR_PORT"),
+    ]
+
+
 def test_cli_warns_once_per_unknown_variable_and_starts(tmp_path: Path) -> None:
     """A typo'd SIDECAR_* name is one warning at start naming the closest setting; service
     links are not mentioned; the sidecar starts all the same."""
