@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
+import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -13,6 +13,8 @@ from sidecar import __version__, options
 from sidecar.config import ConfigError, Settings
 
 if TYPE_CHECKING:
+    import asyncio
+
     from sidecar import logs
 
 PROG = "health-sidecar"
@@ -80,6 +82,11 @@ def _fail(problems: Sequence[str]) -> int:
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     _hold_standard_descriptors()
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        # Until the server's own handlers are in place, Ctrl-C ends the process as SIGTERM does
+        # (by the signal, quietly): Python's KeyboardInterrupt printed a traceback from
+        # whichever import it hit. An inherited SIG_IGN (a background job) is left alone.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
     args = list(sys.argv[1:] if argv is None else argv)
     env = dict(os.environ if environ is None else environ)
     if args[:1] == ["probe"]:
@@ -179,6 +186,8 @@ def _say_dropped_drivers(settings: Settings, log: Any) -> None:
 
 
 def _run(settings: Settings, log: Any, pipeline: logs.Pipeline) -> int:
+    import asyncio  # not at the top: main() makes Ctrl-C quiet first, the sooner the better
+
     from sidecar.app import create_app
     from sidecar.server import serve
 

@@ -22,7 +22,7 @@ from typing import Any, Final
 
 import pytest
 from sidecar_proc import Measurements, Sampler, SidecarProcess
-from support import SLACK, missing_tool, wait_until
+from support import SLACK, free_port, missing_tool, wait_until
 from support.faultproxy import FaultProxy, ProxyFactory
 from support.once import LISTEN_QUEUES, exclusive
 from support.pg import PostgresServer
@@ -315,6 +315,33 @@ def test_a_closed_standard_descriptor_neither_crashes_nor_aborts(
     assert "sidecar.listening" in events
     assert events[-1] == "sidecar.stopped"
     assert "Traceback" not in sidecar.log_text()
+
+
+def test_ctrl_c_during_start_ends_it_without_a_traceback(tmp_path: Path) -> None:
+    """SIGINT once start-up has begun and before the server's handlers are in place (its first
+    line is out, the rest is still importing and building): the process ends by the signal,
+    as with SIGTERM, and prints no KeyboardInterrupt traceback."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "SIDECAR_DATABASE_URL": NO_DATABASE}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sidecar"],
+        env={**env, "SIDECAR_PORT": str(free_port()), "SIDECAR_HOST": "127.0.0.1"},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert process.stdout is not None
+        first = process.stdout.readline()
+        assert b'"sidecar.starting"' in first, first
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    assert b"Traceback" not in err, err.decode()[-2000:]
+    assert b"KeyboardInterrupt" not in err
+    assert process.returncode in (-signal.SIGINT, 0, 130), (process.returncode, err[-2000:])
 
 
 # ---- name resolution -----------------------------------------------------------------------
