@@ -249,7 +249,9 @@ def values(environ: Mapping[str, str]) -> tuple[dict[str, Any], list[str]]:
     found: dict[str, Any] = {}
     problems: list[str] = []
     for setting in SETTINGS:
-        raw = (environ.get(setting.env) or "").strip()
+        # A byte order mark: a value pasted from, or a Secret made of, an editor's file (the
+        # DSN was refused as an unsupported scheme, whose name looked right).
+        raw = (environ.get(setting.env) or "").strip().removeprefix("\ufeff").strip()
         if not raw:
             found[setting.field] = setting.default
             continue

@@ -200,6 +200,13 @@ def test_dsn_file_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
     assert s.database.dsn == "postgresql://u:p%40ss@h:5433/db"
 
 
+def test_dsn_variable_with_a_byte_order_mark_is_read() -> None:
+    """SIDECAR_DATABASE_URL from a Secret made of an editor's file (a byte order mark, CRLF)
+    gives the same DSN, as the DSN file does."""
+    s = Settings.from_environ({"SIDECAR_DATABASE_URL": "\ufeffpostgresql://u@h:5433/db\r\n"})
+    assert s.database.dsn == "postgresql://u@h:5433/db"
+
+
 @pytest.mark.parametrize(
     ("content", "expected"),
     [
