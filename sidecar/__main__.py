@@ -87,6 +87,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         # (by the signal, quietly): Python's KeyboardInterrupt printed a traceback from
         # whichever import it hit. An inherited SIG_IGN (a background job) is left alone.
         signal.signal(signal.SIGINT, signal.SIG_DFL)
+    for ignored in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+        # Their default ends the process; the server logs and ignores them once it listens
+        # (README "Signals and limits"), so a HUP in the first half second must not kill it.
+        signal.signal(ignored, signal.SIG_IGN)
     args = list(sys.argv[1:] if argv is None else argv)
     env = dict(os.environ if environ is None else environ)
     if args[:1] == ["probe"]:

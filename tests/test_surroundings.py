@@ -344,6 +344,25 @@ def test_ctrl_c_during_start_ends_it_without_a_traceback(tmp_path: Path) -> None
     assert process.returncode in (-signal.SIGINT, 0, 130), (process.returncode, err[-2000:])
 
 
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGUSR1])
+def test_hup_during_start_neither_kills_it_nor_stops_the_start(
+    pg: PostgresServer, tmp_path: Path, sig: signal.Signals
+) -> None:
+    """HUP or USR1 once start-up has begun, before the server's handlers are in place: the
+    process goes on to serve (their default action used to end it at once, with no line)."""
+    sidecar = SidecarProcess({"SIDECAR_DATABASE_URL": pg.dsn()}, log_dir=tmp_path)
+    with sidecar:
+        wait_until(
+            lambda: b'"sidecar.starting"' in sidecar.stdout_path.read_bytes(),
+            timeout=30,
+            interval=0.005,
+            message="sidecar.starting",
+        )
+        os.kill(sidecar.pid, sig)
+        sidecar.wait_status("/ready", 200, within=30)
+        assert sidecar.stop() == 0
+
+
 # ---- name resolution -----------------------------------------------------------------------
 
 # A name of this process's own: parallel workers each make theirs.
