@@ -232,7 +232,10 @@ def _prefix_typo(name: str, known: list[str]) -> str | None:
 
 
 def _edits(a: str, b: str) -> int:
-    """Levenshtein distance: single-character insertions, deletions and substitutions."""
+    """Levenshtein distance: single-character insertions, deletions and substitutions.
+
+    Not difflib: every start meets names that end like ours (a pod's service links,
+    `POSTGRES_PORT`), and importing difflib for them would cost each start ~0.2 MiB."""
     previous = list(range(len(b) + 1))
     for i, char in enumerate(a, 1):
         current = [i]
